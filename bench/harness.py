@@ -1,0 +1,214 @@
+"""The benchmark harness every family uses.
+
+It measures the device's copy bandwidth once, times each implementation of a
+case (CUDA events after warm-up on a GPU, torch.utils.benchmark on the CPU),
+and reports per op, direction, dtype and size: median time, GB/s on the byte
+floor of DESIGN §5, percent of the copy bandwidth, speedups, and bytes saved
+for backward per element. Results go to bench/results/<device>-<date>.json and
+a PNG plot, and a table is printed.
+"""
+
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.utils.benchmark as tbench
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn, device, reps=None):
+    """Median milliseconds of fn() after warm-up."""
+    if torch.device(device).type == "cuda":
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        reps = reps or 30
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends, strict=True):
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize()
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+    fn()
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=0.3).median * 1e3
+
+
+def copy_bandwidth(device, nbytes):
+    """Device-to-device copy in GB/s, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * nbytes / ms / 1e6, ms
+
+
+def saved_bytes(fn):
+    """Bytes autograd saves while running fn() (held references counted)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def device_name(device):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def device_slug(device):
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name(device).replace("NVIDIA", "")
+        return "cuda-" + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+    return "cpu"
+
+
+@dataclass
+class Case:
+    """One thing to time: an op in one direction, dtype and size, several implementations."""
+
+    family: str
+    op: str
+    direction: str  # "fwd" (inference forward) or "fwd+bwd" (training step of the op)
+    dtype: str
+    numel: int
+    floor_bytes: int  # fewest bytes the op must move (DESIGN §5)
+    impls: dict = field(default_factory=dict)  # name -> callable
+    saved: dict = field(default_factory=dict)  # name -> callable whose autograd saves are counted
+    note: str = ""
+
+
+@dataclass
+class Row:
+    family: str
+    op: str
+    direction: str
+    dtype: str
+    numel: int
+    floor_bytes: int
+    times_ms: dict
+    saved_bytes_per_elem: dict
+    gbps: float
+    pct_copy: float
+    speedup: dict
+    note: str = ""
+
+
+def run_case(case, device, copy_gbps):
+    times = {}
+    for name, fn in case.impls.items():
+        try:
+            times[name] = time_ms(fn, device)
+        except Exception as exc:  # a baseline that fails (e.g. compile) is reported, not fatal
+            times[name] = None
+            print(f"  {case.op} {case.direction} {case.dtype}: {name} failed: {type(exc).__name__}: {exc}")
+    saved = {}
+    for name, fn in case.saved.items():
+        saved[name] = saved_bytes(fn) / case.numel
+    ours = times.get("fastreg")
+    gbps = case.floor_bytes / ours / 1e6 if ours else 0.0
+    speedup = {k: (v / ours if (v and ours) else None) for k, v in times.items() if k != "fastreg"}
+    return Row(
+        case.family,
+        case.op,
+        case.direction,
+        case.dtype,
+        case.numel,
+        case.floor_bytes,
+        times,
+        saved,
+        gbps,
+        100 * gbps / copy_gbps,
+        speedup,
+        case.note,
+    )
+
+
+def format_table(rows, copy_gbps):
+    baselines = sorted({k for r in rows for k in r.speedup})
+    head = (
+        f"{'op':<22}{'dir':<8}{'dtype':<9}{'fastreg ms':>11}{'GB/s':>8}{'%copy':>7}"
+        + "".join(f"{'x ' + b:>12}" for b in baselines)
+        + f"{'saved B/el':>22}"
+    )
+    lines = [f"copy bandwidth: {copy_gbps:.0f} GB/s (read + write)", head, "-" * len(head)]
+    for r in rows:
+        ours = r.times_ms.get("fastreg")
+        sp = "".join(f"{(f'{r.speedup[b]:.2f}' if r.speedup.get(b) else '-'):>12}" for b in baselines)
+        sv = " / ".join(f"{k} {v:.3g}" for k, v in r.saved_bytes_per_elem.items())
+        lines.append(
+            f"{r.op:<22}{r.direction:<8}{r.dtype:<9}{(f'{ours:.4f}' if ours else '-'):>11}"
+            f"{r.gbps:>8.0f}{r.pct_copy:>7.1f}{sp}  {sv}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows, path, title, copy_gbps):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.op} {r.direction} {r.dtype}" for r in rows]
+    impls = sorted({k for r in rows for k, v in r.times_ms.items() if v})
+    impls.sort(key=lambda k: (k != "fastreg", k))
+    fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(rows)), 5))
+    width = 0.8 / max(1, len(impls))
+    for j, impl in enumerate(impls):
+        vals = [
+            100 * r.floor_bytes / r.times_ms[impl] / 1e6 / copy_gbps if r.times_ms.get(impl) else 0
+            for r in rows
+        ]
+        ax.bar([i + j * width for i in range(len(rows))], vals, width, label=impl)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_ylabel("% of copy bandwidth (byte floor / time)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, extra=None):
+    out_dir = out_dir or RESULTS
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    base = os.path.join(out_dir, f"{device_slug(device)}-{stamp}")
+    info = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "copy": {"bytes": copy_bytes, "ms": copy_ms, "gbps": copy_gbps},
+    }
+    try:
+        import fastreg
+
+        info["fastreg"] = fastreg.build_info()
+    except ImportError:
+        pass
+    info.update(extra or {})
+    with open(base + ".json", "w") as f:
+        json.dump({"info": info, "rows": [asdict(r) for r in rows]}, f, indent=1)
+    plot(rows, base + ".png", f"fastreg on {info['device']} ({stamp})", copy_gbps)
+    return base

@@ -1,0 +1,65 @@
+"""`make bench`: every family's benchmark on the default device, a table, JSON and a PNG.
+
+python bench/run.py [--device cuda] [--numel N] [--dtypes float32,bfloat16]
+                    [--compile-ops relu,gelu] [--out DIR]
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_activations  # noqa: E402
+import harness  # noqa: E402
+
+FAMILIES = {"activations": bench_activations}
+
+
+def main():
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--numel", type=int, default=None, help="elements per tensor (GPU 2^26, CPU 2^22)")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--ops", default="", help="only these ops (comma-separated)")
+    p.add_argument(
+        "--compile-ops", default="all", help="ops also timed under torch.compile ('all', 'none', or a list)"
+    )
+    p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    args = p.parse_args()
+
+    device = args.device
+    on_gpu = torch.device(device).type == "cuda"
+    numel = args.numel or (1 << 26 if on_gpu else 1 << 22)
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    copy_bytes = 1 << 29 if on_gpu else 1 << 25
+    copy_gbps, copy_ms = harness.copy_bandwidth(device, copy_bytes)
+    print(f"device {harness.device_name(device)}, {numel} elements, copy {copy_gbps:.0f} GB/s")
+
+    rows = []
+    for fam in args.families.split(","):
+        module = FAMILIES[fam]
+        everything = args.compile_ops == "all"
+        compile_ops = set() if args.compile_ops == "none" else set(args.compile_ops.split(","))
+        for case in module.cases(device, dtypes, numel, compile_ops if not everything else _All()):
+            if args.ops and case.op not in args.ops.split(","):
+                continue
+            rows.append(harness.run_case(case, device, copy_gbps))
+            print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
+    base = harness.write_results(rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel})
+    print()
+    print(harness.format_table(rows, copy_gbps))
+    print(f"\nwrote {base}.json and {base}.png")
+
+
+class _All:
+    def __contains__(self, item):
+        return True
+
+
+if __name__ == "__main__":
+    main()

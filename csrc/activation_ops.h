@@ -1,0 +1,232 @@
+// Host side of the activation ops, shared by the backends: argument checks,
+// layout handling and the registration of every activation. A backend supplies
+// `Loops`, the raw kernels over dense memory, and calls
+// register_activation_kernels<Loops>(m) inside its TORCH_LIBRARY_IMPL block.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "activations.h"
+
+namespace fastreg {
+
+inline void check_float(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK_VALUE(t.defined(), "fastreg.", op, ": ", arg, " is undefined");
+  const auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              "fastreg.", op, ": ", arg,
+              " must be a float32, float64, float16 or bfloat16 tensor, got ", st);
+}
+
+// `t` must be on `ref`'s device with `ref`'s dtype and shape.
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
+                       const char* arg, const char* ref_arg) {
+  TORCH_CHECK(t.device() == ref.device(), "fastreg.", op, ": ", arg, " is on ", t.device(),
+              " but ", ref_arg, " is on ", ref.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "fastreg.", op, ": ", arg, " has dtype ",
+                   t.scalar_type(), " but ", ref_arg, " has dtype ", ref.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "fastreg.", op, ": ", arg, " has shape ", t.sizes(),
+              " but ", ref_arg, " has shape ", ref.sizes());
+}
+
+// Kernels walk memory linearly, so they take non-overlapping dense tensors
+// (contiguous, channels_last, any permutation). Anything else is copied into
+// the dense layout that keeps its dimension order (empty_like's rule, which is
+// also the layout torch's elementwise ops give their result).
+inline at::Tensor dense(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : at::empty_like(t).copy_(t);
+}
+
+inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+// `t` laid out exactly like the dense tensor `ref`, so that element i of one's
+// memory is element i of the other's.
+inline at::Tensor like_layout(const at::Tensor& t, const at::Tensor& ref) {
+  return same_layout(t, ref) ? t : at::empty_like(ref, t.options()).copy_(t);
+}
+
+inline int64_t mask_bytes(int64_t numel) { return (numel + 7) / 8; }
+
+template <class Loops, class Op>
+at::Tensor act_forward(const char* name, const at::Tensor& x, const Op& op) {
+  check_float(x, name, "input");
+  const at::Tensor xd = dense(x);
+  at::Tensor y = at::empty_like(xd);
+  if (y.numel() > 0) Loops::forward(op, xd, y);
+  return y;
+}
+
+template <class Loops, class Op>
+at::Tensor act_backward(const char* name, const at::Tensor& grad, const at::Tensor& saved,
+                        const Op& op) {
+  check_float(saved, name, "saved");
+  check_like(grad, saved, name, "grad", "saved");
+  const at::Tensor s = dense(saved);
+  const at::Tensor g = like_layout(grad, s);
+  at::Tensor dx = at::empty_like(s);
+  if (dx.numel() > 0) Loops::backward(op, g, s, dx);
+  return dx;
+}
+
+// Mask activations (relu, leaky_relu): bit i of the mask (byte i/8, bit i%8)
+// belongs to element i of the output's memory order. `save_mask` false gives
+// an empty mask (inference: no bytes written for backward).
+template <class Loops, class Op>
+std::tuple<at::Tensor, at::Tensor> act_forward_mask(const char* name, const at::Tensor& x,
+                                                    bool save_mask, const Op& op) {
+  check_float(x, name, "input");
+  const at::Tensor xd = dense(x);
+  at::Tensor y = at::empty_like(xd);
+  at::Tensor mask =
+      at::empty({save_mask ? mask_bytes(xd.numel()) : 0}, xd.options().dtype(at::kByte));
+  if (y.numel() > 0) Loops::forward_mask(op, xd, y, save_mask ? mask.data_ptr<uint8_t>() : nullptr);
+  return {y, mask};
+}
+
+// `grad` must be laid out like the forward output (the Python autograd formula
+// ensures it); its memory order is the mask's.
+template <class Loops, class Op>
+at::Tensor act_backward_mask(const char* name, const at::Tensor& grad, const at::Tensor& mask,
+                             const Op& op) {
+  check_float(grad, name, "grad");
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.is_contiguous(),
+              "fastreg.", name, ": mask must be a contiguous 1-D uint8 tensor");
+  TORCH_CHECK(mask.device() == grad.device(), "fastreg.", name, ": mask is on ", mask.device(),
+              " but grad is on ", grad.device());
+  TORCH_CHECK_VALUE(mask.numel() == mask_bytes(grad.numel()), "fastreg.", name, ": mask has ",
+              mask.numel(), " bytes but grad needs ", mask_bytes(grad.numel()),
+              " (was the forward run with save_mask=False?)");
+  const at::Tensor g = dense(grad);
+  at::Tensor dx = at::empty_like(g);
+  if (dx.numel() > 0) Loops::backward_mask(op, g, mask.data_ptr<uint8_t>(), dx);
+  return dx;
+}
+
+// PReLU views a dense tensor's memory as [outer][C][inner] with inner = the
+// stride of dim 1: that holds for every dense layout, so one kernel serves
+// contiguous and channels_last inputs. A one-element weight is C = 1.
+struct PreluShape {
+  int64_t channels;
+  int64_t inner;
+};
+
+inline PreluShape prelu_shape(const at::Tensor& xd, const at::Tensor& weight, const char* name) {
+  check_float(weight, name, "weight");
+  TORCH_CHECK(weight.device() == xd.device(), "fastreg.", name, ": weight is on ",
+              weight.device(), " but input is on ", xd.device());
+  TORCH_CHECK_TYPE(weight.scalar_type() == xd.scalar_type(), "fastreg.", name,
+                   ": weight has dtype ", weight.scalar_type(), " but input has dtype ",
+                   xd.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() <= 1, "fastreg.", name, ": weight must be 0-D or 1-D, got ",
+              weight.dim(), "-D");
+  const int64_t c = weight.numel();
+  if (c == 1) return {1, std::max<int64_t>(xd.numel(), 1)};
+  TORCH_CHECK_VALUE(xd.dim() >= 2 && xd.size(1) == c, "fastreg.", name, ": weight has ", c,
+              " elements but must have 1 or input.size(1) elements (input shape ", xd.sizes(),
+              ")");
+  return {c, xd.stride(1)};
+}
+
+template <class Loops>
+at::Tensor prelu_forward(const at::Tensor& x, const at::Tensor& weight) {
+  check_float(x, "prelu", "input");
+  const at::Tensor xd = dense(x);
+  const PreluShape shape = prelu_shape(xd, weight, "prelu");
+  at::Tensor y = at::empty_like(xd);
+  if (y.numel() > 0) Loops::prelu_forward(xd, weight.contiguous(), y, shape);
+  return y;
+}
+
+template <class Loops>
+std::tuple<at::Tensor, at::Tensor> prelu_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                  const at::Tensor& weight) {
+  check_float(x, "prelu_backward", "input");
+  check_like(grad, x, "prelu_backward", "grad", "input");
+  const at::Tensor xd = dense(x);
+  const PreluShape shape = prelu_shape(xd, weight, "prelu_backward");
+  const at::Tensor g = like_layout(grad, xd);
+  at::Tensor dx = at::empty_like(xd);
+  at::Tensor dw = at::empty_like(weight, at::MemoryFormat::Contiguous);
+  if (dx.numel() > 0)
+    Loops::prelu_backward(g, xd, weight.contiguous(), dx, dw, shape);
+  else
+    dw.zero_();
+  return {dx, dw};
+}
+
+inline bool gelu_tanh(c10::string_view approximate) {
+  TORCH_CHECK_VALUE(approximate == "none" || approximate == "tanh",
+              "fastreg.gelu: approximate must be 'none' or 'tanh', got '", std::string(approximate),
+              "'");
+  return approximate == "tanh";
+}
+
+inline double elu_alpha(double alpha) {
+  TORCH_CHECK_VALUE(alpha >= 0, "fastreg.elu: alpha must be >= 0 (backward uses the output), got ",
+              alpha);
+  return alpha;
+}
+
+// One line per op: the schema of each is in csrc/fastreg.cpp.
+template <class L>
+void register_activation_kernels(torch::Library& m) {
+  using at::Tensor;
+  using sv = c10::string_view;
+  m.impl("sigmoid", [](const Tensor& x) { return act_forward<L>("sigmoid", x, Sigmoid{}); });
+  m.impl("sigmoid_backward", [](const Tensor& g, const Tensor& y) {
+    return act_backward<L>("sigmoid_backward", g, y, Sigmoid{});
+  });
+  m.impl("tanh", [](const Tensor& x) { return act_forward<L>("tanh", x, Tanh{}); });
+  m.impl("tanh_backward", [](const Tensor& g, const Tensor& y) {
+    return act_backward<L>("tanh_backward", g, y, Tanh{});
+  });
+  m.impl("relu", [](const Tensor& x, bool save_mask) {
+    return act_forward_mask<L>("relu", x, save_mask, Relu{});
+  });
+  m.impl("relu_backward", [](const Tensor& g, const Tensor& mask) {
+    return act_backward_mask<L>("relu_backward", g, mask, Relu{});
+  });
+  m.impl("leaky_relu", [](const Tensor& x, double slope, bool save_mask) {
+    return act_forward_mask<L>("leaky_relu", x, save_mask, LeakyRelu{slope});
+  });
+  m.impl("leaky_relu_backward", [](const Tensor& g, const Tensor& mask, double slope) {
+    return act_backward_mask<L>("leaky_relu_backward", g, mask, LeakyRelu{slope});
+  });
+  m.impl("elu", [](const Tensor& x, double alpha) {
+    return act_forward<L>("elu", x, Elu{elu_alpha(alpha)});
+  });
+  m.impl("elu_backward", [](const Tensor& g, const Tensor& y, double alpha) {
+    return act_backward<L>("elu_backward", g, y, Elu{elu_alpha(alpha)});
+  });
+  m.impl("selu", [](const Tensor& x) { return act_forward<L>("selu", x, Selu{}); });
+  m.impl("selu_backward", [](const Tensor& g, const Tensor& y) {
+    return act_backward<L>("selu_backward", g, y, Selu{});
+  });
+  m.impl("gelu", [](const Tensor& x, sv approximate) {
+    return gelu_tanh(approximate) ? act_forward<L>("gelu", x, GeluTanh{})
+                                  : act_forward<L>("gelu", x, Gelu{});
+  });
+  m.impl("gelu_backward", [](const Tensor& g, const Tensor& x, sv approximate) {
+    return gelu_tanh(approximate) ? act_backward<L>("gelu_backward", g, x, GeluTanh{})
+                                  : act_backward<L>("gelu_backward", g, x, Gelu{});
+  });
+  m.impl("silu", [](const Tensor& x) { return act_forward<L>("silu", x, Silu{}); });
+  m.impl("silu_backward", [](const Tensor& g, const Tensor& x) {
+    return act_backward<L>("silu_backward", g, x, Silu{});
+  });
+  m.impl("prelu", [](const Tensor& x, const Tensor& w) { return prelu_forward<L>(x, w); });
+  m.impl("prelu_backward", [](const Tensor& g, const Tensor& x, const Tensor& w) {
+    return prelu_backward<L>(g, x, w);
+  });
+}
+
+}  // namespace fastreg

@@ -1,0 +1,223 @@
+// The one source of activation math: a functor per activation with its forward
+// and backward formula, shared by the CPU and CUDA kernels. Functors compute in
+// the op's "opmath" type (float for float16/bfloat16/float32, double for
+// float64); the kernels convert on load and store.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FASTREG_HD __host__ __device__ __forceinline__
+#else
+#define FASTREG_HD inline __attribute__((always_inline))
+#endif
+// Host-only helpers (the CPU kernels' float math).
+#define FASTREG_HOST inline __attribute__((always_inline))
+
+namespace fastreg {
+
+// What an activation's backward needs from its forward (DESIGN §4).
+enum class Saved { Input, Output, Mask };
+
+namespace math {
+
+// Host float math is written branch-free so that GCC vectorizes the kernel
+// loops (libm calls would keep them scalar); device code uses CUDA's libdevice.
+FASTREG_HOST float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+FASTREG_HOST uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// exp for float on the host: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
+// degree-7 Taylor polynomial (truncation < 1e-8 relative), then 2^n applied as
+// two factors so that overflow to inf and gradual underflow are both right.
+FASTREG_HOST float exp_host(float x) {
+  // Ternaries, not fmin/fmax: those have NaN rules that block vectorization.
+  float xc = x < -104.0f ? -104.0f : x;
+  xc = xc > 88.8f ? 88.8f : xc;
+  const float n = __builtin_rintf(xc * 1.44269504088896341f);
+  float r = std::fma(n, -0.693145751953125f, xc);
+  r = std::fma(n, -1.428606765330187045e-06f, r);
+  float p = 1.0f / 5040.0f;
+  p = std::fma(p, r, 1.0f / 720.0f);
+  p = std::fma(p, r, 1.0f / 120.0f);
+  p = std::fma(p, r, 1.0f / 24.0f);
+  p = std::fma(p, r, 1.0f / 6.0f);
+  p = std::fma(p, r, 0.5f);
+  p = std::fma(p, r, 1.0f);
+  p = std::fma(p, r, 1.0f);
+  const int32_t ni = static_cast<int32_t>(n);
+  const int32_t half = ni >> 1;  // n in [-150, 128]: both factors are normal floats
+  const float s1 = bits_to_float(static_cast<uint32_t>(half + 127) << 23);
+  const float s2 = bits_to_float(static_cast<uint32_t>(ni - half + 127) << 23);
+  const float y = p * s1 * s2;
+  return x != x ? x : y;  // NaN in, NaN out
+}
+
+// expm1 for float on the host: a Taylor polynomial where exp(x) - 1 would
+// cancel (|x| < 0.5), else exp(x) - 1.
+FASTREG_HOST float expm1_host(float x) {
+  float p = 1.0f / 362880.0f;
+  p = std::fma(p, x, 1.0f / 40320.0f);
+  p = std::fma(p, x, 1.0f / 5040.0f);
+  p = std::fma(p, x, 1.0f / 720.0f);
+  p = std::fma(p, x, 1.0f / 120.0f);
+  p = std::fma(p, x, 1.0f / 24.0f);
+  p = std::fma(p, x, 1.0f / 6.0f);
+  p = std::fma(p, x, 0.5f);
+  p = std::fma(p, x, 1.0f);
+  const float small = p * x;
+  const float large = exp_host(x) - 1.0f;
+  return std::fabs(x) < 0.5f ? small : large;
+}
+
+// tanh(|x|) = -expm1(-2|x|) / (2 + expm1(-2|x|)), sign restored.
+FASTREG_HOST float tanh_host(float x) {
+  const float e = expm1_host(-2.0f * std::fabs(x));
+  return std::copysign(-e / (2.0f + e), x);
+}
+
+// erf for float on the host: Abramowitz & Stegun 7.1.26, absolute error
+// < 1.5e-7 (relative error grows toward 0, which GELU's 1 + erf absorbs), the
+// formula ATen's vectorized CPU erf uses.
+FASTREG_HOST float erf_host(float x) {
+  const float a = std::fabs(x);
+  const float t = 1.0f / std::fma(0.3275911f, a, 1.0f);
+  float p = 1.061405429f;
+  p = std::fma(p, t, -1.453152027f);
+  p = std::fma(p, t, 1.421413741f);
+  p = std::fma(p, t, -0.284496736f);
+  p = std::fma(p, t, 0.254829592f);
+  const float r = 1.0f - p * t * exp_host(-a * a);
+  return std::copysign(r, x);
+}
+
+#if defined(__CUDA_ARCH__)
+FASTREG_HD float exp(float x) { return ::expf(x); }
+FASTREG_HD float expm1(float x) { return ::expm1f(x); }
+FASTREG_HD float tanh(float x) { return ::tanhf(x); }
+FASTREG_HD float erf(float x) { return ::erff(x); }
+#else
+FASTREG_HD float exp(float x) { return exp_host(x); }
+FASTREG_HD float expm1(float x) { return expm1_host(x); }
+FASTREG_HD float tanh(float x) { return tanh_host(x); }
+FASTREG_HD float erf(float x) { return erf_host(x); }
+#endif
+FASTREG_HD double exp(double x) { return ::exp(x); }
+FASTREG_HD double expm1(double x) { return ::expm1(x); }
+FASTREG_HD double tanh(double x) { return ::tanh(x); }
+FASTREG_HD double erf(double x) { return ::erf(x); }
+
+}  // namespace math
+
+// ---------------------------------------------------------------------------
+// Functors. forward(x) -> y. Saved::Input / Saved::Output ones have
+// backward(grad, saved) -> grad_input; Saved::Mask ones have keep(x) -> bool
+// (the bit stored for backward) and backward(grad, bit) -> grad_input.
+
+struct Sigmoid {
+  static constexpr Saved saved = Saved::Output;
+  template <class T> FASTREG_HD T forward(T x) const { return T(1) / (T(1) + math::exp(-x)); }
+  template <class T> FASTREG_HD T backward(T g, T y) const { return g * y * (T(1) - y); }
+};
+
+struct Tanh {
+  static constexpr Saved saved = Saved::Output;
+  template <class T> FASTREG_HD T forward(T x) const { return math::tanh(x); }
+  template <class T> FASTREG_HD T backward(T g, T y) const { return g * (T(1) - y * y); }
+};
+
+struct Relu {
+  static constexpr Saved saved = Saved::Mask;
+  // NaN propagates like torch.relu (clamp_min) and counts as kept.
+  template <class T> FASTREG_HD bool keep(T x) const { return !(x <= T(0)); }
+  template <class T> FASTREG_HD T forward(T x) const { return x <= T(0) ? T(0) : x; }
+  template <class T> FASTREG_HD T backward(T g, bool kept) const { return kept ? g : T(0); }
+};
+
+struct LeakyRelu {
+  static constexpr Saved saved = Saved::Mask;
+  double negative_slope;
+  template <class T> FASTREG_HD bool keep(T x) const { return x > T(0); }
+  template <class T> FASTREG_HD T forward(T x) const {
+    return x > T(0) ? x : x * T(negative_slope);
+  }
+  template <class T> FASTREG_HD T backward(T g, bool kept) const {
+    return kept ? g : g * T(negative_slope);
+  }
+};
+
+// ELU with torch's (alpha, scale) parameterization; SELU is ELU with fixed
+// constants. Backward from the output (alpha >= 0): dy/dx = y + alpha*scale
+// where y <= 0, else scale.
+struct Elu {
+  static constexpr Saved saved = Saved::Output;
+  double alpha;
+  double scale = 1.0;
+  template <class T> FASTREG_HD T forward(T x) const {
+    return x > T(0) ? T(scale) * x : T(alpha * scale) * math::expm1(x);
+  }
+  template <class T> FASTREG_HD T backward(T g, T y) const {
+    return y <= T(0) ? g * (y + T(alpha * scale)) : g * T(scale);
+  }
+};
+
+struct Selu : Elu {
+  Selu() : Elu{1.6732632423543772848170429916717, 1.0507009873554804934193349852946} {}
+};
+
+// GELU's two forms are two instantiations, so that the kernels' loops carry
+// no branch on the form.
+template <bool kTanh>
+struct GeluOp {
+  static constexpr Saved saved = Saved::Input;
+  template <class T> FASTREG_HD T forward(T x) const {
+    if constexpr (kTanh) {
+      const T inner = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
+      return T(0.5) * x * (T(1) + math::tanh(inner));
+    } else {
+      return T(0.5) * x * (T(1) + math::erf(x * T(0.7071067811865476)));
+    }
+  }
+  template <class T> FASTREG_HD T backward(T g, T x) const {
+    if constexpr (kTanh) {
+      const T x2 = x * x;
+      const T t = math::tanh(T(0.7978845608028654) * (x + T(0.044715) * x2 * x));
+      const T dinner = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * x2);
+      return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * dinner);
+    } else {
+      const T cdf = T(0.5) * (T(1) + math::erf(x * T(0.7071067811865476)));
+      const T pdf = math::exp(T(-0.5) * x * x) * T(0.3989422804014327);
+      return g * (cdf + x * pdf);
+    }
+  }
+};
+using Gelu = GeluOp<false>;
+using GeluTanh = GeluOp<true>;
+
+struct Silu {
+  static constexpr Saved saved = Saved::Input;
+  template <class T> FASTREG_HD T forward(T x) const { return x / (T(1) + math::exp(-x)); }
+  template <class T> FASTREG_HD T backward(T g, T x) const {
+    const T s = T(1) / (T(1) + math::exp(-x));
+    return g * s * (T(1) + x * (T(1) - s));
+  }
+};
+
+// PReLU's weight varies along dim 1, so its kernels pass the channel's weight.
+struct Prelu {
+  static constexpr Saved saved = Saved::Input;
+  template <class T> FASTREG_HD T forward(T x, T w) const { return x > T(0) ? x : w * x; }
+  template <class T> FASTREG_HD T grad_input(T g, T x, T w) const { return x > T(0) ? g : w * g; }
+  template <class T> FASTREG_HD T grad_weight(T g, T x) const { return x > T(0) ? T(0) : g * x; }
+};
+
+}  // namespace fastreg

@@ -1,0 +1,127 @@
+// The CPU loop driver shared by every family: scalar <-> opmath conversions
+// written so that GCC vectorizes them, and a run-time ISA switch. The extension
+// is compiled once (no per-ISA builds like ATen's), so each hot loop is inlined
+// into an AVX-512, an AVX2 and a portable wrapper and the CPU picks one.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "../activations.h"
+
+namespace fastreg::cpu {
+
+template <class T> struct Opmath { using type = T; };
+template <> struct Opmath<c10::Half> { using type = float; };
+template <> struct Opmath<c10::BFloat16> { using type = float; };
+template <class T> using opmath_t = typename Opmath<T>::type;
+
+using math::bits_to_float;
+using math::float_to_bits;
+
+// float16 <-> float32 with integer ops and selects (exact, round to nearest
+// even), so that the loops vectorize without F16C intrinsics.
+FASTREG_HOST float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t em = uint32_t(h & 0x7fffu) << 13;
+  const uint32_t exp = em & 0x0f800000u;
+  const uint32_t normal = em + ((127u - 15u) << 23);
+  const uint32_t infnan = normal + ((128u - 16u) << 23);
+  const float sub = bits_to_float(em + (113u << 23)) - bits_to_float(113u << 23);
+  const uint32_t o = exp == 0x0f800000u ? infnan : (exp == 0 ? float_to_bits(sub) : normal);
+  return bits_to_float(o | sign);
+}
+
+FASTREG_HOST uint16_t float_to_half(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint32_t sign = u & 0x80000000u;
+  const uint32_t a = u ^ sign;
+  const uint32_t big = a > (255u << 23) ? 0x7e00u : 0x7c00u;  // NaN, or overflow to inf
+  const float magic = bits_to_float(((127u - 15u) + (23u - 10u) + 1u) << 23);
+  const uint32_t sub = float_to_bits(bits_to_float(a) + magic) - float_to_bits(magic);
+  const uint32_t norm = (a + ((15u - 127u) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+  const uint32_t o = a >= ((127u + 16u) << 23) ? big : (a < (113u << 23) ? sub : norm);
+  return uint16_t(o | (sign >> 16));
+}
+
+FASTREG_HOST float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+
+// Round to nearest even; NaN stays a quiet NaN (as c10::BFloat16 does).
+FASTREG_HOST uint16_t float_to_bf16(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return f != f ? uint16_t(0x7fc0) : uint16_t(r);
+}
+
+template <class T> FASTREG_HOST opmath_t<T> load(const T* p, int64_t i) { return p[i]; }
+template <> FASTREG_HOST float load(const c10::Half* p, int64_t i) {
+  return half_to_float(reinterpret_cast<const uint16_t*>(p)[i]);
+}
+template <> FASTREG_HOST float load(const c10::BFloat16* p, int64_t i) {
+  return bf16_to_float(reinterpret_cast<const uint16_t*>(p)[i]);
+}
+
+template <class T> FASTREG_HOST void store(T* p, int64_t i, opmath_t<T> v) { p[i] = v; }
+template <> FASTREG_HOST void store(c10::Half* p, int64_t i, float v) {
+  reinterpret_cast<uint16_t*>(p)[i] = float_to_half(v);
+}
+template <> FASTREG_HOST void store(c10::BFloat16* p, int64_t i, float v) {
+  reinterpret_cast<uint16_t*>(p)[i] = float_to_bf16(v);
+}
+
+enum class Isa { Portable, Avx2, Avx512 };
+
+inline Isa detect_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return Isa::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+#endif
+  return Isa::Portable;
+}
+
+inline Isa cpu_isa() {
+  static const Isa isa = detect_isa();
+  return isa;
+}
+
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::Avx512 ? "avx512" : isa == Isa::Avx2 ? "avx2" : "portable";
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTREG_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define FASTREG_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define FASTREG_TARGET_AVX512
+#define FASTREG_TARGET_AVX2
+#endif
+
+// The body (an always_inline lambda) is inlined into each wrapper, so the
+// vectorizer sees it with that wrapper's instruction set.
+template <class F> FASTREG_TARGET_AVX512 __attribute__((noinline)) void run_avx512(const F& f) { f(); }
+template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline)) void run_avx2(const F& f) { f(); }
+template <class F> __attribute__((noinline)) void run_portable(const F& f) { f(); }
+
+template <class F> void run_isa(const F& f) {
+  switch (cpu_isa()) {
+    case Isa::Avx512: run_avx512(f); break;
+    case Isa::Avx2: run_avx2(f); break;
+    default: run_portable(f);
+  }
+}
+
+// Elements per task: large enough to amortize a thread hand-off, small enough
+// that 2^22 elements split across the cores.
+constexpr int64_t kGrain = 1 << 15;
+
+}  // namespace fastreg::cpu
+
+// Marks a loop-body lambda for inlining into the ISA wrappers.
+#define FASTREG_INLINE_LAMBDA __attribute__((always_inline))

@@ -1,0 +1,328 @@
+// CUDA kernels of the activation family: grid-stride loops over 16-byte
+// vectors (several in flight per thread), a scalar path for unaligned views
+// and the tail, on the current stream, each launch checked.
+#include <ATen/Dispatch.h>
+
+#include "../activation_ops.h"
+#include "cuda_kernel.cuh"
+
+namespace fastreg::cuda {
+namespace {
+
+constexpr int kUnroll = 4;  // vectors each thread loads before it computes
+
+template <class Op, class T> struct ForwardFn {
+  Op op;
+  __device__ __forceinline__ T operator()(T x, T) const {
+    return static_cast<T>(op.forward(static_cast<opmath_t<T>>(x)));
+  }
+};
+
+template <class Op, class T> struct BackwardFn {
+  Op op;
+  __device__ __forceinline__ T operator()(T g, T s) const {
+    using A = opmath_t<T>;
+    return static_cast<T>(op.backward(static_cast<A>(g), static_cast<A>(s)));
+  }
+};
+
+// out[i] = fn(a[i], b[i]) (b ignored when kBinary is false).
+template <bool kBinary, int V, class T, class Fn>
+__global__ void __launch_bounds__(kBlock)
+    map_kernel(Fn fn, T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b,
+               int64_t n) {
+  using P = Pack<T, V>;
+  const int64_t nvec = n / V;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock * kUnroll;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kBlock * kUnroll + threadIdx.x;
+       base < nvec; base += step) {
+    P pa[kUnroll], pb[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + u * kBlock;
+      if (i < nvec) {
+        pa[u] = reinterpret_cast<const P*>(a)[i];
+        if constexpr (kBinary) pb[u] = reinterpret_cast<const P*>(b)[i];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + u * kBlock;
+      if (i < nvec) {
+        P po;
+#pragma unroll
+        for (int k = 0; k < V; ++k) po.v[k] = fn(pa[u].v[k], kBinary ? pb[u].v[k] : T());
+        reinterpret_cast<P*>(out)[i] = po;
+      }
+    }
+  }
+  const int64_t t = nvec * V + static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (t < n) out[t] = fn(a[t], kBinary ? b[t] : T());
+}
+
+template <bool kBinary, class T, class Fn>
+void launch_map(Fn fn, T* out, const T* a, const T* b, int64_t n) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const bool vec = aligned16(out) && aligned16(a) && (!kBinary || aligned16(b));
+  if (vec) {
+    constexpr int V = kVec<T>;
+    const int64_t grid = grid_for(std::max<int64_t>(n / V, 1), kBlock * kUnroll);
+    map_kernel<kBinary, V><<<grid, kBlock, 0, stream>>>(fn, out, a, b, n);
+  } else {
+    const int64_t grid = grid_for(n, kBlock * kUnroll);
+    map_kernel<kBinary, 1><<<grid, kBlock, 0, stream>>>(fn, out, a, b, n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Loads/stores 8 elements (one mask byte's worth) as 16-byte vectors when
+// `vec`, else element by element up to n.
+template <class T>
+__device__ __forceinline__ void load8(T (&dst)[8], const T* __restrict__ p, int64_t first,
+                                      int64_t n, bool vec) {
+  if (vec) {
+#pragma unroll
+    for (int j = 0; j < 8 / kVec<T>; ++j)
+      reinterpret_cast<Pack<T, kVec<T>>*>(dst)[j] =
+          reinterpret_cast<const Pack<T, kVec<T>>*>(p + first)[j];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) dst[k] = first + k < n ? p[first + k] : T(0);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store8(T* __restrict__ p, const T (&src)[8], int64_t first,
+                                       int64_t n, bool vec) {
+  if (vec) {
+#pragma unroll
+    for (int j = 0; j < 8 / kVec<T>; ++j)
+      reinterpret_cast<Pack<T, kVec<T>>*>(p + first)[j] =
+          reinterpret_cast<const Pack<T, kVec<T>>*>(src)[j];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      if (first + k < n) p[first + k] = src[k];
+  }
+}
+
+// One thread handles units of 8 elements: 8 outputs and one mask byte.
+template <class Op, class T>
+__global__ void __launch_bounds__(kBlock)
+    mask_forward_kernel(Op op, const T* __restrict__ x, T* __restrict__ y,
+                        uint8_t* __restrict__ mask, int64_t n, bool aligned) {
+  using A = opmath_t<T>;
+  const int64_t units = (n + 7) / 8;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T xv[8];
+    alignas(16) T yv[8];
+    load8(xv, x, 8 * u, n, vec);
+    uint32_t bits = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const A v = static_cast<A>(xv[k]);
+      yv[k] = static_cast<T>(op.forward(v));
+      bits |= uint32_t(op.keep(v)) << k;
+    }
+    store8(y, yv, 8 * u, n, vec);
+    if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
+  }
+}
+
+template <class Op, class T>
+__global__ void __launch_bounds__(kBlock)
+    mask_backward_kernel(Op op, const T* __restrict__ g, const uint8_t* __restrict__ mask,
+                         T* __restrict__ dx, int64_t n, bool aligned) {
+  using A = opmath_t<T>;
+  const int64_t units = (n + 7) / 8;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T gv[8];
+    alignas(16) T dv[8];
+    load8(gv, g, 8 * u, n, vec);
+    const uint32_t bits = mask[u];
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      dv[k] = static_cast<T>(op.backward(static_cast<A>(gv[k]), bool((bits >> k) & 1u)));
+    store8(dx, dv, 8 * u, n, vec);
+  }
+}
+
+// PReLU: memory is [outer][C][inner]; element i has channel (i / inner) % C.
+template <class T>
+__global__ void __launch_bounds__(kBlock)
+    prelu_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                         int64_t n, int64_t C, int64_t inner) {
+  using A = opmath_t<T>;
+  const Prelu op;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n; i += step) {
+    const int64_t c = (i / inner) % C;
+    y[i] = static_cast<T>(op.forward(static_cast<A>(x[i]), static_cast<A>(w[c])));
+  }
+}
+
+// grad_input, and per-block partial sums of grad_weight in shared memory,
+// written to partial[block][C]; prelu_reduce_kernel sums them in block order
+// (deterministic).
+template <class T>
+__global__ void __launch_bounds__(kBlock)
+    prelu_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
+                          const T* __restrict__ w, T* __restrict__ dx,
+                          opmath_t<T>* __restrict__ partial, int64_t n, int64_t C, int64_t inner) {
+  using A = opmath_t<T>;
+  extern __shared__ unsigned char smem_raw[];
+  A* sdw = reinterpret_cast<A*>(smem_raw);
+  const bool want_dw = partial != nullptr;
+  if (want_dw)
+    for (int64_t c = threadIdx.x; c < C; c += kBlock) sdw[c] = A(0);
+  __syncthreads();
+  const Prelu op;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  int64_t run_c = -1;
+  A run = A(0);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n; i += step) {
+    const int64_t c = (i / inner) % C;
+    const A gi = static_cast<A>(g[i]), xi = static_cast<A>(x[i]);
+    dx[i] = static_cast<T>(op.grad_input(gi, xi, static_cast<A>(w[c])));
+    if (!want_dw) continue;
+    if (c != run_c) {
+      if (run_c >= 0) atomicAdd(&sdw[run_c], run);
+      run_c = c;
+      run = A(0);
+    }
+    run += op.grad_weight(gi, xi);
+  }
+  if (!want_dw) return;
+  if (run_c >= 0) atomicAdd(&sdw[run_c], run);
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < C; c += kBlock) partial[blockIdx.x * C + c] = sdw[c];
+}
+
+template <class T>
+__global__ void __launch_bounds__(kBlock)
+    prelu_reduce_kernel(const opmath_t<T>* __restrict__ partial, T* __restrict__ dw,
+                        int64_t blocks, int64_t C) {
+  using A = opmath_t<T>;
+  __shared__ A s[kBlock];
+  const int64_t c = blockIdx.x;
+  A sum = A(0);
+  for (int64_t b = threadIdx.x; b < blocks; b += kBlock) sum += partial[b * C + c];
+  s[threadIdx.x] = sum;
+  __syncthreads();
+  for (int width = kBlock / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) s[threadIdx.x] += s[threadIdx.x + width];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) dw[c] = static_cast<T>(s[0]);
+}
+
+// Channels whose partial sums fit in a block's shared memory (48 KB).
+constexpr int64_t kPreluSharedBytes = 48 * 1024;
+
+struct CudaLoops {
+  template <class Op>
+  static void forward(const Op& op, const at::Tensor& x, at::Tensor& y) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act", [&] {
+      launch_map<false>(ForwardFn<Op, scalar_t>{op}, y.mutable_data_ptr<scalar_t>(),
+                        x.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
+                        x.numel());
+    });
+  }
+
+  template <class Op>
+  static void backward(const Op& op, const at::Tensor& g, const at::Tensor& s, at::Tensor& dx) {
+    const c10::cuda::CUDAGuard guard(g.device());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_bwd", [&] {
+      launch_map<true>(BackwardFn<Op, scalar_t>{op}, dx.mutable_data_ptr<scalar_t>(),
+                       g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), g.numel());
+    });
+  }
+
+  template <class Op>
+  static void forward_mask(const Op& op, const at::Tensor& x, at::Tensor& y, uint8_t* mask) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      const int64_t grid = grid_for((n + 7) / 8, kBlock);
+      mask_forward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          op, xp, yp, mask, n, aligned16(xp) && aligned16(yp));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  template <class Op>
+  static void backward_mask(const Op& op, const at::Tensor& g, const uint8_t* mask, at::Tensor& dx) {
+    const c10::cuda::CUDAGuard guard(g.device());
+    const int64_t n = g.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+      const int64_t grid = grid_for((n + 7) / 8, kBlock);
+      mask_backward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          op, gp, mask, dp, n, aligned16(gp) && aligned16(dp));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void prelu_forward(const at::Tensor& x, const at::Tensor& w, at::Tensor& y,
+                            PreluShape shape) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu", [&] {
+      prelu_forward_kernel<<<grid_for(n, kBlock * 4), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          y.mutable_data_ptr<scalar_t>(), n, shape.channels, shape.inner);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void prelu_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
+                             at::Tensor& dx, at::Tensor& dw, PreluShape shape) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel(), C = shape.channels;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu_bwd", [&] {
+      using A = opmath_t<scalar_t>;
+      const auto stream = at::cuda::getCurrentCUDAStream();
+      const int64_t smem = C * static_cast<int64_t>(sizeof(A));
+      const int64_t grid = grid_for(n, kBlock * 4, 8);
+      if (smem > kPreluSharedBytes) {
+        // More channels than a block's shared memory holds: grad_input here,
+        // grad_weight by an ATen reduction (a second pass, only in this case).
+        prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
+            g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+            w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+            static_cast<A*>(nullptr), n, C, shape.inner);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const at::Tensor xa = x.to(c10::CppTypeToScalarType<A>::value);
+        std::vector<int64_t> dims;
+        for (int64_t d = 0; d < x.dim(); ++d)
+          if (d != 1) dims.push_back(d);
+        dw.copy_((g.to(xa.scalar_type()) * xa * (xa <= 0)).sum(dims));
+        return;
+      }
+      at::Tensor partial = at::empty({grid * C}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
+      prelu_backward_kernel<<<grid, kBlock, smem, stream>>>(
+          g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+          w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+          partial.mutable_data_ptr<A>(), n, C, shape.inner);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      prelu_reduce_kernel<<<C, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
+                                                    dw.mutable_data_ptr<scalar_t>(), grid, C);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+};
+
+}  // namespace
+}  // namespace fastreg::cuda
+
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
+  fastreg::register_activation_kernels<fastreg::cuda::CudaLoops>(m);
+}

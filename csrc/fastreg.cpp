@@ -1,0 +1,62 @@
+// Every op schema of fastreg, in one place; kernels are registered per backend
+// in cpu/<family>.cpp and cuda/<family>.cu. The pybind11 module only reports
+// how the extension was built.
+#include <torch/extension.h>
+
+#include "cpu/cpu_kernel.h"
+
+#include "build_info.h"  // written by setup.py
+
+TORCH_LIBRARY(fastreg, m) {
+  // Activations. Backward ops take what DESIGN §4 says is saved: the output
+  // (sigmoid, tanh, elu, selu), the input (gelu, silu, prelu) or a 1-bit mask
+  // (relu, leaky_relu; empty when save_mask is false).
+  m.def("sigmoid(Tensor input) -> Tensor");
+  m.def("sigmoid_backward(Tensor grad, Tensor output) -> Tensor");
+  m.def("tanh(Tensor input) -> Tensor");
+  m.def("tanh_backward(Tensor grad, Tensor output) -> Tensor");
+  m.def("relu(Tensor input, bool save_mask) -> (Tensor, Tensor)");
+  m.def("relu_backward(Tensor grad, Tensor mask) -> Tensor");
+  m.def("leaky_relu(Tensor input, float negative_slope, bool save_mask) -> (Tensor, Tensor)");
+  m.def("leaky_relu_backward(Tensor grad, Tensor mask, float negative_slope) -> Tensor");
+  m.def("elu(Tensor input, float alpha) -> Tensor");
+  m.def("elu_backward(Tensor grad, Tensor output, float alpha) -> Tensor");
+  m.def("selu(Tensor input) -> Tensor");
+  m.def("selu_backward(Tensor grad, Tensor output) -> Tensor");
+  m.def("gelu(Tensor input, str approximate) -> Tensor");
+  m.def("gelu_backward(Tensor grad, Tensor input, str approximate) -> Tensor");
+  m.def("silu(Tensor input) -> Tensor");
+  m.def("silu_backward(Tensor grad, Tensor input) -> Tensor");
+  m.def("prelu(Tensor input, Tensor weight) -> Tensor");
+  m.def("prelu_backward(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["version"] = FASTREG_VERSION;
+#ifdef FASTREG_WITH_CUDA
+  info["with_cuda"] = true;
+#else
+  info["with_cuda"] = false;
+#endif
+  info["cuda_arch_list"] = FASTREG_CUDA_ARCH_LIST;
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = "unknown";
+#endif
+  info["torch_version"] = FASTREG_TORCH_VERSION;
+  info["cpu_isa"] = fastreg::cpu::isa_name(fastreg::cpu::cpu_isa());
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastreg compiled kernels (ops are registered under torch.ops.fastreg)";
+  m.def("build_info", &build_info, "How this extension was built");
+}

@@ -1,0 +1,487 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CUDA, DEVICES, saved_bytes
+
+import fastreg
+import fastreg.functional as FR
+import fastreg.nn as FN
+import fastreg.reference as R
+
+ops = torch.ops.fastreg
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# name -> (fastreg function, torch function, reference function, keyword arguments)
+CASES = {
+    "sigmoid": (FR.sigmoid, torch.sigmoid, R.sigmoid, {}),
+    "tanh": (FR.tanh, torch.tanh, R.tanh, {}),
+    "relu": (FR.relu, F.relu, R.relu, {}),
+    "leaky_relu": (FR.leaky_relu, F.leaky_relu, R.leaky_relu, {"negative_slope": 0.2}),
+    "elu": (FR.elu, F.elu, R.elu, {"alpha": 0.7}),
+    "selu": (FR.selu, F.selu, R.selu, {}),
+    "gelu": (FR.gelu, F.gelu, R.gelu, {}),
+    "gelu_tanh": (FR.gelu, F.gelu, R.gelu, {"approximate": "tanh"}),
+    "silu": (FR.silu, F.silu, R.silu, {}),
+}
+SHAPES = [(0,), (1,), (7,), (33,), (4, 37), (2, 3, 5, 7)]
+LAYOUTS = ["contiguous", "strided", "permuted", "channels_last"]
+
+
+def make_input(shape, layout, dtype, device, scale=3.0):
+    """Values over the interesting range (saturation included) in the given layout."""
+    if layout == "contiguous":
+        x = torch.randn(shape)
+    elif layout == "strided":  # not dense: every other element of the last dim
+        x = torch.randn(shape[:-1] + (2 * shape[-1],))[..., ::2]
+    elif layout == "permuted":  # dense, dims in reverse memory order
+        x = torch.randn(shape[::-1]).permute(*reversed(range(len(shape))))
+    else:
+        x = torch.randn(shape).to(memory_format=torch.channels_last)
+    return (x * scale).to(device=device, dtype=dtype)
+
+
+def layout_cases():
+    for shape in SHAPES:
+        for layout in LAYOUTS:
+            if layout == "channels_last" and len(shape) != 4:
+                continue
+            yield shape, layout
+
+
+def same_strides(a, b):
+    return all(n <= 1 or s == t for n, s, t in zip(a.shape, a.stride(), b.stride(), strict=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_forward_matches_torch_and_reference(device, dtype, name):
+    fr, tf, ref, kw = CASES[name]
+    for shape, layout in layout_cases():
+        x = make_input(shape, layout, dtype, device)
+        x_before = x.clone()
+        y = fr(x, **kw)
+        expected = tf(x, **kw)
+        torch.testing.assert_close(y, expected, msg=lambda m: f"{name} {shape} {layout}: {m}")
+        torch.testing.assert_close(y, ref(x, **kw), msg=lambda m: f"{name} {shape} {layout}: {m}")
+        assert y.dtype == dtype and y.shape == x.shape
+        assert same_strides(y, expected), f"{name} {layout}: strides {y.stride()} vs {expected.stride()}"
+        assert torch.equal(x, x_before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_backward_matches_torch(device, dtype, name):
+    fr, tf, _, kw = CASES[name]
+    # torch evaluates some float16 backward formulas in float16 (sigmoid's: 2 ulp
+    # off float64 where fastreg's float32 opmath is 1 ulp), so half types get
+    # twice their default tolerance against torch.
+    tol = {"rtol": 2e-3, "atol": 2e-5} if dtype == torch.float16 else {}
+    if name in ("elu", "selu") and dtype in (torch.float16, torch.bfloat16):
+        # Backward from the saved output (DESIGN §4): dy/dx = y + alpha*scale, so
+        # the output's rounding (half an ulp of |y| < 1.76) is an absolute error.
+        tol = {
+            "rtol": 2e-3 if dtype == torch.float16 else 1.6e-2,
+            "atol": 1e-3 if dtype == torch.float16 else 8e-3,
+        }
+    for shape, layout in layout_cases():
+        x = make_input(shape, layout, dtype, device).requires_grad_()
+        grad = torch.randn(shape, device=device, dtype=dtype)
+        (got,) = torch.autograd.grad(fr(x, **kw), x, grad)
+        (want,) = torch.autograd.grad(tf(x, **kw), x, grad)
+        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name} {shape} {layout}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_backward_with_other_grad_layout(device, name):
+    # The incoming gradient need not share the output's layout (here: the
+    # output is channels_last, the gradient contiguous, then an expanded one).
+    fr, tf, _, kw = CASES[name]
+    x = make_input((2, 3, 4, 5), "channels_last", torch.float32, device).requires_grad_()
+    for grad in (torch.randn(2, 3, 4, 5, device=device), torch.ones((), device=device).expand(2, 3, 4, 5)):
+        (got,) = torch.autograd.grad(fr(x, **kw), x, grad)
+        (want,) = torch.autograd.grad(tf(x, **kw), x, grad)
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_gradcheck(device, name):
+    fr, _, _, kw = CASES[name]
+    x = make_input((3, 5), "contiguous", torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fr(t, **kw), (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_prelu_matches_torch(device, dtype, layout, channels):
+    x = make_input((2, 3, 5, 7), layout, dtype, device).requires_grad_()
+    w = (torch.rand(channels) * 0.5).to(device=device, dtype=dtype).requires_grad_()
+    grad = torch.randn(x.shape, device=device, dtype=dtype)
+    y = FR.prelu(x, w)
+    expected = F.prelu(x, w)
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(y, R.prelu(x, w))
+    assert same_strides(y, expected)
+    got = torch.autograd.grad(y, (x, w), grad)
+    want = torch.autograd.grad(expected, (x, w), grad)
+    torch.testing.assert_close(got[0], want[0])
+    # grad_weight sums 105 (or 210) products: half types round the sum once.
+    tol = {"atol": 0.2, "rtol": 2e-2} if dtype in (torch.float16, torch.bfloat16) else {}
+    torch.testing.assert_close(got[1], want[1], **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(7,), (4, 6), (2, 6, 9), (64, 1000)])
+def test_prelu_shapes_and_weight_grad(device, shape):
+    channels = shape[1] if len(shape) >= 2 else 1
+    x = make_input(shape, "contiguous", torch.float64, device).requires_grad_()
+    for w in (torch.rand(channels, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64)):
+        w = w.to(device).requires_grad_()
+        grad = torch.randn(shape, device=device, dtype=torch.float64)
+        got = torch.autograd.grad(FR.prelu(x, w), (x, w), grad)
+        want = torch.autograd.grad(F.prelu(x, w), (x, w), grad)
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prelu_gradcheck(device):
+    x = make_input((2, 3, 4), "contiguous", torch.float64, device).requires_grad_()
+    w = torch.rand(3, dtype=torch.float64, device=device).requires_grad_()
+    assert torch.autograd.gradcheck(FR.prelu, (x, w))
+    x_cl = make_input((2, 3, 4, 2), "channels_last", torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(FR.prelu, (x_cl, w))
+
+
+def op_samples(device):
+    """(op, args) for every activation op, forward and backward."""
+    x = make_input((3, 17), "contiguous", torch.float32, device).requires_grad_()
+    g = torch.randn(3, 17, device=device)
+    y = torch.sigmoid(x).detach()
+    w = torch.rand(17, device=device).requires_grad_()
+    mask = ops.relu(x.detach(), True)[1]
+    return [
+        (ops.sigmoid, (x,)),
+        (ops.sigmoid_backward, (g, y)),
+        (ops.tanh, (x,)),
+        (ops.tanh_backward, (g, y)),
+        (ops.relu, (x, True)),
+        (ops.relu, (x.detach(), False)),
+        (ops.relu_backward, (g, mask)),
+        (ops.leaky_relu, (x, 0.1, True)),
+        (ops.leaky_relu_backward, (g, mask, 0.1)),
+        (ops.elu, (x, 1.0)),
+        (ops.elu_backward, (g, y, 1.0)),
+        (ops.selu, (x,)),
+        (ops.selu_backward, (g, y)),
+        (ops.gelu, (x, "none")),
+        (ops.gelu, (x, "tanh")),
+        (ops.gelu_backward, (g, x.detach(), "tanh")),
+        (ops.silu, (x,)),
+        (ops.silu_backward, (g, x.detach())),
+        (ops.prelu, (x, w)),
+        (ops.prelu_backward, (g, x.detach(), w.detach())),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for op, args in op_samples(device):
+        torch.library.opcheck(op, args)
+
+
+class AllActivations(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.acts = torch.nn.ModuleList(
+            [
+                FN.Sigmoid(),
+                FN.Tanh(),
+                FN.ReLU(),
+                FN.LeakyReLU(0.1),
+                FN.PReLU(4),
+                FN.ELU(0.5),
+                FN.SELU(),
+                FN.GELU(),
+                FN.GELU("tanh"),
+                FN.SiLU(),
+            ]
+        )
+
+    def forward(self, x):
+        return sum(act(x) for act in self.acts)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    model = AllActivations().to(device)
+    x = make_input((2, 4, 6, 5), "contiguous", torch.float32, device).requires_grad_()
+    compiled = torch.compile(model, fullgraph=True)
+    y_c = compiled(x)
+    y_e = model(x)
+    torch.testing.assert_close(y_c, y_e)
+    g = torch.randn_like(y_e)
+    grads_c = torch.autograd.grad(y_c, [x, model.acts[4].weight], g)
+    grads_e = torch.autograd.grad(y_e, [x, model.acts[4].weight], g)
+    torch.testing.assert_close(grads_c, grads_e)
+
+
+# bytes saved per element for a bfloat16 input (DESIGN §4)
+SAVED = {
+    "relu": 0.125,
+    "leaky_relu": 0.125,
+    "sigmoid": 2,
+    "tanh": 2,
+    "elu": 2,
+    "selu": 2,
+    "gelu": 2,
+    "gelu_tanh": 2,
+    "silu": 2,
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_saved_bytes(device, name):
+    fr, tf, _, kw = CASES[name]
+    n = 8 * 1000
+    x = torch.randn(n, device=device, dtype=torch.bfloat16).requires_grad_()
+    nbytes, saved, _ = saved_bytes(lambda t: fr(t, **kw), x)
+    assert nbytes == SAVED[name] * n, (name, nbytes, [(t.dtype, t.shape) for t in saved])
+    assert len(saved) == 1
+    # relu's mask is ceil(n/8) bytes for sizes that are not multiples of 8
+    if name in ("relu", "leaky_relu"):
+        odd = torch.randn(1001, device=device, dtype=torch.bfloat16).requires_grad_()
+        assert saved_bytes(lambda t: fr(t, **kw), odd)[0] == 126
+    # torch eager saves as much or more (2 bytes per element)
+    assert saved_bytes(lambda t: tf(t, **kw), x)[0] >= nbytes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prelu_saves_input(device):
+    x = torch.randn(4, 8, 10, device=device, dtype=torch.bfloat16).requires_grad_()
+    w = torch.full((8,), 0.25, device=device, dtype=torch.bfloat16).requires_grad_()
+    nbytes, saved, _ = saved_bytes(FR.prelu, x, w)
+    # the input (2 B per element) and a reference to the weight
+    assert nbytes == 2 * x.numel() + 2 * w.numel()
+    assert any(t.data_ptr() == w.data_ptr() for t in saved)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_mask_written_without_grad(device):
+    x = torch.randn(100, device=device)
+    _, mask = ops.relu(x, False)
+    assert mask.numel() == 0
+    with torch.no_grad():
+        nbytes, _, _ = saved_bytes(FR.relu, x.requires_grad_())
+    assert nbytes == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace(device):
+    for fr, tf, kw in [
+        (FR.relu, F.relu, {}),
+        (FR.leaky_relu, F.leaky_relu, {}),
+        (FR.elu, F.elu, {}),
+        (FR.selu, F.selu, {}),
+        (FR.silu, F.silu, {}),
+    ]:
+        base = torch.randn(50, device=device, requires_grad=True)
+        x = base * 2  # a non-leaf, as inplace activations see in a network
+        expected = tf(base.detach() * 2, **kw)
+        out = fr(x, inplace=True, **kw)
+        assert out is x
+        torch.testing.assert_close(x.detach(), expected)
+        (g,) = torch.autograd.grad(out.sum(), base)
+        ref_base = base.detach().clone().requires_grad_()
+        (g_ref,) = torch.autograd.grad(tf(ref_base * 2, **kw).sum(), ref_base)
+        torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_special_values(device):
+    x = torch.tensor(
+        [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, -100.0, 100.0], device=device
+    )
+    for name, (fr, tf, ref, kw) in CASES.items():
+        y = fr(x, **kw)
+        torch.testing.assert_close(y, ref(x, **kw), equal_nan=True, msg=name)
+        expected = tf(x, **kw)
+        if name == "gelu" and device == "cpu":
+            # torch's vectorized CPU erf turns gelu(+inf) into NaN; the limit is +inf
+            assert y[1].item() == float("inf")
+            y, expected = y[2:], expected[2:]
+        torch.testing.assert_close(y, expected, equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input(device):
+    ints = torch.arange(6, device=device)
+    for fr, _, _, kw in CASES.values():
+        with pytest.raises(TypeError, match="input"):
+            fr(ints, **kw)
+    with pytest.raises(TypeError, match="input"):
+        ops.sigmoid(ints)  # the C++ checks, for callers of the raw ops
+    with pytest.raises(TypeError, match="grad"):
+        ops.sigmoid_backward(
+            torch.randn(6, device=device), torch.randn(6, device=device, dtype=torch.float64)
+        )
+    x = torch.randn(2, 3, 4, device=device)
+    with pytest.raises(ValueError, match="weight"):
+        FR.prelu(x, torch.rand(4, device=device))
+    with pytest.raises(ValueError, match="weight"):
+        FR.prelu(x, torch.rand(3, 1, device=device))
+    with pytest.raises(TypeError, match="weight"):
+        FR.prelu(x, torch.rand(3, device=device, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="weight"):
+        FR.prelu(x, torch.rand(3, device="meta"))
+    with pytest.raises(ValueError, match="weight"):
+        ops.prelu(x, torch.rand(5, device=device))
+    with pytest.raises(ValueError, match="approximate"):
+        FR.gelu(x, approximate="fast")
+    with pytest.raises(ValueError, match="alpha"):
+        FR.elu(x, alpha=-1.0)
+    with pytest.raises(TypeError, match="negative_slope"):
+        FR.leaky_relu(x, negative_slope="0.1")
+
+
+def test_prelu_weight_on_other_device():
+    if not CUDA:
+        pytest.skip("CUDA not available")
+    x = torch.randn(2, 3, 4, device="cuda")
+    with pytest.raises(RuntimeError, match="weight"):
+        FR.prelu(x, torch.rand(3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modules(device):
+    x = make_input((2, 4, 3, 3), "contiguous", torch.float32, device)
+    pairs = [
+        (FN.ReLU(), torch.nn.ReLU()),
+        (FN.LeakyReLU(0.3), torch.nn.LeakyReLU(0.3)),
+        (FN.ELU(0.5), torch.nn.ELU(0.5)),
+        (FN.SELU(), torch.nn.SELU()),
+        (FN.GELU("tanh"), torch.nn.GELU("tanh")),
+        (FN.SiLU(), torch.nn.SiLU()),
+        (FN.Sigmoid(), torch.nn.Sigmoid()),
+        (FN.Tanh(), torch.nn.Tanh()),
+        (FN.PReLU(4, init=0.1), torch.nn.PReLU(4, init=0.1)),
+    ]
+    for fm, tm in pairs:
+        fm, tm = fm.to(device), tm.to(device)
+        torch.testing.assert_close(fm(x), tm(x))
+        assert repr(fm) == repr(tm)
+        assert fm.state_dict().keys() == tm.state_dict().keys()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_convert(device):
+    model = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.ReLU(),
+            torch.nn.PReLU(4),
+            torch.nn.Sequential(torch.nn.GELU(), torch.nn.SiLU()),
+            torch.nn.LeakyReLU(0.05),
+            torch.nn.ELU(),
+            torch.nn.SELU(),
+            torch.nn.Tanh(),
+            torch.nn.Sigmoid(),
+        )
+        .to(device)
+        .eval()
+    )
+    prelu_weight = model[2].weight
+    x = torch.randn(2, 3, 8, 8, device=device)
+    before = model(x)
+    out = fastreg.convert(model)
+    assert out is model
+    kinds = [type(m) for m in model.modules()]
+    assert FN.ReLU in kinds and FN.PReLU in kinds and FN.GELU in kinds and FN.SiLU in kinds
+    assert torch.nn.ReLU not in kinds and torch.nn.GELU not in kinds
+    assert model[2].weight is prelu_weight
+    assert not model[1].training
+    torch.testing.assert_close(model(x), before)
+    assert isinstance(fastreg.convert(torch.nn.ReLU()), FN.ReLU)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_64bit_indexing(device):
+    # more than 2^31 elements: offsets past int32 must reach the right place
+    n = 2**31 + 37
+    try:
+        x = torch.full((n,), -1.0, dtype=torch.bfloat16, device=device)
+    except (RuntimeError, MemoryError):
+        pytest.skip("not enough memory for a 2^31-element tensor")
+    x[-5:] = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0], dtype=torch.bfloat16)
+    x.requires_grad_()
+    y = FR.relu(x)
+    assert torch.equal(y[-5:].float().cpu(), torch.tensor([1.0, 0.0, 3.0, 0.0, 5.0]))
+    assert y[:1000].float().abs().sum().item() == 0
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(gx[-5:].float().cpu(), torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0]))
+    del gx, y
+    z = FR.sigmoid(x.detach())
+    assert z[-1].item() == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item(), rel=1e-2)
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_cpu_and_cuda_agree(name, dtype):
+    fr, _, _, kw = CASES[name]
+    x = make_input((3, 1000), "contiguous", dtype, "cpu").requires_grad_()
+    xc = x.detach().cuda().requires_grad_()
+    torch.testing.assert_close(fr(xc, **kw).cpu(), fr(x, **kw))
+    g = torch.randn(x.shape, dtype=dtype)
+    torch.testing.assert_close(
+        torch.autograd.grad(fr(xc, **kw), xc, g.cuda())[0].cpu(), torch.autograd.grad(fr(x, **kw), x, g)[0]
+    )
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+def test_cuda_unaligned_views():
+    # a view that starts one element in: no 16-byte vectors, the scalar path
+    base = torch.randn(1 + 4099, device="cuda", dtype=torch.bfloat16)
+    x = base[1:].requires_grad_()
+    for name, (fr, tf, _, kw) in CASES.items():
+        torch.testing.assert_close(fr(x, **kw), tf(x, **kw), msg=name)
+        g = torch.randn_like(x)
+        torch.testing.assert_close(
+            torch.autograd.grad(fr(x, **kw), x, g)[0], torch.autograd.grad(tf(x, **kw), x, g)[0], msg=name
+        )
+
+
+def test_python_m_fastreg_prints_build_info():
+    out = subprocess.run([sys.executable, "-m", "fastreg"], capture_output=True, text=True, check=True).stdout
+    info = fastreg.build_info()
+    assert f"with_cuda       {info['with_cuda']}" in out
+    assert info["version"] in out and "torch" in out
+    assert ("cuda:0" in out) == torch.cuda.is_available()
+
+
+def test_import_without_extension_says_how_to_build(tmp_path):
+    pkg = tmp_path / "fastreg"
+    pkg.mkdir()
+    src = os.path.dirname(fastreg.__file__)
+    for f in os.listdir(src):
+        if f.endswith(".py"):
+            shutil.copy(os.path.join(src, f), pkg / f)
+    # an editable install's finder would still resolve fastreg._C: drop it
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path"
+        " if '__editable__' not in getattr(f, '__module__', '')]; import fastreg"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode != 0
+    assert "ImportError" in res.stderr and "make build" in res.stderr
