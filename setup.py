@@ -96,7 +96,9 @@ def write_build_info(arch):
 sources = ["csrc/fastreg.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 macros = []
 # No errno, no FP traps: lets GCC if-convert and vectorize the activation math.
-cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+# No contraction of a*b+c into an FMA behind our back: the random ops must round
+# like fastreg.reference (explicit std::fma calls still fuse).
+cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 write_build_info(os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else "")
 if with_cuda:
     macros += [("FASTREG_WITH_CUDA", None)]

@@ -29,6 +29,28 @@ TORCH_LIBRARY(fastreg, m) {
   m.def("silu_backward(Tensor grad, Tensor input) -> Tensor");
   m.def("prelu(Tensor input, Tensor weight) -> Tensor");
   m.def("prelu_backward(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
+
+  // Dropout family. `seed` is a one-element int64 tensor on the input's device
+  // (philox.h maps it and each element to random bits); backward ops regenerate
+  // the keep decisions from it, so no mask is stored.
+  m.def("dropout(Tensor input, Tensor seed, float p, bool alpha) -> Tensor");
+  m.def("dropout_backward(Tensor grad, Tensor seed, float p, bool alpha) -> Tensor");
+  m.def("dropout_add(Tensor input, Tensor residual, Tensor seed, float p) -> Tensor");
+  m.def("drop_path(Tensor input, Tensor? residual, Tensor seed, float p, bool scale_by_keep) -> Tensor");
+  m.def("drop_path_backward(Tensor grad, Tensor seed, float p, bool scale_by_keep) -> Tensor");
+  m.def(
+      "bias_act_dropout(Tensor input, Tensor? bias, Tensor seed, str activation, float p, "
+      "float negative_slope, float alpha, str approximate, bool save_mask) -> (Tensor, Tensor)");
+  m.def(
+      "bias_act_dropout_backward(Tensor grad, Tensor saved, Tensor? bias, Tensor seed, "
+      "str activation, float p, float negative_slope, float alpha, str approximate) "
+      "-> (Tensor, Tensor)");
+  // Composite (fastreg/_autograd.py): the weight mask from `dropout`, the
+  // product from ATen's matmul; saves the input and the seed only.
+  m.def("dropconnect_linear(Tensor input, Tensor weight, Tensor? bias, Tensor seed, float p) -> Tensor");
+  m.def(
+      "dropconnect_linear_backward(Tensor grad, Tensor input, Tensor weight, Tensor seed, float p) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -109,3 +109,162 @@ def _prelu_backward(ctx, grad):
 
 
 register_autograd("fastreg::prelu", _prelu_backward, setup_context=_prelu_setup)
+
+
+# --- dropout family: the seed is saved, never a mask ---------------------------------------
+@register_fake("fastreg::dropout")
+def _dropout_fake(input, seed, p, alpha):
+    return torch.empty_like(input)
+
+
+@register_fake("fastreg::dropout_backward")
+def _dropout_backward_fake(grad, seed, p, alpha):
+    return torch.empty_like(grad)
+
+
+def _dropout_setup(ctx, inputs, output):
+    _, seed, ctx.p, ctx.alpha = inputs
+    ctx.stride = output.stride()
+    ctx.save_for_backward(seed)
+
+
+def _dropout_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    grad = _like_layout(grad, ctx.stride)
+    return ops.dropout_backward(grad, seed, ctx.p, ctx.alpha), None, None, None
+
+
+register_autograd("fastreg::dropout", _dropout_backward, setup_context=_dropout_setup)
+
+
+@register_fake("fastreg::dropout_add")
+def _dropout_add_fake(input, residual, seed, p):
+    return torch.empty_like(input)
+
+
+def _dropout_add_setup(ctx, inputs, output):
+    _, _, seed, ctx.p = inputs
+    ctx.stride = output.stride()
+    ctx.save_for_backward(seed)
+
+
+def _dropout_add_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    grad = _like_layout(grad, ctx.stride)
+    # the residual's gradient is the incoming one itself: no copy
+    return ops.dropout_backward(grad, seed, ctx.p, False), grad, None, None
+
+
+register_autograd("fastreg::dropout_add", _dropout_add_backward, setup_context=_dropout_add_setup)
+
+
+@register_fake("fastreg::drop_path")
+def _drop_path_fake(input, residual, seed, p, scale_by_keep):
+    return torch.empty_like(input)
+
+
+@register_fake("fastreg::drop_path_backward")
+def _drop_path_backward_fake(grad, seed, p, scale_by_keep):
+    return torch.empty_like(grad)
+
+
+def _drop_path_setup(ctx, inputs, output):
+    _, residual, seed, ctx.p, ctx.scale_by_keep = inputs
+    ctx.has_residual = residual is not None
+    ctx.stride = output.stride()
+    ctx.save_for_backward(seed)
+
+
+def _drop_path_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    grad = _like_layout(grad, ctx.stride)
+    grad_input = ops.drop_path_backward(grad, seed, ctx.p, ctx.scale_by_keep)
+    return grad_input, (grad if ctx.has_residual else None), None, None, None
+
+
+register_autograd("fastreg::drop_path", _drop_path_backward, setup_context=_drop_path_setup)
+
+
+MASK_ACTIVATIONS = ("relu", "leaky_relu")
+
+
+@register_fake("fastreg::bias_act_dropout")
+def _bias_act_dropout_fake(input, bias, seed, activation, p, negative_slope, alpha, approximate, save_mask):
+    nbytes = (input.numel() + 7) // 8 if (save_mask and activation in MASK_ACTIVATIONS) else 0
+    return torch.empty_like(input), input.new_empty((nbytes,), dtype=torch.uint8)
+
+
+@register_fake("fastreg::bias_act_dropout_backward")
+def _bias_act_dropout_backward_fake(
+    grad, saved, bias, seed, activation, p, negative_slope, alpha, approximate
+):
+    db = grad.new_empty((bias.shape[0],) if bias is not None else (0,))
+    return torch.empty_like(grad), db
+
+
+def _bias_act_dropout_setup(ctx, inputs, output):
+    input, bias, seed, ctx.activation, ctx.p, ctx.slope, ctx.alpha, ctx.approximate, _ = inputs
+    y, mask = output
+    ctx.stride = y.stride()
+    ctx.has_bias = bias is not None
+    # relu / leaky_relu: the 1-bit mask; the others: the input (DESIGN §4)
+    saved = mask if ctx.activation in MASK_ACTIVATIONS else input
+    ctx.save_for_backward(saved, bias, seed)
+
+
+def _bias_act_dropout_backward(ctx, grad, _grad_mask):
+    saved, bias, seed = ctx.saved_tensors
+    grad = _like_layout(grad, ctx.stride)
+    dx, db = ops.bias_act_dropout_backward(
+        grad, saved, bias, seed, ctx.activation, ctx.p, ctx.slope, ctx.alpha, ctx.approximate
+    )
+    return dx, (db if ctx.has_bias else None), None, None, None, None, None, None, None
+
+
+register_autograd(
+    "fastreg::bias_act_dropout", _bias_act_dropout_backward, setup_context=_bias_act_dropout_setup
+)
+
+
+# --- DropConnect: a composite of the dropout kernel and ATen's matmul ----------------------
+@torch.library.impl("fastreg::dropconnect_linear", "CompositeExplicitAutograd")
+def _dropconnect_linear(input, weight, bias, seed, p):
+    masked = ops.dropout(weight, seed, p, False)  # freed when the product is done
+    return torch.nn.functional.linear(input, masked, bias)
+
+
+@torch.library.impl("fastreg::dropconnect_linear_backward", "CompositeExplicitAutograd")
+def _dropconnect_linear_backward_impl(grad, input, weight, seed, p):
+    masked = ops.dropout(weight, seed, p, False)  # regenerated from the seed
+    grad_input = grad.matmul(masked)
+    g2 = grad.reshape(-1, grad.shape[-1])
+    grad_masked = g2.t().matmul(input.reshape(-1, input.shape[-1]))
+    # the mask's memory order is the weight's dense order
+    grad_masked = _like_layout(grad_masked, torch.empty_like(weight).stride())
+    grad_weight = ops.dropout_backward(grad_masked, seed, p, False)
+    return grad_input, grad_weight, g2.sum(0)
+
+
+@register_fake("fastreg::dropconnect_linear")
+def _dropconnect_linear_fake(input, weight, bias, seed, p):
+    return input.new_empty(input.shape[:-1] + (weight.shape[0],))
+
+
+@register_fake("fastreg::dropconnect_linear_backward")
+def _dropconnect_linear_backward_fake(grad, input, weight, seed, p):
+    return torch.empty_like(input), torch.empty_like(weight), grad.new_empty((weight.shape[0],))
+
+
+def _dropconnect_setup(ctx, inputs, output):
+    input, weight, bias, seed, ctx.p = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight, seed)
+
+
+def _dropconnect_backward(ctx, grad):
+    input, weight, seed = ctx.saved_tensors
+    gi, gw, gb = ops.dropconnect_linear_backward(grad, input, weight, seed, ctx.p)
+    return gi, gw, (gb if ctx.has_bias else None), None, None
+
+
+register_autograd("fastreg::dropconnect_linear", _dropconnect_backward, setup_context=_dropconnect_setup)

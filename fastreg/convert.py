@@ -6,7 +6,7 @@ from . import nn as fnn
 
 # torch.nn type -> builds the fastreg module from the old one (same arguments,
 # same parameters). Only exact types are swapped: a subclass may change forward.
-_ACTIVATIONS = {
+_MODULES = {
     torch.nn.Sigmoid: lambda m: fnn.Sigmoid(),
     torch.nn.Tanh: lambda m: fnn.Tanh(),
     torch.nn.ReLU: lambda m: fnn.ReLU(m.inplace),
@@ -16,7 +16,18 @@ _ACTIVATIONS = {
     torch.nn.GELU: lambda m: fnn.GELU(m.approximate),
     torch.nn.SiLU: lambda m: fnn.SiLU(m.inplace),
     torch.nn.PReLU: lambda m: _prelu(m),
+    torch.nn.Dropout: lambda m: fnn.Dropout(m.p, m.inplace),
+    torch.nn.AlphaDropout: lambda m: fnn.AlphaDropout(m.p, m.inplace),
 }
+
+
+def _timm_types():
+    """timm's DropPath, when timm is installed."""
+    try:
+        from timm.layers import DropPath
+    except ImportError:
+        return {}
+    return {DropPath: lambda m: fnn.DropPath(m.drop_prob, getattr(m, "scale_by_keep", True))}
 
 
 def _prelu(m):
@@ -26,7 +37,7 @@ def _prelu(m):
 
 
 def _replacement(module):
-    build = _ACTIVATIONS.get(type(module))
+    build = _MODULES.get(type(module)) or _timm_types().get(type(module))
     if build is None:
         return None
     new = build(module)
@@ -39,8 +50,9 @@ def convert(model):
     """Replace, in place, every module that has a fastreg equivalent; return the model.
 
     Swapped: nn.Sigmoid, Tanh, ReLU, LeakyReLU, PReLU (keeping its weight), ELU
-    (alpha >= 0), SELU, GELU, SiLU. A model that is itself such a module is
-    returned as its replacement.
+    (alpha >= 0), SELU, GELU, SiLU, Dropout, AlphaDropout, and timm's DropPath
+    when timm is installed. A model that is itself such a module is returned as
+    its replacement.
     """
     top = _replacement(model)
     if top is not None:

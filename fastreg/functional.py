@@ -8,11 +8,18 @@ import numbers
 
 import torch
 
+from ._random import check_p, seed_tensor
+
 ops = torch.ops.fastreg
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-__all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu"]
+__all__ = [
+    "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu",
+    "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
+]  # fmt: skip
+
+ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "selu")
 
 
 def _check_float(t, fn, arg="input"):
@@ -106,3 +113,120 @@ def silu(input, inplace=False):
         # as torch's in-place silu does
         return input.copy_(ops.silu(input.clone()))
     return _maybe_inplace(input, ops.silu(input), inplace)
+
+
+# --- dropout family ---------------------------------------------------------------------
+
+
+def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=None):
+    _check_float(input, "dropout")
+    p = check_p(p, "dropout")
+    if not training or p == 0.0:
+        return input
+    y = ops.dropout(input, seed_tensor(input, generator, seed, "dropout"), p, False)
+    return _maybe_inplace(input, y, inplace)
+
+
+def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None, seed=None):
+    _check_float(input, "alpha_dropout")
+    p = check_p(p, "alpha_dropout")
+    if not training or p == 0.0:
+        return input
+    y = ops.dropout(input, seed_tensor(input, generator, seed, "alpha_dropout"), p, True)
+    return _maybe_inplace(input, y, inplace)
+
+
+def bias_act_dropout(
+    input, bias=None, activation="relu", p=0.0, training=True, *,
+    negative_slope=0.01, alpha=1.0, approximate="none", generator=None, seed=None,
+):  # fmt: skip
+    """``dropout(act(input + bias))`` in one kernel (bias broadcast over the last dim)."""
+    fn = "bias_act_dropout"
+    _check_float(input, fn)
+    if bias is not None:
+        _check_float(bias, fn, "bias")
+        if bias.dtype != input.dtype:
+            raise TypeError(f"fastreg.{fn}: bias has dtype {bias.dtype} but input has {input.dtype}")
+        if bias.device != input.device:
+            raise RuntimeError(f"fastreg.{fn}: bias is on {bias.device} but input is on {input.device}")
+        if input.dim() == 0 or bias.dim() != 1 or bias.shape[0] != input.shape[-1]:
+            raise ValueError(
+                f"fastreg.{fn}: bias must be 1-D with input.size(-1) elements, got shape "
+                f"{tuple(bias.shape)} for input shape {tuple(input.shape)}"
+            )
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(
+            f"fastreg.{fn}: activation must be one of {', '.join(ACTIVATION_NAMES)}; got {activation!r}"
+        )
+    p = check_p(p, fn)
+    slope = _check_number(negative_slope, fn, "negative_slope")
+    alpha = _check_number(alpha, fn, "alpha")
+    if activation == "elu" and not alpha >= 0:
+        raise ValueError(f"fastreg.{fn}: alpha must be >= 0, got {alpha}")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"fastreg.{fn}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if not training:
+        p = 0.0
+    # p = 0 keeps every element whatever the bits: no draw needed
+    s = (
+        seed_tensor(input, generator, seed, fn)
+        if p > 0
+        else torch.zeros(1, dtype=torch.int64, device=input.device)
+    )
+    save_mask = activation in ("relu", "leaky_relu") and (
+        _needs_grad(input) or (bias is not None and _needs_grad(bias))
+    )
+    y, _ = ops.bias_act_dropout(input, bias, s, activation, p, slope, alpha, approximate, save_mask)
+    return y
+
+
+def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=None):
+    """``residual + dropout(input)``; backward passes the gradient to ``residual`` as is."""
+    _check_float(input, "dropout_add")
+    _check_float(residual, "dropout_add", "residual")
+    if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
+        raise ValueError(
+            f"fastreg.dropout_add: residual must match input's shape, dtype and device, got "
+            f"{tuple(residual.shape)} {residual.dtype} {residual.device} for "
+            f"{tuple(input.shape)} {input.dtype} {input.device}"
+        )
+    p = check_p(p, "dropout_add")
+    if not training or p == 0.0:
+        return residual + input
+    return ops.dropout_add(input, residual, seed_tensor(input, generator, seed, "dropout_add"), p)
+
+
+def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True, generator=None, seed=None):
+    """Stochastic depth: one keep decision per sample (dim 0), timm's semantics;
+    with ``residual``, returns ``residual + drop_path(input)`` in one kernel."""
+    _check_float(input, "drop_path")
+    if residual is not None:
+        _check_float(residual, "drop_path", "residual")
+        if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
+            raise ValueError("fastreg.drop_path: residual must match input's shape, dtype and device")
+    p = check_p(p, "drop_path")
+    if not training or p == 0.0:
+        return input if residual is None else residual + input
+    s = seed_tensor(input, generator, seed, "drop_path")
+    return ops.drop_path(input, residual, s, p, bool(scale_by_keep))
+
+
+def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, generator=None, seed=None):
+    """``linear(input, weight * mask / (1 - p), bias)`` with one weight mask per call;
+    saves the input and the seed, never the mask or the masked weight."""
+    fn = "dropconnect_linear"
+    _check_float(input, fn)
+    _check_float(weight, fn, "weight")
+    if weight.dim() != 2 or input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"fastreg.{fn}: weight must be (out_features, in_features) with in_features = "
+            f"input.size(-1), got {tuple(weight.shape)} for input {tuple(input.shape)}"
+        )
+    if weight.dtype != input.dtype or weight.device != input.device:
+        raise ValueError(f"fastreg.{fn}: weight must match input's dtype and device")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != input.dtype):
+        raise ValueError(f"fastreg.{fn}: bias must have shape ({weight.shape[0]},) and input's dtype")
+    p = check_p(p, fn)
+    if not training or p == 0.0:
+        return torch.nn.functional.linear(input, weight, bias)
+    return ops.dropconnect_linear(input, weight, bias, seed_tensor(input, generator, seed, fn), p)

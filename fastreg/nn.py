@@ -8,7 +8,10 @@ import torch
 
 from . import functional as FR
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU", "SiLU"]
+__all__ = [
+    "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU", "SiLU",
+    "Dropout", "AlphaDropout", "BiasActDropout", "DropPath", "DropConnectLinear",
+]  # fmt: skip
 
 
 class Sigmoid(torch.nn.Sigmoid):
@@ -54,3 +57,72 @@ class GELU(torch.nn.GELU):
 class SiLU(torch.nn.SiLU):
     def forward(self, input):
         return FR.silu(input, inplace=self.inplace)
+
+
+class Dropout(torch.nn.Dropout):
+    def forward(self, input):
+        return FR.dropout(input, self.p, self.training, self.inplace)
+
+
+class AlphaDropout(torch.nn.AlphaDropout):
+    def forward(self, input):
+        return FR.alpha_dropout(input, self.p, self.training, self.inplace)
+
+
+class BiasActDropout(torch.nn.Module):
+    """``dropout(act(x + bias))`` in one kernel, with a learnable bias over the last dim
+    (zeros at first, like a bias folded out of the preceding Linear)."""
+
+    def __init__(
+        self, num_features, activation="relu", p=0.0, bias=True, *,
+        negative_slope=0.01, alpha=1.0, approximate="none", device=None, dtype=None,
+    ):  # fmt: skip
+        super().__init__()
+        if activation not in FR.ACTIVATION_NAMES:
+            raise ValueError(f"BiasActDropout: unknown activation {activation!r}")
+        self.num_features, self.activation, self.p = num_features, activation, p
+        self.negative_slope, self.alpha, self.approximate = negative_slope, alpha, approximate
+        if bias:
+            self.bias = torch.nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, input):
+        return FR.bias_act_dropout(
+            input, self.bias, self.activation, self.p, self.training,
+            negative_slope=self.negative_slope, alpha=self.alpha, approximate=self.approximate,
+        )  # fmt: skip
+
+    def extra_repr(self):
+        return (
+            f"{self.num_features}, activation={self.activation!r}, p={self.p}, bias={self.bias is not None}"
+        )
+
+
+class DropPath(torch.nn.Module):
+    """Stochastic depth per sample (timm's ``DropPath(drop_prob, scale_by_keep)``)."""
+
+    def __init__(self, drop_prob=0.0, scale_by_keep=True):
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x):
+        return FR.drop_path(x, self.drop_prob, self.training, scale_by_keep=self.scale_by_keep)
+
+    def extra_repr(self):
+        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
+
+
+class DropConnectLinear(torch.nn.Linear):
+    """``nn.Linear`` whose weight is dropped out (one mask per call) in training."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, p=0.5):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.p = p
+
+    def forward(self, input):
+        return FR.dropconnect_linear(input, self.weight, self.bias, self.p, self.training)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", p={self.p}"

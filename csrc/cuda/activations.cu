@@ -75,37 +75,6 @@ void launch_map(Fn fn, T* out, const T* a, const T* b, int64_t n) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Loads/stores 8 elements (one mask byte's worth) as 16-byte vectors when
-// `vec`, else element by element up to n.
-template <class T>
-__device__ __forceinline__ void load8(T (&dst)[8], const T* __restrict__ p, int64_t first,
-                                      int64_t n, bool vec) {
-  if (vec) {
-#pragma unroll
-    for (int j = 0; j < 8 / kVec<T>; ++j)
-      reinterpret_cast<Pack<T, kVec<T>>*>(dst)[j] =
-          reinterpret_cast<const Pack<T, kVec<T>>*>(p + first)[j];
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) dst[k] = first + k < n ? p[first + k] : T(0);
-  }
-}
-
-template <class T>
-__device__ __forceinline__ void store8(T* __restrict__ p, const T (&src)[8], int64_t first,
-                                       int64_t n, bool vec) {
-  if (vec) {
-#pragma unroll
-    for (int j = 0; j < 8 / kVec<T>; ++j)
-      reinterpret_cast<Pack<T, kVec<T>>*>(p + first)[j] =
-          reinterpret_cast<const Pack<T, kVec<T>>*>(src)[j];
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      if (first + k < n) p[first + k] = src[k];
-  }
-}
-
 // One thread handles units of 8 elements: 8 outputs and one mask byte.
 template <class Op, class T>
 __global__ void __launch_bounds__(kBlock)
@@ -166,7 +135,7 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 // grad_input, and per-block partial sums of grad_weight in shared memory,
-// written to partial[block][C]; prelu_reduce_kernel sums them in block order
+// written to partial[block][C]; reduce_partials_kernel sums them in block order
 // (deterministic).
 template <class T>
 __global__ void __launch_bounds__(kBlock)
@@ -202,26 +171,6 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t c = threadIdx.x; c < C; c += kBlock) partial[blockIdx.x * C + c] = sdw[c];
 }
 
-template <class T>
-__global__ void __launch_bounds__(kBlock)
-    prelu_reduce_kernel(const opmath_t<T>* __restrict__ partial, T* __restrict__ dw,
-                        int64_t blocks, int64_t C) {
-  using A = opmath_t<T>;
-  __shared__ A s[kBlock];
-  const int64_t c = blockIdx.x;
-  A sum = A(0);
-  for (int64_t b = threadIdx.x; b < blocks; b += kBlock) sum += partial[b * C + c];
-  s[threadIdx.x] = sum;
-  __syncthreads();
-  for (int width = kBlock / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) s[threadIdx.x] += s[threadIdx.x + width];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) dw[c] = static_cast<T>(s[0]);
-}
-
-// Channels whose partial sums fit in a block's shared memory (48 KB).
-constexpr int64_t kPreluSharedBytes = 48 * 1024;
 
 struct CudaLoops {
   template <class Op>
@@ -292,7 +241,7 @@ struct CudaLoops {
       const auto stream = at::cuda::getCurrentCUDAStream();
       const int64_t smem = C * static_cast<int64_t>(sizeof(A));
       const int64_t grid = grid_for(n, kBlock * 4, 8);
-      if (smem > kPreluSharedBytes) {
+      if (smem > kMaxSharedPartials) {
         // More channels than a block's shared memory holds: grad_input here,
         // grad_weight by an ATen reduction (a second pass, only in this case).
         prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
@@ -313,8 +262,8 @@ struct CudaLoops {
           w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
           partial.mutable_data_ptr<A>(), n, C, shape.inner);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      prelu_reduce_kernel<<<C, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
-                                                    dw.mutable_data_ptr<scalar_t>(), grid, C);
+      reduce_partials_kernel<<<C, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
+                                                       dw.mutable_data_ptr<scalar_t>(), grid, C);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

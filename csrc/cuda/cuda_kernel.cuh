@@ -36,4 +36,65 @@ inline int64_t grid_for(int64_t work, int64_t per_block, int waves = 32) {
   return std::max<int64_t>(1, std::min<int64_t>(need, sms * waves));
 }
 
+// Arithmetic that nvcc must not contract into an FMA: the random ops round
+// exactly like fastreg.reference (one rounding per multiply and per add).
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// Per-channel partial sums that fit in a block's shared memory (48 KB).
+constexpr int64_t kMaxSharedPartials = 48 * 1024;
+
+// Loads/stores 8 elements (one mask byte's worth) as 16-byte vectors when
+// `vec`, else element by element up to n.
+template <class T>
+__device__ __forceinline__ void load8(T (&dst)[8], const T* __restrict__ p, int64_t first,
+                                      int64_t n, bool vec) {
+  if (vec) {
+#pragma unroll
+    for (int j = 0; j < 8 / kVec<T>; ++j)
+      reinterpret_cast<Pack<T, kVec<T>>*>(dst)[j] =
+          reinterpret_cast<const Pack<T, kVec<T>>*>(p + first)[j];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) dst[k] = first + k < n ? p[first + k] : T(0);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store8(T* __restrict__ p, const T (&src)[8], int64_t first,
+                                       int64_t n, bool vec) {
+  if (vec) {
+#pragma unroll
+    for (int j = 0; j < 8 / kVec<T>; ++j)
+      reinterpret_cast<Pack<T, kVec<T>>*>(p + first)[j] =
+          reinterpret_cast<const Pack<T, kVec<T>>*>(src)[j];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      if (first + k < n) p[first + k] = src[k];
+  }
+}
+
+// out[c] = sum over blocks of partial[block][c], in block order (deterministic):
+// one block per channel.
+template <class T>
+__global__ void __launch_bounds__(kBlock)
+    reduce_partials_kernel(const opmath_t<T>* __restrict__ partial, T* __restrict__ dw,
+                        int64_t blocks, int64_t C) {
+  using A = opmath_t<T>;
+  __shared__ A s[kBlock];
+  const int64_t c = blockIdx.x;
+  A sum = A(0);
+  for (int64_t b = threadIdx.x; b < blocks; b += kBlock) sum += partial[b * C + c];
+  s[threadIdx.x] = sum;
+  __syncthreads();
+  for (int width = kBlock / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) s[threadIdx.x] += s[threadIdx.x + width];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) dw[c] = static_cast<T>(s[0]);
+}
+
 }  // namespace fastreg::cuda

@@ -1,0 +1,295 @@
+// CUDA kernels of the dropout family. A thread handles units of 8 elements
+// (16-byte vectors, two Philox counter blocks); the seed is read from device
+// memory inside the kernel, so nothing syncs with the host and a captured
+// CUDA graph draws fresh masks on every replay when the seed is redrawn.
+#include <ATen/Dispatch.h>
+
+#include "../dropout_ops.h"
+#include "cuda_kernel.cuh"
+
+namespace fastreg::cuda {
+namespace {
+
+struct DeviceKeep {
+  uint32_t threshold;
+  bool none;  // p = 1
+  explicit DeviceKeep(uint64_t t) : threshold(t > 0xffffffffull ? 0u : uint32_t(t)), none(t > 0xffffffffull) {}
+  __device__ __forceinline__ bool operator()(uint32_t w) const { return !none && w >= threshold; }
+};
+
+// The 8 words of unit u (elements 8u .. 8u+7).
+__device__ __forceinline__ void unit_words(uint64_t seed, uint32_t stream, int64_t u, uint32_t (&w)[8]) {
+  const philox::Word4 a = philox::block_words(seed, stream, 2 * static_cast<uint64_t>(u));
+  const philox::Word4 b = philox::block_words(seed, stream, 2 * static_cast<uint64_t>(u) + 1);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    w[k] = a.v[k];
+    w[4 + k] = b.v[k];
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kBlock)
+    dropout_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
+                   const int64_t* __restrict__ seed_p, int64_t n, DeviceKeep keep, opmath_t<T> scale,
+                   opmath_t<T> add, opmath_t<T> drop, bool aligned) {
+  using A = opmath_t<T>;
+  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const int64_t units = (n + 7) / 8;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T xv[8];
+    alignas(16) T rv[8];
+    alignas(16) T yv[8];
+    load8(xv, x, 8 * u, n, vec);
+    if (r != nullptr) load8(rv, r, 8 * u, n, vec);
+    uint32_t w[8];
+    unit_words(seed, philox::kStreamElement, u, w);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      A v = keep(w[k]) ? add_rn(mul_rn(static_cast<A>(xv[k]), scale), add) : drop;
+      if (r != nullptr) v = add_rn(static_cast<A>(rv[k]), v);
+      yv[k] = static_cast<T>(v);
+    }
+    store8(y, yv, 8 * u, n, vec);
+  }
+}
+
+// Sample of element i: (i / inner) % B. One Philox call per unit when the
+// unit lies in one sample (the usual case), else one per element.
+template <class T>
+__global__ void __launch_bounds__(kBlock)
+    drop_path_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
+                     const int64_t* __restrict__ seed_p, int64_t n, int64_t B, int64_t inner,
+                     DeviceKeep keep, opmath_t<T> scale, bool aligned) {
+  using A = opmath_t<T>;
+  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const int64_t units = (n + 7) / 8;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T xv[8];
+    alignas(16) T rv[8];
+    alignas(16) T yv[8];
+    load8(xv, x, 8 * u, n, vec);
+    if (r != nullptr) load8(rv, r, 8 * u, n, vec);
+    const int64_t first = (8 * u / inner) % B, last = (min(8 * u + 7, n - 1) / inner) % B;
+    const A s_first = keep(philox::word(seed, philox::kStreamSample, first)) ? scale : A(0);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      A s = s_first;
+      if (first != last) {
+        const int64_t b = ((8 * u + k) / inner) % B;
+        s = keep(philox::word(seed, philox::kStreamSample, b)) ? scale : A(0);
+      }
+      A v = mul_rn(static_cast<A>(xv[k]), s);
+      if (r != nullptr) v = add_rn(static_cast<A>(rv[k]), v);
+      yv[k] = static_cast<T>(v);
+    }
+    store8(y, yv, 8 * u, n, vec);
+  }
+}
+
+template <class Op, class T>
+__global__ void __launch_bounds__(kBlock)
+    bias_act_dropout_kernel(Op op, const T* __restrict__ x, const T* __restrict__ bias,
+                            T* __restrict__ y, uint8_t* __restrict__ mask,
+                            const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
+                            int64_t inner, DeviceKeep keep, opmath_t<T> scale, bool aligned) {
+  using A = opmath_t<T>;
+  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const int64_t units = (n + 7) / 8;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T xv[8];
+    alignas(16) T yv[8];
+    load8(xv, x, 8 * u, n, vec);
+    uint32_t w[8];
+    unit_words(seed, philox::kStreamElement, u, w);
+    int64_t pos = (8 * u) % inner, c = ((8 * u) / inner) % K;
+    uint32_t bits = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const A z = static_cast<A>(xv[k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
+      bits |= uint32_t(act_bit(op, z)) << k;
+      yv[k] = static_cast<T>(keep(w[k]) ? op.forward(z) * scale : A(0));
+      if (++pos == inner) {
+        pos = 0;
+        if (++c == K) c = 0;
+      }
+    }
+    store8(y, yv, 8 * u, n, vec);
+    if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
+  }
+}
+
+// grad_input, and per-block partial sums of grad_bias in shared memory
+// (flushed when the channel changes), written to partial[block][K].
+template <class Op, class T>
+__global__ void __launch_bounds__(kBlock)
+    bias_act_dropout_backward_kernel(Op op, const T* __restrict__ g, const T* __restrict__ xs,
+                                     const uint8_t* __restrict__ mask, const T* __restrict__ bias,
+                                     T* __restrict__ dx, opmath_t<T>* __restrict__ partial,
+                                     const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
+                                     int64_t inner, DeviceKeep keep, opmath_t<T> scale,
+                                     bool aligned) {
+  using A = opmath_t<T>;
+  extern __shared__ unsigned char smem_raw[];
+  A* sdb = reinterpret_cast<A*>(smem_raw);
+  const bool want_db = partial != nullptr;
+  if (want_db)
+    for (int64_t c = threadIdx.x; c < K; c += kBlock) sdb[c] = A(0);
+  __syncthreads();
+  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const int64_t units = (n + 7) / 8;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T gv[8];
+    alignas(16) T xv[8];
+    alignas(16) T dv[8];
+    load8(gv, g, 8 * u, n, vec);
+    uint32_t bits = 0;
+    if constexpr (Op::saved == Saved::Mask) {
+      bits = mask[u];
+    } else {
+      load8(xv, xs, 8 * u, n, vec);
+    }
+    uint32_t w[8];
+    unit_words(seed, philox::kStreamElement, u, w);
+    int64_t pos = (8 * u) % inner, c = ((8 * u) / inner) % K;
+    int64_t run_c = c;
+    A run = A(0);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      A z = A(0);
+      if constexpr (Op::saved != Saved::Mask)
+        z = static_cast<A>(xv[k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
+      const A d = keep(w[k]) ? act_grad(op, static_cast<A>(gv[k]), z, bool((bits >> k) & 1u)) * scale
+                             : A(0);
+      dv[k] = static_cast<T>(d);
+      if (want_db && 8 * u + k < n) {
+        if (c != run_c) {
+          atomicAdd(&sdb[run_c], run);
+          run_c = c;
+          run = A(0);
+        }
+        run += d;
+      }
+      if (++pos == inner) {
+        pos = 0;
+        if (++c == K) c = 0;
+      }
+    }
+    if (want_db) atomicAdd(&sdb[run_c], run);
+    store8(dx, dv, 8 * u, n, vec);
+  }
+  if (!want_db) return;
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < K; c += kBlock) partial[blockIdx.x * K + c] = sdb[c];
+}
+
+struct CudaLoops {
+  static void dropout(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                      const at::Tensor& seed, DropoutParams prm, at::Tensor& y) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
+      using A = opmath_t<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
+      dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          xp, rp, yp, seed.const_data_ptr<int64_t>(), n, DeviceKeep(prm.threshold), A(prm.scale),
+          A(prm.keep_add), A(prm.drop_value), aligned);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                        const at::Tensor& seed, uint64_t threshold, double scale,
+                        SampleShape shape, at::Tensor& y) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
+      using A = opmath_t<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
+      drop_path_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          xp, rp, yp, seed.const_data_ptr<int64_t>(), n, shape.samples, shape.inner,
+          DeviceKeep(threshold), A(scale), aligned);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  template <class Op>
+  static void bias_act_dropout(const Op& op, const at::Tensor& x, const at::Tensor& bias,
+                               const at::Tensor& seed, DropoutParams prm, BiasShape shape,
+                               at::Tensor& y, uint8_t* mask) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_bad", [&] {
+      using A = opmath_t<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      bias_act_dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
+                                at::cuda::getCurrentCUDAStream()>>>(
+          op, xp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, yp, mask,
+          seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner, DeviceKeep(prm.threshold),
+          A(prm.scale), aligned16(xp) && aligned16(yp));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  template <class Op>
+  static void bias_act_dropout_backward(const Op& op, const at::Tensor& g, const at::Tensor& saved,
+                                        const at::Tensor& bias, const at::Tensor& seed,
+                                        DropoutParams prm, BiasShape shape, at::Tensor& dx,
+                                        at::Tensor* dbias) {
+    const c10::cuda::CUDAGuard guard(g.device());
+    const int64_t n = g.numel(), K = shape.channels;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_bad_bwd", [&] {
+      using A = opmath_t<scalar_t>;
+      const auto stream = at::cuda::getCurrentCUDAStream();
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* xp = Op::saved == Saved::Mask ? nullptr : saved.const_data_ptr<scalar_t>();
+      const uint8_t* mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
+      scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+      const bool aligned = aligned16(gp) && aligned16(dp) && (xp == nullptr || aligned16(xp));
+      const int64_t smem = K * static_cast<int64_t>(sizeof(A));
+      const bool shared_db = dbias != nullptr && smem <= kMaxSharedPartials;
+      const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
+      at::Tensor partial;
+      if (shared_db)
+        partial = at::empty({grid * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
+      bias_act_dropout_backward_kernel<<<grid, kBlock, shared_db ? smem : 0, stream>>>(
+          op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
+          shared_db ? partial.mutable_data_ptr<A>() : nullptr, seed.const_data_ptr<int64_t>(), n, K,
+          shape.inner, DeviceKeep(prm.threshold), A(prm.scale), aligned);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (shared_db) {
+        reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
+                                                         dbias->mutable_data_ptr<scalar_t>(), grid, K);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else if (dbias != nullptr) {
+        // More channels than a block's shared memory holds: grad_bias is the
+        // sum of grad_input over all but the last dim (an ATen reduction).
+        std::vector<int64_t> dims;
+        for (int64_t d = 0; d + 1 < dx.dim(); ++d) dims.push_back(d);
+        dbias->copy_(dx.to(c10::CppTypeToScalarType<A>::value).sum(dims));
+      }
+    });
+  }
+};
+
+}  // namespace
+}  // namespace fastreg::cuda
+
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
+  fastreg::register_dropout_kernels<fastreg::cuda::CudaLoops>(m);
+}

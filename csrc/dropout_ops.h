@@ -1,0 +1,271 @@
+// Host side of the dropout family, shared by the backends: checks, layouts,
+// the keep threshold and scales, and the registration of every op. A backend
+// supplies `Loops` (raw kernels over dense memory) and calls
+// register_dropout_kernels<Loops>(m).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "activation_ops.h"
+#include "philox.h"
+
+namespace fastreg {
+
+// y = keep ? x * scale + keep_add : drop_value, keep = word >= threshold.
+// Plain dropout: (1/(1-p), 0, 0). Alpha dropout (torch's): a = 1/sqrt((α²p+1)(1-p)),
+// keep_add = α a p, drop_value = -α a (1-p), α = SELU's -scale*alpha.
+struct DropoutParams {
+  uint64_t threshold;
+  double scale;
+  double keep_add;
+  double drop_value;
+};
+
+inline void check_p(double p, const char* op) {
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.", op,
+                    ": p (dropout probability) must be in [0, 1], got ", p);
+}
+
+inline void check_seed(const at::Tensor& seed, const at::Tensor& x, const char* op) {
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
+                   ": seed must be a one-element int64 tensor");
+  TORCH_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(),
+              " but input is on ", x.device());
+}
+
+constexpr double kAlphaDropoutAlpha = 1.7580993408473766;
+
+inline DropoutParams dropout_params(double p, bool alpha, bool backward) {
+  const uint64_t threshold = philox::keep_threshold(p);
+  if (p >= 1.0) return {threshold, 0.0, 0.0, 0.0};  // everything dropped: zeros (as torch)
+  if (!alpha) return {threshold, 1.0 / (1.0 - p), 0.0, 0.0};
+  const double A = kAlphaDropoutAlpha;
+  const double a = 1.0 / std::sqrt((A * A * p + 1.0) * (1.0 - p));
+  if (backward) return {threshold, a, 0.0, 0.0};
+  return {threshold, a, A * a * p, -A * a * (1.0 - p)};
+}
+
+// Calls f(functor) with the activation named `name` (bias_act_dropout).
+template <class F>
+auto with_activation(c10::string_view name, double negative_slope, double alpha,
+                     c10::string_view approximate, F&& f) {
+  if (name == "relu") return f(Relu{});
+  if (name == "leaky_relu") return f(LeakyRelu{negative_slope});
+  if (name == "gelu") return gelu_tanh(approximate) ? f(GeluTanh{}) : f(Gelu{});
+  if (name == "silu") return f(Silu{});
+  if (name == "sigmoid") return f(Sigmoid{});
+  if (name == "tanh") return f(Tanh{});
+  if (name == "elu") return f(Elu{elu_alpha(alpha)});
+  if (name == "selu") return f(Selu{});
+  TORCH_CHECK_VALUE(false, "fastreg.bias_act_dropout: activation must be one of relu, leaky_relu, ",
+                    "gelu, silu, sigmoid, tanh, elu, selu; got '", std::string(name), "'");
+  return f(Relu{});  // not reached
+}
+
+// The bit a mask activation stores for backward (false for the others).
+template <class Op, class T>
+FASTREG_HD bool act_bit(const Op& op, T z) {
+  if constexpr (Op::saved == Saved::Mask) {
+    return op.keep(z);
+  } else {
+    return false;
+  }
+}
+
+// Backward of an activation from what bias_act_dropout saved: the 1-bit mask
+// for mask activations, else the pre-activation z = x + bias (output-saving
+// activations recompute their output from it).
+template <class Op, class T>
+FASTREG_HD T act_grad(const Op& op, T g, T z, bool bit) {
+  if constexpr (Op::saved == Saved::Mask) {
+    return op.backward(g, bit);
+  } else if constexpr (Op::saved == Saved::Output) {
+    return op.backward(g, op.forward(z));
+  } else {
+    return op.backward(g, z);
+  }
+}
+
+// bias indexes the last dimension: memory is [outer][K][inner], inner = stride(-1).
+struct BiasShape {
+  int64_t channels;  // K (1 without a bias)
+  int64_t inner;
+};
+
+inline BiasShape bias_shape(const at::Tensor& xd, const std::optional<at::Tensor>& bias) {
+  if (!bias.has_value() || !bias->defined()) return {1, std::max<int64_t>(xd.numel(), 1)};
+  const at::Tensor& b = *bias;
+  check_float(b, "bias_act_dropout", "bias");
+  TORCH_CHECK_TYPE(b.scalar_type() == xd.scalar_type(), "fastreg.bias_act_dropout: bias has dtype ",
+                   b.scalar_type(), " but input has dtype ", xd.scalar_type());
+  TORCH_CHECK(b.device() == xd.device(), "fastreg.bias_act_dropout: bias is on ", b.device(),
+              " but input is on ", xd.device());
+  TORCH_CHECK_VALUE(xd.dim() >= 1 && b.dim() == 1 && b.size(0) == xd.size(-1),
+                    "fastreg.bias_act_dropout: bias must be 1-D with input.size(-1) = ",
+                    xd.dim() >= 1 ? xd.size(-1) : 0, " elements, got shape ", b.sizes());
+  return {b.size(0), xd.stride(-1)};
+}
+
+// drop path: one decision per sample of dim 0; memory is [outer][B][inner].
+struct SampleShape {
+  int64_t samples;
+  int64_t inner;
+};
+
+inline SampleShape sample_shape(const at::Tensor& xd) {
+  if (xd.dim() == 0) return {1, 1};
+  return {xd.size(0), std::max<int64_t>(xd.stride(0), 1)};
+}
+
+template <class L>
+at::Tensor dropout_forward(const at::Tensor& x, const at::Tensor& seed, double p, bool alpha,
+                           bool backward, const char* name) {
+  check_float(x, name, backward ? "grad" : "input");
+  check_seed(seed, x, name);
+  check_p(p, name);
+  const at::Tensor xd = dense(x);
+  at::Tensor y = at::empty_like(xd);
+  if (y.numel() > 0)
+    L::dropout(xd, std::nullopt, seed, dropout_params(p, alpha, backward), y);
+  return y;
+}
+
+template <class L>
+at::Tensor dropout_add_forward(const at::Tensor& x, const at::Tensor& residual,
+                               const at::Tensor& seed, double p) {
+  check_float(x, "dropout_add", "input");
+  check_like(residual, x, "dropout_add", "residual", "input");
+  check_seed(seed, x, "dropout_add");
+  check_p(p, "dropout_add");
+  const at::Tensor xd = dense(x);
+  const at::Tensor r = like_layout(residual, xd);
+  at::Tensor y = at::empty_like(xd);
+  if (y.numel() > 0) L::dropout(xd, r, seed, dropout_params(p, false, false), y);
+  return y;
+}
+
+inline double drop_path_scale(double p, bool scale_by_keep) {
+  return (scale_by_keep && p < 1.0) ? 1.0 / (1.0 - p) : 1.0;
+}
+
+template <class L>
+at::Tensor drop_path_forward(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                             const at::Tensor& seed, double p, bool scale_by_keep,
+                             const char* name) {
+  check_float(x, name, "input");
+  check_seed(seed, x, name);
+  check_p(p, name);
+  const at::Tensor xd = dense(x);
+  std::optional<at::Tensor> r;
+  if (residual.has_value() && residual->defined()) {
+    check_like(*residual, x, name, "residual", "input");
+    r = like_layout(*residual, xd);
+  }
+  at::Tensor y = at::empty_like(xd);
+  if (y.numel() > 0)
+    L::drop_path(xd, r, seed, philox::keep_threshold(p), drop_path_scale(p, scale_by_keep),
+                 sample_shape(xd), y);
+  return y;
+}
+
+template <class L>
+std::tuple<at::Tensor, at::Tensor> bias_act_dropout_forward(
+    const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& seed,
+    c10::string_view activation, double p, double negative_slope, double alpha,
+    c10::string_view approximate, bool save_mask) {
+  check_float(x, "bias_act_dropout", "input");
+  check_seed(seed, x, "bias_act_dropout");
+  check_p(p, "bias_act_dropout");
+  const at::Tensor xd = dense(x);
+  const BiasShape shape = bias_shape(xd, bias);
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  return with_activation(activation, negative_slope, alpha, approximate, [&](auto op) {
+    using Op = decltype(op);
+    const bool mask_bits = Op::saved == Saved::Mask && save_mask;
+    at::Tensor y = at::empty_like(xd);
+    at::Tensor mask = at::empty({mask_bits ? mask_bytes(xd.numel()) : 0},
+                                xd.options().dtype(at::kByte));
+    if (y.numel() > 0)
+      L::bias_act_dropout(op, xd, b, seed, dropout_params(p, false, false), shape, y,
+                          mask_bits ? mask.data_ptr<uint8_t>() : nullptr);
+    return std::make_tuple(y, mask);
+  });
+}
+
+// `saved` is the 1-bit mask (relu, leaky_relu) or the input. `grad` must be
+// laid out like the forward output (the autograd formula ensures it).
+template <class L>
+std::tuple<at::Tensor, at::Tensor> bias_act_dropout_backward(
+    const at::Tensor& grad, const at::Tensor& saved, const std::optional<at::Tensor>& bias,
+    const at::Tensor& seed, c10::string_view activation, double p, double negative_slope,
+    double alpha, c10::string_view approximate) {
+  const char* name = "bias_act_dropout_backward";
+  check_float(grad, name, "grad");
+  check_seed(seed, grad, name);
+  check_p(p, name);
+  return with_activation(activation, negative_slope, alpha, approximate, [&](auto op) {
+    using Op = decltype(op);
+    at::Tensor g, s;
+    if constexpr (Op::saved == Saved::Mask) {
+      g = dense(grad);
+      TORCH_CHECK_VALUE(saved.scalar_type() == at::kByte && saved.numel() == mask_bytes(g.numel()),
+                        "fastreg.", name, ": saved must be the forward's mask of ",
+                        mask_bytes(g.numel()), " bytes");
+      s = saved;
+    } else {
+      check_like(grad, saved, name, "grad", "input");
+      s = dense(saved);
+      g = like_layout(grad, s);
+    }
+    const BiasShape shape = bias_shape(g, bias);
+    const bool has_bias = bias.has_value() && bias->defined();
+    const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+    at::Tensor dx = at::empty_like(g);
+    at::Tensor db = has_bias ? at::empty({shape.channels}, g.options()) : at::empty({0}, g.options());
+    if (dx.numel() > 0)
+      L::bias_act_dropout_backward(op, g, s, b, seed, dropout_params(p, false, true), shape, dx,
+                                   has_bias ? &db : nullptr);
+    else if (has_bias)
+      db.zero_();
+    return std::make_tuple(dx, db);
+  });
+}
+
+template <class L>
+void register_dropout_kernels(torch::Library& m) {
+  using at::Tensor;
+  using OptT = const std::optional<Tensor>&;
+  using sv = c10::string_view;
+  m.impl("dropout", [](const Tensor& x, const Tensor& seed, double p, bool alpha) {
+    return dropout_forward<L>(x, seed, p, alpha, false, "dropout");
+  });
+  m.impl("dropout_backward", [](const Tensor& g, const Tensor& seed, double p, bool alpha) {
+    return dropout_forward<L>(g, seed, p, alpha, true, "dropout_backward");
+  });
+  m.impl("dropout_add", [](const Tensor& x, const Tensor& r, const Tensor& seed, double p) {
+    return dropout_add_forward<L>(x, r, seed, p);
+  });
+  m.impl("drop_path", [](const Tensor& x, OptT r, const Tensor& seed, double p, bool sbk) {
+    return drop_path_forward<L>(x, r, seed, p, sbk, "drop_path");
+  });
+  m.impl("drop_path_backward", [](const Tensor& g, const Tensor& seed, double p, bool sbk) {
+    return drop_path_forward<L>(g, std::nullopt, seed, p, sbk, "drop_path_backward");
+  });
+  m.impl("bias_act_dropout", [](const Tensor& x, OptT bias, const Tensor& seed, sv act, double p,
+                                double slope, double alpha, sv approx, bool save_mask) {
+    return bias_act_dropout_forward<L>(x, bias, seed, act, p, slope, alpha, approx, save_mask);
+  });
+  m.impl("bias_act_dropout_backward",
+         [](const Tensor& g, const Tensor& saved, OptT bias, const Tensor& seed, sv act, double p,
+            double slope, double alpha, sv approx) {
+           return bias_act_dropout_backward<L>(g, saved, bias, seed, act, p, slope, alpha, approx);
+         });
+}
+
+}  // namespace fastreg

@@ -1,0 +1,84 @@
+// The one source of randomness: Philox4x32-10 (Salmon et al., SC'11), the
+// generator of ATen's at::Philox4_32 and cuRAND, as __host__ __device__ code
+// used by the CPU and CUDA kernels alike.
+//
+// Element -> counter mapping (the contract every kernel and fastreg.reference
+// follow): the random 32-bit word of element i of a draw is
+//
+//     philox4x32_10(counter = {lo32(i / 4), hi32(i / 4), stream, offset},
+//                   key     = {lo32(seed), hi32(seed)})[i % 4]
+//
+// where i is the element's position in the dense memory order of the tensor
+// (per-element draws) or the sample index (per-sample draws), `seed` is the
+// op's int64 seed tensor, `stream` separates the independent draws of one op
+// (kStream* below) and `offset` is 0 (reserved). Nothing else enters: the bits
+// do not depend on threads, blocks, vector width, dtype or device.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FASTREG_PHILOX_HD __host__ __device__ __forceinline__
+#else
+#define FASTREG_PHILOX_HD inline __attribute__((always_inline))
+#endif
+
+namespace fastreg::philox {
+
+// Stream ids: one per independent draw.
+constexpr uint32_t kStreamElement = 0;    // dropout-style per-element keep decisions
+constexpr uint32_t kStreamSample = 1;     // drop path: one keep decision per sample
+constexpr uint32_t kStreamWeight = 2;     // DropConnect: the weight mask
+
+constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+
+struct Word4 {
+  uint32_t v[4];
+};
+
+FASTREG_PHILOX_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  const uint64_t p = static_cast<uint64_t>(a) * b;
+  hi = static_cast<uint32_t>(p >> 32);
+  lo = static_cast<uint32_t>(p);
+}
+
+FASTREG_PHILOX_HD Word4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                      uint32_t k0, uint32_t k1) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo(kM0, c0, hi0, lo0);
+    mulhilo(kM1, c2, hi1, lo1);
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return {{c0, c1, c2, c3}};
+}
+
+// The four words of counter block `block` (elements 4*block .. 4*block+3).
+FASTREG_PHILOX_HD Word4 block_words(uint64_t seed, uint32_t stream, uint64_t block) {
+  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), stream,
+                       0u, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// The word of element (or sample) i.
+FASTREG_PHILOX_HD uint32_t word(uint64_t seed, uint32_t stream, uint64_t i) {
+  return block_words(seed, stream, i >> 2).v[i & 3];
+}
+
+// An element is kept when its word is at or above round(p * 2^32): p = 0 keeps
+// everything, p = 1 (threshold 2^32) nothing. The threshold is an integer so
+// that every device and the reference agree bit for bit.
+inline uint64_t keep_threshold(double p) {
+  return static_cast<uint64_t>(p * 4294967296.0 + 0.5);
+}
+
+}  // namespace fastreg::philox

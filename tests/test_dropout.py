@@ -1,0 +1,386 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CUDA, DEVICES, saved_bytes
+from test_activations import make_input
+
+import fastreg
+import fastreg.functional as FR
+import fastreg.nn as FN
+import fastreg.reference as R
+
+ops = torch.ops.fastreg
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+LAYOUTS = ["contiguous", "strided", "permuted", "channels_last"]
+SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 7), (3, 1000)]
+ACTS = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "selu"]
+
+
+def inputs():
+    for shape in SHAPES:
+        for layout in LAYOUTS:
+            if layout == "channels_last" and len(shape) != 4:
+                continue
+            if layout == "strided" and 0 in shape:
+                continue
+            yield shape, layout
+
+
+# name -> f(impl, x, **extra) using the same explicit seed
+RANDOM_OPS = {
+    "dropout": lambda m, x, p: m.dropout(x, p, seed=17),
+    "alpha_dropout": lambda m, x, p: m.alpha_dropout(x, p, True, seed=17),
+    "dropout_add": lambda m, x, p: m.dropout_add(x, torch.cos(x.detach()), p, seed=17),
+    "drop_path": lambda m, x, p: m.drop_path(x, p, True, seed=17),
+    "drop_path_residual": lambda m, x, p: m.drop_path(x, p, True, residual=torch.cos(x.detach()), seed=17),
+    "drop_path_noscale": lambda m, x, p: m.drop_path(x, p, True, scale_by_keep=False, seed=17),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", RANDOM_OPS)
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_bitwise_equal_to_reference(device, dtype, name, p):
+    f = RANDOM_OPS[name]
+    for shape, layout in inputs():
+        x = make_input(shape, layout, dtype, device).requires_grad_()
+        y = f(FR, x, p)
+        expected = f(R, x, p)
+        assert y.dtype == dtype and y.shape == x.shape
+        assert torch.equal(y, expected), (name, shape, layout)
+        if x.numel() == 0:
+            continue
+        g = torch.randn(x.shape, device=device, dtype=dtype)
+        (gx,) = torch.autograd.grad(y, x, g)
+        (gx_ref,) = torch.autograd.grad(expected, x, g)
+        assert torch.equal(gx, gx_ref), (name, shape, layout, "backward")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+def test_bias_act_dropout_matches_reference(device, dtype, activation):
+    kw = {"negative_slope": 0.1, "alpha": 0.8, "approximate": "tanh" if activation == "gelu" else "none"}
+    for shape, layout in inputs():
+        if 0 in shape:
+            continue
+        x = make_input(shape, layout, dtype, device).requires_grad_()
+        b = torch.randn(shape[-1], device=device, dtype=dtype).requires_grad_()
+        y = FR.bias_act_dropout(x, b, activation, 0.3, seed=5, **kw)
+        expected = R.bias_act_dropout(x, b, activation, 0.3, seed=5, **kw)
+        # the dropped elements are exactly the reference's; values within the
+        # activation's tolerance (its math is the activation ops')
+        keep = R.keep_mask(x, torch.tensor([5]), 0.3)
+        assert torch.equal(y[~keep], torch.zeros_like(y[~keep]))
+        torch.testing.assert_close(y, expected)
+        g = torch.randn(x.shape, device=device, dtype=dtype)
+        gx, gb = torch.autograd.grad(y, (x, b), g)
+        gx_ref, gb_ref = torch.autograd.grad(expected, (x, b), g)
+        tol = {"atol": 1e-2, "rtol": 1.6e-2} if dtype in (torch.float16, torch.bfloat16) else {}
+        torch.testing.assert_close(gx, gx_ref, **tol)
+        bias_tol = {"atol": 0.1 * x.numel() ** 0.5, "rtol": 2e-2} if tol else {}
+        torch.testing.assert_close(gb, gb_ref, **bias_tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ACTS)
+def test_bias_act_dropout_without_dropout_is_bias_plus_activation(device, activation):
+    x = make_input((4, 33), "contiguous", torch.float32, device)
+    b = torch.randn(33, device=device)
+    torch_act = {"relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.silu,
+                 "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "selu": F.selu}[activation]  # fmt: skip
+    torch.testing.assert_close(FR.bias_act_dropout(x, b, activation, 0.0), torch_act(x + b))
+    eval_out = FR.bias_act_dropout(x, b, activation, 0.5, training=False)
+    torch.testing.assert_close(eval_out, torch_act(x + b))
+    torch.testing.assert_close(FR.bias_act_dropout(x, None, activation, 0.0), torch_act(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropconnect_linear(device):
+    x = torch.randn(2, 5, 16, device=device, requires_grad=True)
+    w = torch.randn(8, 16, device=device, requires_grad=True)
+    b = torch.randn(8, device=device, requires_grad=True)
+    y = FR.dropconnect_linear(x, w, b, 0.4, seed=3)
+    expected = R.dropconnect_linear(x, w, b, 0.4, seed=3)
+    assert torch.equal(y, expected)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(
+        torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(expected, (x, w, b), g)
+    )
+    # the mask is one per call, on the weight: dropped weights get zero gradient
+    gw = torch.autograd.grad(
+        FR.dropconnect_linear(x, w, None, 0.4, seed=3), w, torch.ones(2, 5, 8, device=device)
+    )[0]
+    keep = R.keep_mask(w, torch.tensor([3]), 0.4)
+    assert torch.equal(gw[~keep], torch.zeros_like(gw[~keep])) and (gw[keep] != 0).all()
+    assert torch.equal(FR.dropconnect_linear(x, w, b, 0.4, training=False), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
+    x = make_input((3, 8), "contiguous", torch.float64, device).requires_grad_()
+    r = torch.randn(3, 8, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(5, 8, dtype=torch.float64, device=device, requires_grad=True)
+    wb = torch.randn(5, dtype=torch.float64, device=device, requires_grad=True)
+    checks = [
+        (lambda t: FR.dropout(t, 0.4, seed=1), (x,)),
+        (lambda t: FR.alpha_dropout(t, 0.4, True, seed=1), (x,)),
+        (lambda t, res: FR.dropout_add(t, res, 0.4, seed=1), (x, r)),
+        (lambda t, res: FR.drop_path(t, 0.5, True, residual=res, seed=2), (x, r)),
+        (lambda t, ww, bb: FR.dropconnect_linear(t, ww, bb, 0.3, seed=1), (x, w, wb)),
+    ]
+    checks += [(lambda t, bb, a=a: FR.bias_act_dropout(t, bb, a, 0.3, seed=4), (x, b)) for a in ACTS]
+    for fn, args in checks:
+        assert torch.autograd.gradcheck(fn, args)
+
+
+def op_samples(device):
+    x = torch.randn(3, 17, device=device, requires_grad=True)
+    r = torch.randn(3, 17, device=device, requires_grad=True)
+    b = torch.randn(17, device=device, requires_grad=True)
+    w = torch.randn(4, 17, device=device, requires_grad=True)
+    s = torch.tensor([7], device=device)
+    mask = ops.bias_act_dropout(x.detach(), b.detach(), s, "relu", 0.3, 0.01, 1.0, "none", True)[1]
+    g = torch.randn(3, 17, device=device)
+    return [
+        (ops.dropout, (x, s, 0.3, False)), (ops.dropout, (x, s, 0.3, True)),
+        (ops.dropout_backward, (g, s, 0.3, False)),
+        (ops.dropout_add, (x, r, s, 0.3)),
+        (ops.drop_path, (x, r, s, 0.3, True)), (ops.drop_path, (x, None, s, 0.3, False)),
+        (ops.drop_path_backward, (g, s, 0.3, True)),
+        (ops.bias_act_dropout, (x, b, s, "relu", 0.3, 0.01, 1.0, "none", True)),
+        (ops.bias_act_dropout, (x, b, s, "gelu", 0.3, 0.01, 1.0, "tanh", False)),
+        (ops.bias_act_dropout, (x, None, s, "silu", 0.3, 0.01, 1.0, "none", False)),
+        (ops.bias_act_dropout_backward, (g, mask, b.detach(), s, "relu", 0.3, 0.01, 1.0, "none")),
+        (ops.bias_act_dropout_backward, (g, x.detach(), b.detach(), s, "gelu", 0.3, 0.01, 1.0, "none")),
+        (ops.dropconnect_linear, (x, w, None, s, 0.3)),
+        (ops.dropconnect_linear_backward, (torch.randn(3, 4, device=device), x.detach(), w.detach(), s, 0.3)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for op, args in op_samples(device):
+        torch.library.opcheck(op, args)
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = FN.DropConnectLinear(16, 16, p=0.2)
+        self.bad = FN.BiasActDropout(16, "gelu", p=0.1)
+        self.drop = FN.Dropout(0.1)
+        self.alpha = FN.AlphaDropout(0.1)
+        self.path = FN.DropPath(0.2)
+
+    def forward(self, x, seeded):
+        kw = {"seed": 5} if seeded else {}
+        h = FR.dropconnect_linear(x, self.fc.weight, self.fc.bias, 0.2, **kw)
+        h = FR.bias_act_dropout(h, self.bad.bias, "relu", 0.1, **kw)
+        h = FR.dropout_add(FR.dropout(h, 0.1, **kw), x, 0.1, **kw)
+        h = FR.alpha_dropout(h, 0.1, True, **kw)
+        return FR.drop_path(h, 0.2, True, residual=x, **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    block = Block().to(device)
+    x = torch.randn(4, 16, device=device, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True)
+    y_c, y_e = compiled(x, True), block(x, True)
+    torch.testing.assert_close(y_c, y_e)
+    g = torch.randn_like(y_e)
+    params = [x, block.fc.weight, block.bad.bias]
+    torch.testing.assert_close(torch.autograd.grad(y_c, params, g), torch.autograd.grad(y_e, params, g))
+    # seeds drawn inside the compiled graph: runs, and masks change between calls
+    a, b = compiled(x, False), compiled(x, False)
+    assert a.shape == y_e.shape and not torch.equal(a, b)
+
+
+N = 8 * 1024
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saved_bytes(device):
+    x = torch.randn(N, device=device, dtype=torch.bfloat16, requires_grad=True)
+    r = torch.randn(N, device=device, dtype=torch.bfloat16, requires_grad=True)
+    assert saved_bytes(lambda t: FR.dropout(t, 0.1), x)[0] == 8  # the seed only
+    assert saved_bytes(lambda t: FR.alpha_dropout(t, 0.1, True), x)[0] == 8
+    assert saved_bytes(lambda t: FR.dropout_add(t, r, 0.1), x)[0] == 8
+    assert saved_bytes(lambda t: FR.drop_path(t.view(8, -1), 0.1, True, residual=r.view(8, -1)), x)[0] == 8
+    x2 = x.view(64, -1)
+    b = torch.zeros(x2.shape[-1], device=device, dtype=torch.bfloat16, requires_grad=True)
+    bias_bytes = 2 * b.numel()
+    # bias + relu + dropout: a 1-bit mask + seed (+ a reference to the bias)
+    assert saved_bytes(lambda t: FR.bias_act_dropout(t, b, "relu", 0.1), x2)[0] == N // 8 + 8 + bias_bytes
+    assert (
+        saved_bytes(lambda t: FR.bias_act_dropout(t, b, "leaky_relu", 0.1), x2)[0] == N // 8 + 8 + bias_bytes
+    )
+    # bias + gelu + dropout: the input (2 B per element) + seed
+    assert saved_bytes(lambda t: FR.bias_act_dropout(t, b, "gelu", 0.1), x2)[0] == 2 * N + 8 + bias_bytes
+    # torch eager saves at least a byte per element more
+    eager = saved_bytes(lambda t: F.dropout(F.gelu(t + b), 0.1), x2)[0]
+    assert eager >= 3 * N
+    # DropConnect: input, a reference to the weight, the seed; no mask, no masked weight
+    w = torch.randn(32, 128, device=device, dtype=torch.bfloat16, requires_grad=True)
+    nbytes, saved, _ = saved_bytes(lambda t: FR.dropconnect_linear(t, w, None, 0.5), x2)
+    assert nbytes == 2 * x2.numel() + 2 * w.numel() + 8
+    assert any(t.data_ptr() == w.data_ptr() for t in saved)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_semantics(device):
+    x = torch.randn(1000, device=device, requires_grad=True)
+    assert FR.dropout(x, 0.0) is x and FR.dropout(x, 0.5, training=False) is x
+    assert FR.alpha_dropout(x, 0.5) is x  # training defaults to False, as torch's
+    assert FR.drop_path(x, 0.5) is x
+    everything_dropped = [
+        lambda t: FR.dropout(t, 1.0),
+        lambda t: FR.alpha_dropout(t, 1.0, True),
+        lambda t: FR.drop_path(t.view(10, -1), 1.0, True),
+        lambda t: FR.bias_act_dropout(t, None, "gelu", 1.0),
+    ]
+    for f in everything_dropped:
+        y = f(x)
+        assert torch.equal(y.reshape(-1), torch.zeros(1000, device=device))
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(g, torch.zeros_like(g))
+    # inverted scaling: kept elements are x / (1 - p)
+    y = FR.dropout(x, 0.25, seed=1)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+
+
+def test_alpha_dropout_keeps_mean_and_variance():
+    x = torch.randn(1 << 22, dtype=torch.float64)
+    A = 1.7580993408473766
+    for p in (0.1, 0.5):
+        y = FR.alpha_dropout(x, p, True, seed=3)
+        assert abs(y.mean().item()) < 0.01 and abs(y.var().item() - 1) < 0.01
+        # torch's affine: every dropped element takes one value, kept ones a*x + alpha*a*p
+        a = 1 / ((A * A * p + 1) * (1 - p)) ** 0.5
+        keep = R.keep_mask(x, torch.tensor([3]), p)
+        assert (y[~keep] == -A * a * (1 - p)).all()
+        torch.testing.assert_close(y[keep], a * x[keep] + A * a * p)
+        t = F.alpha_dropout(x, p, True)
+        assert abs(t.mean().item()) < 0.01 and abs(t.var().item() - 1) < 0.01
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_drop_path_one_decision_per_sample(device):
+    x = torch.randn(64, 3, 5, device=device) + 10
+    y = FR.drop_path(x, 0.5, True, seed=9)
+    per_sample = (y != 0).flatten(1)
+    assert (per_sample.all(1) | ~per_sample.any(1)).all()
+    kept = per_sample.all(1)
+    torch.testing.assert_close(y[kept], x[kept] / 0.5)
+    assert 10 < kept.sum().item() < 54
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_add_residual_gradient_is_incoming_gradient(device):
+    x = torch.randn(100, device=device, requires_grad=True)
+    r = torch.randn(100, device=device, requires_grad=True)
+    g = torch.randn(100, device=device)
+    _, gr = torch.autograd.grad(FR.dropout_add(x, r, 0.3), (x, r), g)
+    assert torch.equal(gr, g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modules_and_convert(device):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.2), torch.nn.AlphaDropout(0.1)).to(
+        device
+    )
+    x = torch.randn(4, 8, device=device)
+    model.eval()
+    before = model(x)
+    fastreg.convert(model)
+    assert isinstance(model[1], FN.Dropout) and isinstance(model[2], FN.AlphaDropout)
+    assert model[1].p == 0.2 and not model[1].training
+    torch.testing.assert_close(model(x), before)
+    lin = FN.DropConnectLinear(8, 4, p=0.3).to(device).eval()
+    torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))
+    assert "p=0.3" in repr(lin)
+    bad = FN.BiasActDropout(8, "silu", p=0.5).to(device).eval()
+    torch.testing.assert_close(bad(x), F.silu(x))
+    assert FN.DropPath(0.3)(x) is not None and FN.DropPath(0.3).eval()(x) is x
+
+
+def test_convert_timm_drop_path():
+    timm = pytest.importorskip("timm")
+    m = torch.nn.Sequential(timm.layers.DropPath(0.2))
+    fastreg.convert(m)
+    assert isinstance(m[0], FN.DropPath) and m[0].drop_prob == 0.2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input(device):
+    x = torch.randn(4, 6, device=device)
+    for p in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="p"):
+            FR.dropout(x, p)
+        with pytest.raises(ValueError, match="p"):
+            FR.bias_act_dropout(x, None, "relu", p)
+        with pytest.raises(ValueError, match="p"):
+            FR.drop_path(x, p, True)
+    with pytest.raises(ValueError, match="p"):
+        ops.dropout(x, torch.tensor([1], device=device), 2.0, False)  # the C++ check
+    with pytest.raises(ValueError, match="bias"):
+        FR.bias_act_dropout(x, torch.zeros(5, device=device), "relu", 0.1)
+    with pytest.raises(ValueError, match="bias"):
+        ops.bias_act_dropout(x, torch.zeros(5, device=device), torch.tensor([1], device=device), "relu",
+                             0.1, 0.01, 1.0, "none", False)  # fmt: skip
+    with pytest.raises(ValueError, match="activation"):
+        FR.bias_act_dropout(x, None, "swish", 0.1)
+    with pytest.raises(ValueError, match="activation"):
+        ops.bias_act_dropout(
+            x, None, torch.tensor([1], device=device), "swish", 0.1, 0.01, 1.0, "none", False
+        )
+    with pytest.raises(RuntimeError, match="bias"):
+        FR.bias_act_dropout(x, torch.zeros(6, device="meta"), "relu", 0.1)
+    with pytest.raises(ValueError, match="residual"):
+        FR.dropout_add(x, torch.zeros(6, device=device), 0.1)
+    with pytest.raises(ValueError, match="residual"):
+        FR.dropout_add(x, torch.zeros(4, 6, device="meta"), 0.1)
+    with pytest.raises(TypeError, match="input"):
+        FR.dropout(torch.arange(4, device=device), 0.1)
+    with pytest.raises(TypeError, match="seed"):
+        FR.dropout(x, 0.1, seed=1.5)
+    with pytest.raises(ValueError, match="weight"):
+        FR.dropconnect_linear(x, torch.zeros(3, 5, device=device), None, 0.1)
+    with pytest.raises(TypeError, match="seed"):
+        ops.dropout(x, torch.tensor([1.0], device=device), 0.1, False)
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+def test_cuda_graph_draws_new_mask_each_replay():
+    x = torch.randn(4096, device="cuda", requires_grad=True)
+    g = torch.ones(4096, device="cuda")
+    static_out = torch.empty(4096, device="cuda")
+    static_grad = torch.empty(4096, device="cuda")
+
+    def step():
+        y = FR.dropout(x, 0.5)
+        (gx,) = torch.autograd.grad(y, x, g)
+        static_out.copy_(y)
+        static_grad.copy_(gx)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    masks = []
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        masks.append(static_out != 0)
+        # backward regenerated the same mask as forward in that replay
+        assert torch.equal(static_grad != 0, masks[-1])
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
