@@ -13,7 +13,11 @@ ops = torch.ops.fastreg
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "strided", "permuted", "channels_last"]
 SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 7), (3, 1000)]
-ACTS = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "selu"]
+TORCH_ACTS = {
+    "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.silu,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "selu": F.selu,
+}  # fmt: skip
+ACTS = list(TORCH_ACTS)
 
 
 def inputs():
@@ -88,8 +92,7 @@ def test_bias_act_dropout_matches_reference(device, dtype, activation):
 def test_bias_act_dropout_without_dropout_is_bias_plus_activation(device, activation):
     x = make_input((4, 33), "contiguous", torch.float32, device)
     b = torch.randn(33, device=device)
-    torch_act = {"relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.silu,
-                 "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "selu": F.selu}[activation]  # fmt: skip
+    torch_act = TORCH_ACTS[activation]
     torch.testing.assert_close(FR.bias_act_dropout(x, b, activation, 0.0), torch_act(x + b))
     eval_out = FR.bias_act_dropout(x, b, activation, 0.5, training=False)
     torch.testing.assert_close(eval_out, torch_act(x + b))
