@@ -98,7 +98,9 @@ macros = []
 # No errno, no FP traps: lets GCC if-convert and vectorize the activation math.
 # No contraction of a*b+c into an FMA behind our back: the random ops must round
 # like fastreg.reference (explicit std::fma calls still fuse).
-cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+# -fopenmp: at::parallel_for is a header whose OpenMP pragmas are ignored without it
+# (every loop would run on one core).
+cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
 write_build_info(os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else "")
 if with_cuda:
     macros += [("FASTREG_WITH_CUDA", None)]
@@ -108,9 +110,16 @@ if with_cuda:
         include_dirs=cuda_wheel_includes(),
         define_macros=macros,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        extra_link_args=["-fopenmp"],
     )
 else:
-    ext = CppExtension("fastreg._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx})
+    ext = CppExtension(
+        "fastreg._C",
+        sources,
+        define_macros=macros,
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    )
 
 setup(
     name="fastreg",

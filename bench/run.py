@@ -13,9 +13,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_activations  # noqa: E402
+import bench_dropout  # noqa: E402
 import harness  # noqa: E402
 
-FAMILIES = {"activations": bench_activations}
+FAMILIES = {"activations": bench_activations, "dropout": bench_dropout}
 
 
 def main():

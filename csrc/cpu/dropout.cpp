@@ -15,27 +15,21 @@ namespace {
 constexpr int64_t kChunk = 256;                // elements per chunk (a multiple of 8 and 4)
 constexpr int64_t kChunksPerTask = kGrain / kChunk;
 
-// words[k] = Philox word of element i0 + k, for k < len (len <= kChunk).
+// words[k] = Philox word of element i0 + k, for k < len (len <= kChunk,
+// i0 a multiple of 4: chunks start on counter blocks). Vectorized across
+// blocks; the four words of a block are stored interleaved (element order).
 FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t len,
                              uint32_t* __restrict words) {
-  const int64_t b0 = i0 >> 2, nb = ((i0 + len + 3) >> 2) - b0;
-  alignas(64) uint32_t w0[kChunk / 4 + 2], w1[kChunk / 4 + 2], w2[kChunk / 4 + 2],
-      w3[kChunk / 4 + 2];
+  const int64_t b0 = i0 >> 2, nb = (len + 3) >> 2;
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int64_t b = 0; b < nb; ++b) {  // independent counters: vectorized across blocks
+  for (int64_t b = 0; b < nb; ++b) {
     const uint64_t blk = static_cast<uint64_t>(b0 + b);
     const philox::Word4 r = philox::philox4x32_10(static_cast<uint32_t>(blk),
                                                   static_cast<uint32_t>(blk >> 32), stream, 0u, k0, k1);
-    w0[b] = r.v[0];
-    w1[b] = r.v[1];
-    w2[b] = r.v[2];
-    w3[b] = r.v[3];
-  }
-  const int64_t skip = i0 - 4 * b0;
-  for (int64_t k = 0; k < len; ++k) {
-    const int64_t e = k + skip, b = e >> 2;
-    const int lane = static_cast<int>(e & 3);
-    words[k] = lane == 0 ? w0[b] : lane == 1 ? w1[b] : lane == 2 ? w2[b] : w3[b];
+    words[4 * b] = r.v[0];
+    words[4 * b + 1] = r.v[1];
+    words[4 * b + 2] = r.v[2];
+    words[4 * b + 3] = r.v[3];
   }
 }
 
@@ -79,19 +73,25 @@ struct CpuLoops {
       const Keep keep(prm.threshold);
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
-          alignas(64) uint32_t words[kChunk];
+          // locals, not captures: the loops must not re-read them after each store
+          const Keep kp = keep;
+          const A sc = scale, ad = add, dr = drop;
+          const scalar_t* __restrict x_ = xp;
+          const scalar_t* __restrict r_ = rp;
+          scalar_t* __restrict y_ = yp;
+          alignas(64) uint32_t words[kChunk + 4];
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
             fill_words(seed, philox::kStreamElement, i0, len, words);
-            if (rp != nullptr) {
+            if (r_ != nullptr) {
               for (int64_t k = 0; k < len; ++k) {
-                const A v = load(xp, i0 + k);
-                store(yp, i0 + k, load(rp, i0 + k) + (keep(words[k]) ? v * scale + add : drop));
+                const A v = load(x_, i0 + k);
+                store(y_, i0 + k, load(r_, i0 + k) + (kp(words[k]) ? v * sc + ad : dr));
               }
             } else {
               for (int64_t k = 0; k < len; ++k) {
-                const A v = load(xp, i0 + k);
-                store(yp, i0 + k, keep(words[k]) ? v * scale + add : drop);
+                const A v = load(x_, i0 + k);
+                store(y_, i0 + k, kp(words[k]) ? v * sc + ad : dr);
               }
             }
           }
@@ -127,6 +127,26 @@ struct CpuLoops {
     });
   }
 
+  // A chunk's bias values, one per element (the channel walk kept out of the
+  // vectorized math loops).
+  template <class scalar_t, class A>
+  static FASTREG_HOST void gather_bias(const scalar_t* __restrict bp, int64_t i0, int64_t len,
+                                       int64_t K, int64_t inner, A* __restrict bv) {
+    if (bp == nullptr) {
+      for (int64_t k = 0; k < len; ++k) bv[k] = A(0);
+      return;
+    }
+    for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
+      A* __restrict dst = bv + (s - i0);
+      if (inner == 1) {
+        for (int64_t j = 0; j < l; ++j) dst[j] = load(bp, c + j);
+      } else {
+        const A b = load(bp, c);
+        for (int64_t j = 0; j < l; ++j) dst[j] = b;
+      }
+    });
+  }
+
   template <class Op>
   static void bias_act_dropout(const Op& op, const at::Tensor& x, const at::Tensor& bias,
                                const at::Tensor& seed_t, DropoutParams prm, BiasShape shape,
@@ -144,25 +164,30 @@ struct CpuLoops {
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
-          alignas(64) uint32_t words[kChunk];
+          const Keep kp = keep;
+          const A sc = scale;
+          const scalar_t* __restrict x_ = xp;
+          scalar_t* __restrict y_ = yp;
+          uint8_t* __restrict m_ = mask;
+          alignas(64) uint32_t words[kChunk + 4];
           alignas(64) uint8_t bits[kChunk];
+          alignas(64) A bv[kChunk];
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
             fill_words(seed, philox::kStreamElement, i0, len, words);
-            for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
-              const int64_t step = inner == 1 ? 1 : 0;
-              for (int64_t j = 0; j < l; ++j) {
-                const int64_t k = s - i0 + j;
-                const A z = load(xp, s + j) + (bp ? A(load(bp, c + j * step)) : A(0));
-                bits[k] = act_bit(o, z);
-                store(yp, s + j, keep(words[k]) ? o.forward(z) * scale : A(0));
-              }
-            });
-            if (mask != nullptr) {
+            gather_bias(bp, i0, len, K, inner, bv);
+            for (int64_t k = 0; k < len; ++k) {
+              const A z = load(x_, i0 + k) + bv[k];
+              bits[k] = act_bit(o, z);
+              const A a = o.forward(z) * sc;
+              store(y_, i0 + k, kp(words[k]) ? a : A(0));
+            }
+            if (m_ != nullptr) {
+              for (int64_t k = len; k < (len + 7) / 8 * 8; ++k) bits[k] = 0;
               for (int64_t q = 0; q < (len + 7) / 8; ++q) {
                 uint32_t byte = 0;
-                for (int t = 0; t < 8; ++t) byte |= uint32_t(8 * q + t < len && bits[8 * q + t]) << t;
-                mask[i0 / 8 + q] = static_cast<uint8_t>(byte);
+                for (int t = 0; t < 8; ++t) byte |= uint32_t(bits[8 * q + t]) << t;
+                m_[i0 / 8 + q] = static_cast<uint8_t>(byte);
               }
             }
           }
@@ -198,35 +223,56 @@ struct CpuLoops {
         for (int64_t t = t0; t < t1; ++t) {
           A* __restrict part = dbias ? partial.data() + t * K : nullptr;
           run_isa([&]() FASTREG_INLINE_LAMBDA {
+            // locals, not captures: restrict-qualified and never re-read after stores
             const Op o = op;
-            alignas(64) uint32_t words[kChunk];
+            const Keep kp = keep;
+            const A sc = scale;
+            const scalar_t* __restrict g_ = gp;
+            const scalar_t* __restrict x_ = xp;
+            const uint8_t* __restrict m_ = mp;
+            scalar_t* __restrict d_ = dp;
+            A* __restrict part_ = part;
+            alignas(64) uint32_t words[kChunk + 4];
+            alignas(64) uint8_t bits[kChunk];
+            alignas(64) A bv[kChunk];
+            alignas(64) A dz[kChunk];
             const int64_t ch1 = std::min(chunks, (t + 1) * per_task);
             for (int64_t ch = t * per_task; ch < ch1; ++ch) {
               const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
               fill_words(seed, philox::kStreamElement, i0, len, words);
-              for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
-                const int64_t step = inner == 1 ? 1 : 0;
-                A lane[16] = {};
-                for (int64_t j = 0; j < l; ++j) {
-                  const int64_t k = s - i0 + j, i = s + j;
-                  A z = A(0);
-                  bool bit = false;
-                  if constexpr (Op::saved == Saved::Mask) {
-                    bit = (mp[i >> 3] >> (i & 7)) & 1;
-                  } else {
-                    z = load(xp, i) + (bp ? A(load(bp, c + j * step)) : A(0));
-                  }
-                  const A d = keep(words[k]) ? act_grad(o, load(gp, i), z, bit) * scale : A(0);
-                  store(dp, i, d);
-                  if (part != nullptr) {
-                    if (step) part[c + j] += d;
-                    else lane[j & 15] += d;
-                  }
+              if constexpr (Op::saved == Saved::Mask) {
+                for (int64_t q = 0; q < (len + 7) / 8; ++q) {
+                  const uint32_t byte = m_[i0 / 8 + q];
+                  for (int b = 0; b < 8; ++b) bits[8 * q + b] = (byte >> b) & 1u;
                 }
-                if (part != nullptr && !step) {
+                for (int64_t k = 0; k < len; ++k) {
+                  const A d = o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc;
+                  dz[k] = kp(words[k]) ? d : A(0);
+                }
+              } else {
+                gather_bias(bp, i0, len, K, inner, bv);
+                for (int64_t k = 0; k < len; ++k) {
+                  const A z = load(x_, i0 + k) + bv[k];
+                  const A d = act_grad(o, A(load(g_, i0 + k)), z, false) * sc;
+                  dz[k] = kp(words[k]) ? d : A(0);
+                }
+              }
+              for (int64_t k = 0; k < len; ++k) store(d_, i0 + k, dz[k]);
+              if (part_ == nullptr) continue;
+              for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
+                const A* __restrict src = dz + (s - i0);
+                A* __restrict pc = part_ + c;
+                if (inner == 1) {
+                  for (int64_t j = 0; j < l; ++j) pc[j] += src[j];
+                } else {
+                  A lane[16] = {};
+                  int64_t j = 0;
+                  for (; j + 16 <= l; j += 16)
+                    for (int q = 0; q < 16; ++q) lane[q] += src[j + q];
                   A sum = A(0);
+                  for (; j < l; ++j) sum += src[j];
                   for (int q = 0; q < 16; ++q) sum += lane[q];
-                  part[c] += sum;
+                  pc[0] += sum;
                 }
               });
             }
