@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the bench modules, and fastreg built in place
 
 import bench_activations  # noqa: E402
 import bench_dropout  # noqa: E402

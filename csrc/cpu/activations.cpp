@@ -41,47 +41,45 @@ struct CpuLoops {
     });
   }
 
-  // Work is split on whole mask bytes (8 elements) so threads never share one.
+  // Chunks of kMaskChunk elements (whole mask bytes: threads never share one);
+  // in each, one vectorized loop computes outputs and a byte per element, a
+  // second packs the bytes into bits.
+  static constexpr int64_t kMaskChunk = 256;
+
   template <class Op>
   static void forward_mask(const Op& op, const at::Tensor& x, at::Tensor& y, uint8_t* mask) {
     const int64_t n = x.numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {
-      const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
-      scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       if (mask == nullptr) {
-        at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-          run_isa([&]() FASTREG_INLINE_LAMBDA {
-            const Op o = op;
-            for (int64_t i = begin; i < end; ++i) store(yp, i, o.forward(load(xp, i)));
-          });
-        });
+        forward(op, x, y);
         return;
       }
-      uint8_t* __restrict mp = mask;
-      const int64_t full = n / 8;
-      at::parallel_for(0, full, kGrain / 8, [&](int64_t begin, int64_t end) {
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      const int64_t chunks = (n + kMaskChunk - 1) / kMaskChunk;
+      at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
-          for (int64_t b = begin; b < end; ++b) {
-            uint32_t bits = 0;
-            for (int k = 0; k < 8; ++k) {
-              const auto v = load(xp, 8 * b + k);
-              store(yp, 8 * b + k, o.forward(v));
-              bits |= uint32_t(o.keep(v)) << k;
+          const scalar_t* __restrict x_ = xp;
+          scalar_t* __restrict y_ = yp;
+          uint8_t* __restrict m_ = mask;
+          alignas(64) uint8_t bits[kMaskChunk];
+          for (int64_t ch = c0; ch < c1; ++ch) {
+            const int64_t i0 = ch * kMaskChunk, len = std::min(kMaskChunk, n - i0);
+            for (int64_t k = 0; k < len; ++k) {
+              const auto v = load(x_, i0 + k);
+              store(y_, i0 + k, o.forward(v));
+              bits[k] = o.keep(v);
             }
-            mp[b] = uint8_t(bits);
+            for (int64_t k = len; k < kMaskChunk; ++k) bits[k] = 0;
+            for (int64_t q = 0; q < (len + 7) / 8; ++q) {
+              uint32_t byte = 0;
+              for (int t = 0; t < 8; ++t) byte |= uint32_t(bits[8 * q + t]) << t;
+              m_[i0 / 8 + q] = uint8_t(byte);
+            }
           }
         });
       });
-      if (full * 8 < n) {
-        uint32_t bits = 0;
-        for (int64_t i = full * 8; i < n; ++i) {
-          const auto v = load(xp, i);
-          store(yp, i, op.forward(v));
-          bits |= uint32_t(op.keep(v)) << (i - full * 8);
-        }
-        mp[full] = uint8_t(bits);
-      }
     });
   }
 
@@ -89,22 +87,29 @@ struct CpuLoops {
   static void backward_mask(const Op& op, const at::Tensor& g, const uint8_t* mask, at::Tensor& dx) {
     const int64_t n = g.numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
-      const scalar_t* __restrict gp = g.const_data_ptr<scalar_t>();
-      scalar_t* __restrict dp = dx.mutable_data_ptr<scalar_t>();
-      const uint8_t* __restrict mp = mask;
-      const int64_t full = n / 8;
-      at::parallel_for(0, full, kGrain / 8, [&](int64_t begin, int64_t end) {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+      const int64_t chunks = (n + kMaskChunk - 1) / kMaskChunk;
+      at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
-          for (int64_t b = begin; b < end; ++b) {
-            const uint32_t bits = mp[b];
-            for (int k = 0; k < 8; ++k)
-              store(dp, 8 * b + k, o.backward(load(gp, 8 * b + k), bool((bits >> k) & 1u)));
+          const scalar_t* __restrict g_ = gp;
+          const uint8_t* __restrict m_ = mask;
+          scalar_t* __restrict d_ = dp;
+          alignas(64) uint8_t bits[kMaskChunk];
+          for (int64_t ch = c0; ch < c1; ++ch) {
+            const int64_t i0 = ch * kMaskChunk, len = std::min(kMaskChunk, n - i0);
+            for (int64_t q = 0; q < (len + 7) / 8; ++q) {
+              // byte -> 8 bytes, bit t of the mask in byte t (non-zero when set)
+              const uint64_t spread = (uint64_t(m_[i0 / 8 + q]) * 0x0101010101010101ull) &
+                                      0x8040201008040201ull;
+              std::memcpy(bits + 8 * q, &spread, 8);
+            }
+            for (int64_t k = 0; k < len; ++k)
+              store(d_, i0 + k, o.backward(load(g_, i0 + k), bits[k] != 0));
           }
         });
       });
-      for (int64_t i = full * 8; i < n; ++i)
-        store(dp, i, op.backward(load(gp, i), bool((mp[full] >> (i - full * 8)) & 1u)));
     });
   }
 

@@ -242,8 +242,10 @@ struct CpuLoops {
               fill_words(seed, philox::kStreamElement, i0, len, words);
               if constexpr (Op::saved == Saved::Mask) {
                 for (int64_t q = 0; q < (len + 7) / 8; ++q) {
-                  const uint32_t byte = m_[i0 / 8 + q];
-                  for (int b = 0; b < 8; ++b) bits[8 * q + b] = (byte >> b) & 1u;
+                  // byte -> 8 bytes, bit t of the mask in byte t (non-zero when set)
+                  const uint64_t spread = (uint64_t(m_[i0 / 8 + q]) * 0x0101010101010101ull) &
+                                          0x8040201008040201ull;
+                  std::memcpy(bits + 8 * q, &spread, 8);
                 }
                 for (int64_t k = 0; k < len; ++k) {
                   const A d = o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc;

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU check, for a machine with an NVIDIA GPU and torch installed (no
+# downloads): build against the installed torch, run the CUDA tests, the
+# benchmark at full size, then compute-sanitizer over a small CUDA subset.
+# Logs and results go to $OUT when set, else bench/results/. Each step has a
+# time box so the whole check ends inside about 7 minutes.
+set -u
+cd "$(dirname "$0")/.."
+OUT_DIR=${OUT:-bench/results}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+START=$(date +%s)
+left() { echo $((${BUDGET_S:-400} - ($(date +%s) - START))); }
+status=0
+step() { echo "== $1 ($(($(date +%s) - START)) s)"; }
+
+step "device"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+} > "$OUT_DIR/env.txt" 2>&1
+cat "$OUT_DIR/env.txt"
+
+step "build (16 jobs, sm_90)"
+rm -f fastreg/_C*.so
+if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FASTREG_CUDA=1 \
+    $PY setup.py build_ext --inplace > "$OUT_DIR/build.log" 2>&1; then
+  tail -40 "$OUT_DIR/build.log"
+  echo "BUILD FAILED"
+  exit 1
+fi
+$PY -m fastreg | tee -a "$OUT_DIR/env.txt"
+
+step "CUDA tests"
+timeout $(( $(left) > 200 ? 170 : $(left) / 2 )) $PY -m pytest tests -q -k cuda -p no:cacheprovider -x \
+  > "$OUT_DIR/tests.log" 2>&1
+rc=$?
+tail -15 "$OUT_DIR/tests.log"
+[ $rc -eq 0 ] || { echo "CUDA TESTS FAILED (rc $rc)"; status=1; }
+
+step "benchmark (2^26 elements)"
+timeout $(( $(left) - 60 )) $PY bench/run.py --device cuda --out "$OUT_DIR" \
+  --compile-ops relu,gelu,silu,bias_relu_dropout,bias_gelu_dropout,dropout_add,dropout \
+  > "$OUT_DIR/bench.log" 2>&1
+rc=$?
+tail -75 "$OUT_DIR/bench.log"
+[ $rc -eq 0 ] || { echo "BENCHMARK FAILED (rc $rc)"; status=1; }
+
+step "compute-sanitizer memcheck + racecheck (small CUDA subset)"
+SUBSET_A="cuda_unaligned or (prelu_matches_torch and cuda and float32)"
+SUBSET_D="cuda and float32 and ((bitwise and 0.3) or bias_act_dropout_matches)"
+{
+  timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 99 \
+    $PY -m pytest tests/test_activations.py -q -p no:cacheprovider -k "$SUBSET_A"
+  echo "memcheck activations rc $?"
+  timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 99 \
+    $PY -m pytest tests/test_dropout.py -q -p no:cacheprovider -k "$SUBSET_D"
+  echo "memcheck dropout rc $?"
+  timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --error-exitcode 99 \
+    $PY -m pytest tests/test_dropout.py tests/test_activations.py -q -p no:cacheprovider \
+    -k "cuda and float32 and (bias_act_dropout_matches or prelu_matches) and not bfloat"
+  echo "racecheck rc $?"
+} > "$OUT_DIR/sanitizer.log" 2>&1
+grep -E "ERROR SUMMARY|rc [0-9]+|passed|failed" "$OUT_DIR/sanitizer.log"
+
+step "done, status $status"
+exit $status
