@@ -31,6 +31,7 @@ def main():
     p.add_argument(
         "--compile-ops", default="all", help="ops also timed under torch.compile ('all', 'none', or a list)"
     )
+    p.add_argument("--compile-dtypes", default="all", help="dtypes also timed under torch.compile")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = p.parse_args()
 
@@ -50,6 +51,8 @@ def main():
         for case in module.cases(device, dtypes, numel, compile_ops if not everything else _All()):
             if args.ops and case.op not in args.ops.split(","):
                 continue
+            if args.compile_dtypes != "all" and case.dtype not in args.compile_dtypes.split(","):
+                case.impls.pop("compile", None)
             rows.append(harness.run_case(case, device, copy_gbps))
             print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
     base = harness.write_results(rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel})
