@@ -14,6 +14,14 @@
 
 namespace fastreg {
 
+// "(2, 3, 4)": built by hand rather than streaming an IntArrayRef, which
+// crashed in the nvcc-compiled translation units (seen on an H200 build).
+inline std::string shape_str(const at::Tensor& t) {
+  std::string s = "(";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + ")";
+}
+
 inline void check_float(const at::Tensor& t, const char* op, const char* arg) {
   TORCH_CHECK_VALUE(t.defined(), "fastreg.", op, ": ", arg, " is undefined");
   const auto st = t.scalar_type();
@@ -29,8 +37,8 @@ inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* o
               " but ", ref_arg, " is on ", ref.device());
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "fastreg.", op, ": ", arg, " has dtype ",
                    t.scalar_type(), " but ", ref_arg, " has dtype ", ref.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "fastreg.", op, ": ", arg, " has shape ", t.sizes(),
-              " but ", ref_arg, " has shape ", ref.sizes());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "fastreg.", op, ": ", arg, " has shape ",
+                    shape_str(t), " but ", ref_arg, " has shape ", shape_str(ref));
 }
 
 // Kernels walk memory linearly, so they take non-overlapping dense tensors
@@ -131,8 +139,8 @@ inline PreluShape prelu_shape(const at::Tensor& xd, const at::Tensor& weight, co
   const int64_t c = weight.numel();
   if (c == 1) return {1, std::max<int64_t>(xd.numel(), 1)};
   TORCH_CHECK_VALUE(xd.dim() >= 2 && xd.size(1) == c, "fastreg.", name, ": weight has ", c,
-              " elements but must have 1 or input.size(1) elements (input shape ", xd.sizes(),
-              ")");
+              " elements but must have 1 or input.size(1) elements (input shape ",
+                    shape_str(xd), ")");
   return {c, xd.stride(1)};
 }
 

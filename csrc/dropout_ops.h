@@ -108,7 +108,7 @@ inline BiasShape bias_shape(const at::Tensor& xd, const std::optional<at::Tensor
               " but input is on ", xd.device());
   TORCH_CHECK_VALUE(xd.dim() >= 1 && b.dim() == 1 && b.size(0) == xd.size(-1),
                     "fastreg.bias_act_dropout: bias must be 1-D with input.size(-1) = ",
-                    xd.dim() >= 1 ? xd.size(-1) : 0, " elements, got shape ", b.sizes());
+                    xd.dim() >= 1 ? xd.size(-1) : 0, " elements, got shape ", shape_str(b));
   return {b.size(0), xd.stride(-1)};
 }
 

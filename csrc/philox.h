@@ -43,8 +43,29 @@ FASTREG_PHILOX_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& l
   lo = static_cast<uint32_t>(p);
 }
 
+// The ten round keys of a seed: kernels compute them once per thread and
+// reuse them for every counter block they draw.
+struct Key {
+  uint32_t k0[10], k1[10];
+};
+
+FASTREG_PHILOX_HD Key key_schedule(uint64_t seed) {
+  Key key;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    key.k0[round] = k0;
+    key.k1[round] = k1;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return key;
+}
+
 FASTREG_PHILOX_HD Word4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                      uint32_t k0, uint32_t k1) {
+                                      const Key& key) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -52,26 +73,37 @@ FASTREG_PHILOX_HD Word4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uin
     uint32_t hi0, lo0, hi1, lo1;
     mulhilo(kM0, c0, hi0, lo0);
     mulhilo(kM1, c2, hi1, lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    const uint32_t n0 = hi1 ^ c1 ^ key.k0[round], n2 = hi0 ^ c3 ^ key.k1[round];
     c0 = n0;
     c1 = lo1;
     c2 = n2;
     c3 = lo0;
-    k0 += kW0;
-    k1 += kW1;
   }
   return {{c0, c1, c2, c3}};
 }
 
+FASTREG_PHILOX_HD Word4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                      uint32_t k0, uint32_t k1) {
+  return philox4x32_10(c0, c1, c2, c3, key_schedule((uint64_t(k1) << 32) | k0));
+}
+
 // The four words of counter block `block` (elements 4*block .. 4*block+3).
-FASTREG_PHILOX_HD Word4 block_words(uint64_t seed, uint32_t stream, uint64_t block) {
+FASTREG_PHILOX_HD Word4 block_words(const Key& key, uint32_t stream, uint64_t block) {
   return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), stream,
-                       0u, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+                       0u, key);
+}
+
+FASTREG_PHILOX_HD Word4 block_words(uint64_t seed, uint32_t stream, uint64_t block) {
+  return block_words(key_schedule(seed), stream, block);
 }
 
 // The word of element (or sample) i.
+FASTREG_PHILOX_HD uint32_t word(const Key& key, uint32_t stream, uint64_t i) {
+  return block_words(key, stream, i >> 2).v[i & 3];
+}
+
 FASTREG_PHILOX_HD uint32_t word(uint64_t seed, uint32_t stream, uint64_t i) {
-  return block_words(seed, stream, i >> 2).v[i & 3];
+  return word(key_schedule(seed), stream, i);
 }
 
 // An element is kept when its word is at or above round(p * 2^32): p = 0 keeps

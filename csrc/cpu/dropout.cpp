@@ -21,11 +21,9 @@ constexpr int64_t kChunksPerTask = kGrain / kChunk;
 FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t len,
                              uint32_t* __restrict words) {
   const int64_t b0 = i0 >> 2, nb = (len + 3) >> 2;
-  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const philox::Key key = philox::key_schedule(seed);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint64_t blk = static_cast<uint64_t>(b0 + b);
-    const philox::Word4 r = philox::philox4x32_10(static_cast<uint32_t>(blk),
-                                                  static_cast<uint32_t>(blk >> 32), stream, 0u, k0, k1);
+    const philox::Word4 r = philox::block_words(key, stream, static_cast<uint64_t>(b0 + b));
     words[4 * b] = r.v[0];
     words[4 * b + 1] = r.v[1];
     words[4 * b + 2] = r.v[2];

@@ -120,28 +120,45 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// PReLU: memory is [outer][C][inner]; element i has channel (i / inner) % C.
+// PReLU: memory is [outer][C][inner]; units of 8 elements, channel found once
+// per unit (fast divmod) and advanced element by element.
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     prelu_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                         int64_t n, int64_t C, int64_t inner) {
+                         int64_t n, int64_t C, int64_t inner, ChannelIndex channel_of,
+                         bool aligned) {
   using A = opmath_t<T>;
   const Prelu op;
+  const int64_t units = (n + 7) / 8;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n; i += step) {
-    const int64_t c = (i / inner) % C;
-    y[i] = static_cast<T>(op.forward(static_cast<A>(x[i]), static_cast<A>(w[c])));
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T xv[8];
+    alignas(16) T yv[8];
+    load8(xv, x, 8 * u, n, vec);
+    int64_t c, pos;
+    channel_of(8 * u, c, pos);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      yv[k] = static_cast<T>(op.forward(static_cast<A>(xv[k]), static_cast<A>(w[c])));
+      if (++pos == inner) {
+        pos = 0;
+        if (++c == C) c = 0;
+      }
+    }
+    store8(y, yv, 8 * u, n, vec);
   }
 }
 
-// grad_input, and per-block partial sums of grad_weight in shared memory,
-// written to partial[block][C]; reduce_partials_kernel sums them in block order
-// (deterministic).
+// grad_input, and per-block partial sums of grad_weight in shared memory
+// (flushed when the channel changes), written to partial[block][C];
+// reduce_partials_kernel sums them in block order (deterministic).
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     prelu_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
                           const T* __restrict__ w, T* __restrict__ dx,
-                          opmath_t<T>* __restrict__ partial, int64_t n, int64_t C, int64_t inner) {
+                          opmath_t<T>* __restrict__ partial, int64_t n, int64_t C, int64_t inner,
+                          ChannelIndex channel_of, bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
   A* sdw = reinterpret_cast<A*>(smem_raw);
@@ -150,27 +167,43 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t c = threadIdx.x; c < C; c += kBlock) sdw[c] = A(0);
   __syncthreads();
   const Prelu op;
+  const int64_t units = (n + 7) / 8;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  int64_t run_c = -1;
-  A run = A(0);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n; i += step) {
-    const int64_t c = (i / inner) % C;
-    const A gi = static_cast<A>(g[i]), xi = static_cast<A>(x[i]);
-    dx[i] = static_cast<T>(op.grad_input(gi, xi, static_cast<A>(w[c])));
-    if (!want_dw) continue;
-    if (c != run_c) {
-      if (run_c >= 0) atomicAdd(&sdw[run_c], run);
-      run_c = c;
-      run = A(0);
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
+    const bool vec = aligned && 8 * u + 8 <= n;
+    alignas(16) T gv[8];
+    alignas(16) T xv[8];
+    alignas(16) T dv[8];
+    load8(gv, g, 8 * u, n, vec);
+    load8(xv, x, 8 * u, n, vec);
+    int64_t c, pos;
+    channel_of(8 * u, c, pos);
+    int64_t run_c = c;
+    A run = A(0);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const A gi = static_cast<A>(gv[k]), xi = static_cast<A>(xv[k]);
+      dv[k] = static_cast<T>(op.grad_input(gi, xi, static_cast<A>(w[c])));
+      if (want_dw && 8 * u + k < n) {
+        if (c != run_c) {
+          atomicAdd(&sdw[run_c], run);
+          run_c = c;
+          run = A(0);
+        }
+        run += op.grad_weight(gi, xi);
+      }
+      if (++pos == inner) {
+        pos = 0;
+        if (++c == C) c = 0;
+      }
     }
-    run += op.grad_weight(gi, xi);
+    if (want_dw) atomicAdd(&sdw[run_c], run);
+    store8(dx, dv, 8 * u, n, vec);
   }
   if (!want_dw) return;
-  if (run_c >= 0) atomicAdd(&sdw[run_c], run);
   __syncthreads();
   for (int64_t c = threadIdx.x; c < C; c += kBlock) partial[blockIdx.x * C + c] = sdw[c];
 }
-
 
 struct CudaLoops {
   template <class Op>
@@ -225,9 +258,11 @@ struct CudaLoops {
     const c10::cuda::CUDAGuard guard(x.device());
     const int64_t n = x.numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu", [&] {
-      prelu_forward_kernel<<<grid_for(n, kBlock * 4), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-          y.mutable_data_ptr<scalar_t>(), n, shape.channels, shape.inner);
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      prelu_forward_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          xp, w.const_data_ptr<scalar_t>(), yp, n, shape.channels, shape.inner,
+          ChannelIndex(n, shape.channels, shape.inner), aligned16(xp) && aligned16(yp));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -240,14 +275,18 @@ struct CudaLoops {
       using A = opmath_t<scalar_t>;
       const auto stream = at::cuda::getCurrentCUDAStream();
       const int64_t smem = C * static_cast<int64_t>(sizeof(A));
-      const int64_t grid = grid_for(n, kBlock * 4, 8);
+      const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
+      const ChannelIndex channel_of(n, C, shape.inner);
+      const bool aligned = aligned16(g.const_data_ptr<scalar_t>()) &&
+                           aligned16(x.const_data_ptr<scalar_t>()) &&
+                           aligned16(dx.const_data_ptr<scalar_t>());
       if (smem > kMaxSharedPartials) {
         // More channels than a block's shared memory holds: grad_input here,
         // grad_weight by an ATen reduction (a second pass, only in this case).
         prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
             g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
             w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-            static_cast<A*>(nullptr), n, C, shape.inner);
+            static_cast<A*>(nullptr), n, C, shape.inner, channel_of, aligned);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         const at::Tensor xa = x.to(c10::CppTypeToScalarType<A>::value);
         std::vector<int64_t> dims;
@@ -260,7 +299,7 @@ struct CudaLoops {
       prelu_backward_kernel<<<grid, kBlock, smem, stream>>>(
           g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
           w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-          partial.mutable_data_ptr<A>(), n, C, shape.inner);
+          partial.mutable_data_ptr<A>(), n, C, shape.inner, channel_of, aligned);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       reduce_partials_kernel<<<C, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
                                                        dw.mutable_data_ptr<scalar_t>(), grid, C);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/detail/IntegerDivider.cuh>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
@@ -35,6 +36,41 @@ inline int64_t grid_for(int64_t work, int64_t per_block, int waves = 32) {
   const int64_t need = (work + per_block - 1) / per_block;
   return std::max<int64_t>(1, std::min<int64_t>(need, sms * waves));
 }
+
+// q = a / d, r = a % d: a 32-bit multiply-shift when every dividend fits in
+// 31 bits (64-bit division costs ~100 instructions per use), else plain division.
+struct FastDivmod {
+  at::cuda::detail::IntDivider<unsigned int> d32;
+  int64_t d;
+  bool small;
+  FastDivmod(int64_t divisor, int64_t max_dividend)
+      : d32(static_cast<unsigned int>(
+            (max_dividend < (int64_t(1) << 31) && divisor < (int64_t(1) << 31)) ? divisor : 1)),
+        d(divisor),
+        small(max_dividend < (int64_t(1) << 31) && divisor < (int64_t(1) << 31)) {}
+  __device__ __forceinline__ void operator()(int64_t a, int64_t& q, int64_t& r) const {
+    if (small) {
+      const auto qr = d32.divmod(static_cast<unsigned int>(a));
+      q = qr.div;
+      r = qr.mod;
+    } else {
+      q = a / d;
+      r = a - q * d;
+    }
+  }
+};
+
+// Channel and position of element i in memory viewed as [outer][C][inner].
+struct ChannelIndex {
+  FastDivmod by_inner, by_channels;
+  ChannelIndex(int64_t n, int64_t C, int64_t inner)
+      : by_inner(inner, n), by_channels(C, n / std::max<int64_t>(inner, 1) + 1) {}
+  __device__ __forceinline__ void operator()(int64_t i, int64_t& c, int64_t& pos) const {
+    int64_t row, outer;
+    by_inner(i, row, pos);
+    by_channels(row, outer, c);
+  }
+};
 
 // Arithmetic that nvcc must not contract into an FMA: the random ops round
 // exactly like fastreg.reference (one rounding per multiply and per add).

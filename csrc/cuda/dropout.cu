@@ -18,9 +18,10 @@ struct DeviceKeep {
 };
 
 // The 8 words of unit u (elements 8u .. 8u+7).
-__device__ __forceinline__ void unit_words(uint64_t seed, uint32_t stream, int64_t u, uint32_t (&w)[8]) {
-  const philox::Word4 a = philox::block_words(seed, stream, 2 * static_cast<uint64_t>(u));
-  const philox::Word4 b = philox::block_words(seed, stream, 2 * static_cast<uint64_t>(u) + 1);
+__device__ __forceinline__ void unit_words(const philox::Key& key, uint32_t stream, int64_t u,
+                                           uint32_t (&w)[8]) {
+  const philox::Word4 a = philox::block_words(key, stream, 2 * static_cast<uint64_t>(u));
+  const philox::Word4 b = philox::block_words(key, stream, 2 * static_cast<uint64_t>(u) + 1);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     w[k] = a.v[k];
@@ -34,7 +35,7 @@ __global__ void __launch_bounds__(kBlock)
                    const int64_t* __restrict__ seed_p, int64_t n, DeviceKeep keep, opmath_t<T> scale,
                    opmath_t<T> add, opmath_t<T> drop, bool aligned) {
   using A = opmath_t<T>;
-  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const int64_t units = (n + 7) / 8;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
@@ -45,7 +46,7 @@ __global__ void __launch_bounds__(kBlock)
     load8(xv, x, 8 * u, n, vec);
     if (r != nullptr) load8(rv, r, 8 * u, n, vec);
     uint32_t w[8];
-    unit_words(seed, philox::kStreamElement, u, w);
+    unit_words(key, philox::kStreamElement, u, w);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       A v = keep(w[k]) ? add_rn(mul_rn(static_cast<A>(xv[k]), scale), add) : drop;
@@ -61,10 +62,10 @@ __global__ void __launch_bounds__(kBlock)
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     drop_path_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
-                     const int64_t* __restrict__ seed_p, int64_t n, int64_t B, int64_t inner,
+                     const int64_t* __restrict__ seed_p, int64_t n, ChannelIndex sample_of,
                      DeviceKeep keep, opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
-  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const int64_t units = (n + 7) / 8;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
@@ -74,14 +75,17 @@ __global__ void __launch_bounds__(kBlock)
     alignas(16) T yv[8];
     load8(xv, x, 8 * u, n, vec);
     if (r != nullptr) load8(rv, r, 8 * u, n, vec);
-    const int64_t first = (8 * u / inner) % B, last = (min(8 * u + 7, n - 1) / inner) % B;
-    const A s_first = keep(philox::word(seed, philox::kStreamSample, first)) ? scale : A(0);
+    int64_t first, last, pos;
+    sample_of(8 * u, first, pos);
+    sample_of(min(8 * u + 7, n - 1), last, pos);
+    const A s_first = keep(philox::word(key, philox::kStreamSample, first)) ? scale : A(0);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       A s = s_first;
       if (first != last) {
-        const int64_t b = ((8 * u + k) / inner) % B;
-        s = keep(philox::word(seed, philox::kStreamSample, b)) ? scale : A(0);
+        int64_t b;
+        sample_of(8 * u + k, b, pos);
+        s = keep(philox::word(key, philox::kStreamSample, b)) ? scale : A(0);
       }
       A v = mul_rn(static_cast<A>(xv[k]), s);
       if (r != nullptr) v = add_rn(static_cast<A>(rv[k]), v);
@@ -96,9 +100,10 @@ __global__ void __launch_bounds__(kBlock)
     bias_act_dropout_kernel(Op op, const T* __restrict__ x, const T* __restrict__ bias,
                             T* __restrict__ y, uint8_t* __restrict__ mask,
                             const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
-                            int64_t inner, DeviceKeep keep, opmath_t<T> scale, bool aligned) {
+                            int64_t inner, ChannelIndex channel_of, DeviceKeep keep,
+                            opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
-  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const int64_t units = (n + 7) / 8;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
@@ -107,8 +112,9 @@ __global__ void __launch_bounds__(kBlock)
     alignas(16) T yv[8];
     load8(xv, x, 8 * u, n, vec);
     uint32_t w[8];
-    unit_words(seed, philox::kStreamElement, u, w);
-    int64_t pos = (8 * u) % inner, c = ((8 * u) / inner) % K;
+    unit_words(key, philox::kStreamElement, u, w);
+    int64_t c, pos;
+    channel_of(8 * u, c, pos);
     uint32_t bits = 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
@@ -133,8 +139,8 @@ __global__ void __launch_bounds__(kBlock)
                                      const uint8_t* __restrict__ mask, const T* __restrict__ bias,
                                      T* __restrict__ dx, opmath_t<T>* __restrict__ partial,
                                      const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
-                                     int64_t inner, DeviceKeep keep, opmath_t<T> scale,
-                                     bool aligned) {
+                                     int64_t inner, ChannelIndex channel_of, DeviceKeep keep,
+                                     opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
   A* sdb = reinterpret_cast<A*>(smem_raw);
@@ -142,7 +148,7 @@ __global__ void __launch_bounds__(kBlock)
   if (want_db)
     for (int64_t c = threadIdx.x; c < K; c += kBlock) sdb[c] = A(0);
   __syncthreads();
-  const uint64_t seed = static_cast<uint64_t>(*seed_p);
+  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const int64_t units = (n + 7) / 8;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
@@ -158,8 +164,9 @@ __global__ void __launch_bounds__(kBlock)
       load8(xv, xs, 8 * u, n, vec);
     }
     uint32_t w[8];
-    unit_words(seed, philox::kStreamElement, u, w);
-    int64_t pos = (8 * u) % inner, c = ((8 * u) / inner) % K;
+    unit_words(key, philox::kStreamElement, u, w);
+    int64_t c, pos;
+    channel_of(8 * u, c, pos);
     int64_t run_c = c;
     A run = A(0);
 #pragma unroll
@@ -221,7 +228,7 @@ struct CudaLoops {
       scalar_t* yp = y.mutable_data_ptr<scalar_t>();
       const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
       drop_path_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          xp, rp, yp, seed.const_data_ptr<int64_t>(), n, shape.samples, shape.inner,
+          xp, rp, yp, seed.const_data_ptr<int64_t>(), n, ChannelIndex(n, shape.samples, shape.inner),
           DeviceKeep(threshold), A(scale), aligned);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -240,8 +247,9 @@ struct CudaLoops {
       bias_act_dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
                                 at::cuda::getCurrentCUDAStream()>>>(
           op, xp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, yp, mask,
-          seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner, DeviceKeep(prm.threshold),
-          A(prm.scale), aligned16(xp) && aligned16(yp));
+          seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner,
+          ChannelIndex(n, shape.channels, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
+          aligned16(xp) && aligned16(yp));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -270,7 +278,8 @@ struct CudaLoops {
       bias_act_dropout_backward_kernel<<<grid, kBlock, shared_db ? smem : 0, stream>>>(
           op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
           shared_db ? partial.mutable_data_ptr<A>() : nullptr, seed.const_data_ptr<int64_t>(), n, K,
-          shape.inner, DeviceKeep(prm.threshold), A(prm.scale), aligned);
+          shape.inner, ChannelIndex(n, K, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
+          aligned);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (shared_db) {
         reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
