@@ -36,7 +36,7 @@ $PY -m fastreg | tee -a "$OUT_DIR/env.txt"
 
 if want tests; then
   step "CUDA tests"
-  timeout ${TESTS_S:-170} $PY -m pytest tests -q -k "cuda or other_device" -p no:cacheprovider \
+  timeout ${TESTS_S:-170} $PY -m pytest tests -q -k "${TEST_FILTER:-cuda or other_device}" -p no:cacheprovider \
     > "$OUT_DIR/tests.log" 2>&1
   rc=$?
   grep -E "^(FAILED|ERROR)" "$OUT_DIR/tests.log" | head -20

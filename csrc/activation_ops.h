@@ -127,28 +127,35 @@ struct PreluShape {
   int64_t inner;
 };
 
-inline PreluShape prelu_shape(const at::Tensor& xd, const at::Tensor& weight, const char* name) {
+// Checks come before any tensor is made, so bad input changes nothing.
+inline void check_prelu(const at::Tensor& x, const at::Tensor& weight, const char* name) {
   check_float(weight, name, "weight");
-  TORCH_CHECK(weight.device() == xd.device(), "fastreg.", name, ": weight is on ",
-              weight.device(), " but input is on ", xd.device());
-  TORCH_CHECK_TYPE(weight.scalar_type() == xd.scalar_type(), "fastreg.", name,
+  TORCH_CHECK(weight.device() == x.device(), "fastreg.", name, ": weight is on ",
+              weight.device(), " but input is on ", x.device());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "fastreg.", name,
                    ": weight has dtype ", weight.scalar_type(), " but input has dtype ",
-                   xd.scalar_type());
+                   x.scalar_type());
   TORCH_CHECK_VALUE(weight.dim() <= 1, "fastreg.", name, ": weight must be 0-D or 1-D, got ",
-              weight.dim(), "-D");
+                    weight.dim(), "-D");
+  const int64_t c = weight.numel();
+  TORCH_CHECK_VALUE(c == 1 || (x.dim() >= 2 && x.size(1) == c), "fastreg.", name,
+                    ": weight has ", c,
+                    " elements but must have 1 or input.size(1) elements (input shape ",
+                    shape_str(x), ")");
+}
+
+inline PreluShape prelu_shape(const at::Tensor& xd, const at::Tensor& weight) {
   const int64_t c = weight.numel();
   if (c == 1) return {1, std::max<int64_t>(xd.numel(), 1)};
-  TORCH_CHECK_VALUE(xd.dim() >= 2 && xd.size(1) == c, "fastreg.", name, ": weight has ", c,
-              " elements but must have 1 or input.size(1) elements (input shape ",
-                    shape_str(xd), ")");
   return {c, xd.stride(1)};
 }
 
 template <class Loops>
 at::Tensor prelu_forward(const at::Tensor& x, const at::Tensor& weight) {
   check_float(x, "prelu", "input");
+  check_prelu(x, weight, "prelu");
   const at::Tensor xd = dense(x);
-  const PreluShape shape = prelu_shape(xd, weight, "prelu");
+  const PreluShape shape = prelu_shape(xd, weight);
   at::Tensor y = at::empty_like(xd);
   if (y.numel() > 0) Loops::prelu_forward(xd, weight.contiguous(), y, shape);
   return y;
@@ -159,8 +166,9 @@ std::tuple<at::Tensor, at::Tensor> prelu_backward(const at::Tensor& grad, const 
                                                   const at::Tensor& weight) {
   check_float(x, "prelu_backward", "input");
   check_like(grad, x, "prelu_backward", "grad", "input");
+  check_prelu(x, weight, "prelu_backward");
   const at::Tensor xd = dense(x);
-  const PreluShape shape = prelu_shape(xd, weight, "prelu_backward");
+  const PreluShape shape = prelu_shape(xd, weight);
   const at::Tensor g = like_layout(grad, xd);
   at::Tensor dx = at::empty_like(xd);
   at::Tensor dw = at::empty_like(weight, at::MemoryFormat::Contiguous);

@@ -68,6 +68,11 @@ auto with_activation(c10::string_view name, double negative_slope, double alpha,
   return f(Relu{});  // not reached
 }
 
+// Validates an activation name and its parameters (before anything is made).
+inline void check_activation(c10::string_view name, double alpha, c10::string_view approximate) {
+  with_activation(name, 0.0, alpha, approximate, [](auto) { return 0; });
+}
+
 // The bit a mask activation stores for backward (false for the others).
 template <class Op, class T>
 FASTREG_HD bool act_bit(const Op& op, T z) {
@@ -98,18 +103,24 @@ struct BiasShape {
   int64_t inner;
 };
 
-inline BiasShape bias_shape(const at::Tensor& xd, const std::optional<at::Tensor>& bias) {
-  if (!bias.has_value() || !bias->defined()) return {1, std::max<int64_t>(xd.numel(), 1)};
+inline bool has(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bias) {
+  if (!has(bias)) return;
   const at::Tensor& b = *bias;
   check_float(b, "bias_act_dropout", "bias");
-  TORCH_CHECK_TYPE(b.scalar_type() == xd.scalar_type(), "fastreg.bias_act_dropout: bias has dtype ",
-                   b.scalar_type(), " but input has dtype ", xd.scalar_type());
-  TORCH_CHECK(b.device() == xd.device(), "fastreg.bias_act_dropout: bias is on ", b.device(),
-              " but input is on ", xd.device());
-  TORCH_CHECK_VALUE(xd.dim() >= 1 && b.dim() == 1 && b.size(0) == xd.size(-1),
+  TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fastreg.bias_act_dropout: bias has dtype ",
+                   b.scalar_type(), " but input has dtype ", x.scalar_type());
+  TORCH_CHECK(b.device() == x.device(), "fastreg.bias_act_dropout: bias is on ", b.device(),
+              " but input is on ", x.device());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && b.dim() == 1 && b.size(0) == x.size(-1),
                     "fastreg.bias_act_dropout: bias must be 1-D with input.size(-1) = ",
-                    xd.dim() >= 1 ? xd.size(-1) : 0, " elements, got shape ", shape_str(b));
-  return {b.size(0), xd.stride(-1)};
+                    x.dim() >= 1 ? x.size(-1) : 0, " elements, got shape ", shape_str(b));
+}
+
+inline BiasShape bias_shape(const at::Tensor& xd, const std::optional<at::Tensor>& bias) {
+  if (!has(bias)) return {1, std::max<int64_t>(xd.numel(), 1)};
+  return {bias->size(0), xd.stride(-1)};
 }
 
 // drop path: one decision per sample of dim 0; memory is [outer][B][inner].
@@ -161,12 +172,10 @@ at::Tensor drop_path_forward(const at::Tensor& x, const std::optional<at::Tensor
   check_float(x, name, "input");
   check_seed(seed, x, name);
   check_p(p, name);
+  if (has(residual)) check_like(*residual, x, name, "residual", "input");
   const at::Tensor xd = dense(x);
   std::optional<at::Tensor> r;
-  if (residual.has_value() && residual->defined()) {
-    check_like(*residual, x, name, "residual", "input");
-    r = like_layout(*residual, xd);
-  }
+  if (has(residual)) r = like_layout(*residual, xd);
   at::Tensor y = at::empty_like(xd);
   if (y.numel() > 0)
     L::drop_path(xd, r, seed, philox::keep_threshold(p), drop_path_scale(p, scale_by_keep),
@@ -182,6 +191,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_forward(
   check_float(x, "bias_act_dropout", "input");
   check_seed(seed, x, "bias_act_dropout");
   check_p(p, "bias_act_dropout");
+  check_bias(x, bias);
+  check_activation(activation, alpha, approximate);
   const at::Tensor xd = dense(x);
   const BiasShape shape = bias_shape(xd, bias);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
@@ -209,17 +220,22 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_backward(
   check_float(grad, name, "grad");
   check_seed(seed, grad, name);
   check_p(p, name);
+  check_bias(grad, bias);
+  check_activation(activation, alpha, approximate);
   return with_activation(activation, negative_slope, alpha, approximate, [&](auto op) {
     using Op = decltype(op);
+    if constexpr (Op::saved == Saved::Mask) {
+      TORCH_CHECK_VALUE(saved.scalar_type() == at::kByte && saved.numel() == mask_bytes(grad.numel()),
+                        "fastreg.", name, ": saved must be the forward's mask of ",
+                        mask_bytes(grad.numel()), " bytes");
+    } else {
+      check_like(grad, saved, name, "grad", "input");
+    }
     at::Tensor g, s;
     if constexpr (Op::saved == Saved::Mask) {
       g = dense(grad);
-      TORCH_CHECK_VALUE(saved.scalar_type() == at::kByte && saved.numel() == mask_bytes(g.numel()),
-                        "fastreg.", name, ": saved must be the forward's mask of ",
-                        mask_bytes(g.numel()), " bytes");
       s = saved;
     } else {
-      check_like(grad, saved, name, "grad", "input");
       s = dense(saved);
       g = like_layout(grad, s);
     }

@@ -30,12 +30,22 @@ CASES = {
 }
 SHAPES = [(0,), (1,), (7,), (33,), (4, 37), (2, 3, 5, 7)]
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
-# torch's backward ops of the activations that save their output, on a given output
+
+
+# The backward formula of each activation that saves its output, evaluated in
+# float64 on a given output and rounded once (torch's own CUDA kernels round
+# intermediate products in half types, which is less accurate than fastreg's).
+def _from_output(formula):
+    return lambda g, y, kw: formula(g.double(), y.double(), kw).to(g.dtype)
+
+
 OUTPUT_BACKWARD = {
-    "sigmoid": lambda g, y, kw: torch.ops.aten.sigmoid_backward(g, y),
-    "tanh": lambda g, y, kw: torch.ops.aten.tanh_backward(g, y),
-    "elu": lambda g, y, kw: torch.ops.aten.elu_backward(g, kw.get("alpha", 1.0), 1, 1, True, y),
-    "selu": lambda g, y, kw: torch.ops.aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1, True, y),
+    "sigmoid": _from_output(lambda g, y, kw: g * y * (1 - y)),
+    "tanh": _from_output(lambda g, y, kw: g * (1 - y * y)),
+    "elu": _from_output(lambda g, y, kw: torch.where(y > 0, g, g * (y + kw.get("alpha", 1.0)))),
+    "selu": _from_output(
+        lambda g, y, kw: torch.where(y > 0, g * SELU_SCALE, g * (y + SELU_ALPHA * SELU_SCALE))
+    ),
 }
 LAYOUTS = ["contiguous", "strided", "permuted", "channels_last"]
 

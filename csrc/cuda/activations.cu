@@ -227,6 +227,7 @@ struct CudaLoops {
 
   template <class Op>
   static void forward_mask(const Op& op, const at::Tensor& x, at::Tensor& y, uint8_t* mask) {
+    if (mask == nullptr) return forward(op, x, y);  // inference: the plain map kernel
     const c10::cuda::CUDAGuard guard(x.device());
     const int64_t n = x.numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {

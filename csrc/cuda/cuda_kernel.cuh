@@ -21,7 +21,9 @@ template <class T> using opmath_t = typename Opmath<T>::type;
 // Elements per 16-byte access.
 template <class T> constexpr int kVec = 16 / sizeof(T);
 
-template <class T, int N> struct alignas(16) Pack {
+// N elements accessed as one load/store (16 bytes when N = kVec<T>). Aligned
+// to its own size, not more: Pack<T, 1> must index element by element.
+template <class T, int N> struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 

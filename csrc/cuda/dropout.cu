@@ -198,6 +198,75 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t c = threadIdx.x; c < K; c += kBlock) partial[blockIdx.x * K + c] = sdb[c];
 }
 
+// grad_bias when the bias runs along the contiguous last dim (inner == 1) and
+// K % 8 == 0: threads own 8-channel column groups and walk rows, summing in
+// registers (no atomics), then a block sums its rows in shared memory and
+// writes partial[blockIdx.y][K]. Same units (8 elements, unit_words) as above.
+template <class Op, class T>
+__global__ void __launch_bounds__(kBlock)
+    bias_act_dropout_backward_columns_kernel(Op op, const T* __restrict__ g,
+                                             const T* __restrict__ xs,
+                                             const uint8_t* __restrict__ mask,
+                                             const T* __restrict__ bias, T* __restrict__ dx,
+                                             opmath_t<T>* __restrict__ partial,
+                                             const int64_t* __restrict__ seed_p, int64_t rows,
+                                             int64_t K, int cols_per_block, DeviceKeep keep,
+                                             opmath_t<T> scale) {
+  using A = opmath_t<T>;
+  __shared__ A sacc[kBlock * 8];
+  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const int tx = threadIdx.x % cols_per_block, ty = threadIdx.x / cols_per_block;
+  const int rows_per_block = kBlock / cols_per_block;
+  const int64_t groups = K / 8;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * cols_per_block + tx;  // column group
+  A acc[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) acc[k] = A(0);
+  A bv[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+    bv[k] = (j < groups && bias != nullptr) ? static_cast<A>(bias[8 * j + k]) : A(0);
+  if (j < groups) {
+    for (int64_t r = static_cast<int64_t>(blockIdx.y) * rows_per_block + ty; r < rows;
+         r += static_cast<int64_t>(gridDim.y) * rows_per_block) {
+      const int64_t u = r * groups + j;
+      alignas(16) T gv[8];
+      alignas(16) T xv[8];
+      alignas(16) T dv[8];
+      load8(gv, g, 8 * u, 8 * u + 8, true);
+      uint32_t bits = 0;
+      if constexpr (Op::saved == Saved::Mask) {
+        bits = mask[u];
+      } else {
+        load8(xv, xs, 8 * u, 8 * u + 8, true);
+      }
+      uint32_t w[8];
+      unit_words(key, philox::kStreamElement, u, w);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        A z = A(0);
+        if constexpr (Op::saved != Saved::Mask) z = static_cast<A>(xv[k]) + bv[k];
+        const A d =
+            keep(w[k]) ? act_grad(op, static_cast<A>(gv[k]), z, bool((bits >> k) & 1u)) * scale : A(0);
+        dv[k] = static_cast<T>(d);
+        acc[k] += d;
+      }
+      store8(dx, dv, 8 * u, 8 * u + 8, true);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) sacc[threadIdx.x * 8 + k] = acc[k];
+  __syncthreads();
+  if (ty == 0 && j < groups) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      A sum = A(0);
+      for (int q = 0; q < rows_per_block; ++q) sum += sacc[(q * cols_per_block + tx) * 8 + k];
+      partial[static_cast<int64_t>(blockIdx.y) * K + 8 * j + k] = sum;
+    }
+  }
+}
+
 struct CudaLoops {
   static void dropout(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                       const at::Tensor& seed, DropoutParams prm, at::Tensor& y) {
@@ -269,6 +338,28 @@ struct CudaLoops {
       const uint8_t* mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
       scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
       const bool aligned = aligned16(gp) && aligned16(dp) && (xp == nullptr || aligned16(xp));
+      if (dbias != nullptr && shape.inner == 1 && K % 8 == 0 && aligned) {
+        // bias on the contiguous last dim: the column kernel (no atomics)
+        const int64_t groups = K / 8, rows = n / K;
+        const int cols = static_cast<int>(std::min<int64_t>(groups, kBlock));
+        const int64_t gx = (groups + cols - 1) / cols;
+        const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+        const int64_t rows_per_block = kBlock / cols;
+        const int64_t gy = std::max<int64_t>(
+            1, std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block,
+                                 std::max<int64_t>(1, sms * 8 / gx)));
+        at::Tensor partial =
+            at::empty({gy * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
+        bias_act_dropout_backward_columns_kernel<<<dim3(gx, gy), kBlock, 0, stream>>>(
+            op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
+            partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(), rows, K, cols,
+            DeviceKeep(prm.threshold), A(prm.scale));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
+                                                         dbias->mutable_data_ptr<scalar_t>(), gy, K);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
       const int64_t smem = K * static_cast<int64_t>(sizeof(A));
       const bool shared_db = dbias != nullptr && smem <= kMaxSharedPartials;
       const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
