@@ -47,7 +47,7 @@ fi
 if want bench; then
   step "benchmark (2^26 elements)"
   timeout $(( $(left) - ${AFTER_BENCH_S:-90} )) $PY bench/run.py --device cuda --out "$OUT_DIR" \
-    --families ${FAMILIES:-activations,dropout} --compile-dtypes bfloat16 \
+    --families ${FAMILIES:-activations,dropout} --compile-dtypes bfloat16 ${BENCH_OPS:+--ops $BENCH_OPS} \
     --compile-ops relu,gelu,bias_relu_dropout,bias_gelu_dropout,dropout_add \
     > "$OUT_DIR/bench.log" 2>&1
   rc=$?
