@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "activations.h"
+#include "errors.h"
 
 namespace fastreg {
 
@@ -23,9 +24,9 @@ inline std::string shape_str(const at::Tensor& t) {
 }
 
 inline void check_float(const at::Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK_VALUE(t.defined(), "fastreg.", op, ": ", arg, " is undefined");
+  FASTREG_CHECK_VALUE(t.defined(), "fastreg.", op, ": ", arg, " is undefined");
   const auto st = t.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+  FASTREG_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
               "fastreg.", op, ": ", arg,
               " must be a float32, float64, float16 or bfloat16 tensor, got ", st);
 }
@@ -33,11 +34,11 @@ inline void check_float(const at::Tensor& t, const char* op, const char* arg) {
 // `t` must be on `ref`'s device with `ref`'s dtype and shape.
 inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
                        const char* arg, const char* ref_arg) {
-  TORCH_CHECK(t.device() == ref.device(), "fastreg.", op, ": ", arg, " is on ", t.device(),
+  FASTREG_CHECK(t.device() == ref.device(), "fastreg.", op, ": ", arg, " is on ", t.device(),
               " but ", ref_arg, " is on ", ref.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "fastreg.", op, ": ", arg, " has dtype ",
+  FASTREG_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "fastreg.", op, ": ", arg, " has dtype ",
                    t.scalar_type(), " but ", ref_arg, " has dtype ", ref.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "fastreg.", op, ": ", arg, " has shape ",
+  FASTREG_CHECK_VALUE(t.sizes() == ref.sizes(), "fastreg.", op, ": ", arg, " has shape ",
                     shape_str(t), " but ", ref_arg, " has shape ", shape_str(ref));
 }
 
@@ -106,11 +107,11 @@ template <class Loops, class Op>
 at::Tensor act_backward_mask(const char* name, const at::Tensor& grad, const at::Tensor& mask,
                              const Op& op) {
   check_float(grad, name, "grad");
-  TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.is_contiguous(),
+  FASTREG_CHECK_TYPE(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.is_contiguous(),
               "fastreg.", name, ": mask must be a contiguous 1-D uint8 tensor");
-  TORCH_CHECK(mask.device() == grad.device(), "fastreg.", name, ": mask is on ", mask.device(),
+  FASTREG_CHECK(mask.device() == grad.device(), "fastreg.", name, ": mask is on ", mask.device(),
               " but grad is on ", grad.device());
-  TORCH_CHECK_VALUE(mask.numel() == mask_bytes(grad.numel()), "fastreg.", name, ": mask has ",
+  FASTREG_CHECK_VALUE(mask.numel() == mask_bytes(grad.numel()), "fastreg.", name, ": mask has ",
               mask.numel(), " bytes but grad needs ", mask_bytes(grad.numel()),
               " (was the forward run with save_mask=False?)");
   const at::Tensor g = dense(grad);
@@ -130,15 +131,15 @@ struct PreluShape {
 // Checks come before any tensor is made, so bad input changes nothing.
 inline void check_prelu(const at::Tensor& x, const at::Tensor& weight, const char* name) {
   check_float(weight, name, "weight");
-  TORCH_CHECK(weight.device() == x.device(), "fastreg.", name, ": weight is on ",
+  FASTREG_CHECK(weight.device() == x.device(), "fastreg.", name, ": weight is on ",
               weight.device(), " but input is on ", x.device());
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "fastreg.", name,
+  FASTREG_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "fastreg.", name,
                    ": weight has dtype ", weight.scalar_type(), " but input has dtype ",
                    x.scalar_type());
-  TORCH_CHECK_VALUE(weight.dim() <= 1, "fastreg.", name, ": weight must be 0-D or 1-D, got ",
+  FASTREG_CHECK_VALUE(weight.dim() <= 1, "fastreg.", name, ": weight must be 0-D or 1-D, got ",
                     weight.dim(), "-D");
   const int64_t c = weight.numel();
-  TORCH_CHECK_VALUE(c == 1 || (x.dim() >= 2 && x.size(1) == c), "fastreg.", name,
+  FASTREG_CHECK_VALUE(c == 1 || (x.dim() >= 2 && x.size(1) == c), "fastreg.", name,
                     ": weight has ", c,
                     " elements but must have 1 or input.size(1) elements (input shape ",
                     shape_str(x), ")");
@@ -180,14 +181,14 @@ std::tuple<at::Tensor, at::Tensor> prelu_backward(const at::Tensor& grad, const 
 }
 
 inline bool gelu_tanh(c10::string_view approximate) {
-  TORCH_CHECK_VALUE(approximate == "none" || approximate == "tanh",
+  FASTREG_CHECK_VALUE(approximate == "none" || approximate == "tanh",
               "fastreg.gelu: approximate must be 'none' or 'tanh', got '", std::string(approximate),
               "'");
   return approximate == "tanh";
 }
 
 inline double elu_alpha(double alpha) {
-  TORCH_CHECK_VALUE(alpha >= 0, "fastreg.elu: alpha must be >= 0 (backward uses the output), got ",
+  FASTREG_CHECK_VALUE(alpha >= 0, "fastreg.elu: alpha must be >= 0 (backward uses the output), got ",
               alpha);
   return alpha;
 }

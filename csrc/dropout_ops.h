@@ -28,14 +28,14 @@ struct DropoutParams {
 };
 
 inline void check_p(double p, const char* op) {
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.", op,
+  FASTREG_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.", op,
                     ": p (dropout probability) must be in [0, 1], got ", p);
 }
 
 inline void check_seed(const at::Tensor& seed, const at::Tensor& x, const char* op) {
-  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
+  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
                    ": seed must be a one-element int64 tensor");
-  TORCH_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(),
+  FASTREG_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(),
               " but input is on ", x.device());
 }
 
@@ -63,7 +63,7 @@ auto with_activation(c10::string_view name, double negative_slope, double alpha,
   if (name == "tanh") return f(Tanh{});
   if (name == "elu") return f(Elu{elu_alpha(alpha)});
   if (name == "selu") return f(Selu{});
-  TORCH_CHECK_VALUE(false, "fastreg.bias_act_dropout: activation must be one of relu, leaky_relu, ",
+  FASTREG_CHECK_VALUE(false, "fastreg.bias_act_dropout: activation must be one of relu, leaky_relu, ",
                     "gelu, silu, sigmoid, tanh, elu, selu; got '", std::string(name), "'");
   return f(Relu{});  // not reached
 }
@@ -109,11 +109,11 @@ inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bia
   if (!has(bias)) return;
   const at::Tensor& b = *bias;
   check_float(b, "bias_act_dropout", "bias");
-  TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fastreg.bias_act_dropout: bias has dtype ",
+  FASTREG_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fastreg.bias_act_dropout: bias has dtype ",
                    b.scalar_type(), " but input has dtype ", x.scalar_type());
-  TORCH_CHECK(b.device() == x.device(), "fastreg.bias_act_dropout: bias is on ", b.device(),
+  FASTREG_CHECK(b.device() == x.device(), "fastreg.bias_act_dropout: bias is on ", b.device(),
               " but input is on ", x.device());
-  TORCH_CHECK_VALUE(x.dim() >= 1 && b.dim() == 1 && b.size(0) == x.size(-1),
+  FASTREG_CHECK_VALUE(x.dim() >= 1 && b.dim() == 1 && b.size(0) == x.size(-1),
                     "fastreg.bias_act_dropout: bias must be 1-D with input.size(-1) = ",
                     x.dim() >= 1 ? x.size(-1) : 0, " elements, got shape ", shape_str(b));
 }
@@ -225,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_backward(
   return with_activation(activation, negative_slope, alpha, approximate, [&](auto op) {
     using Op = decltype(op);
     if constexpr (Op::saved == Saved::Mask) {
-      TORCH_CHECK_VALUE(saved.scalar_type() == at::kByte && saved.numel() == mask_bytes(grad.numel()),
+      FASTREG_CHECK_VALUE(saved.scalar_type() == at::kByte && saved.numel() == mask_bytes(grad.numel()),
                         "fastreg.", name, ": saved must be the forward's mask of ",
                         mask_bytes(grad.numel()), " bytes");
     } else {

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "cpu/cpu_kernel.h"
+#include "errors.h"
 
 #include "build_info.h"  // written by setup.py
 
@@ -52,6 +53,14 @@ TORCH_LIBRARY(fastreg, m) {
       "dropconnect_linear_backward(Tensor grad, Tensor input, Tensor weight, Tensor seed, float p) "
       "-> (Tensor, Tensor, Tensor)");
 }
+
+namespace fastreg {
+
+void throw_type_error(const std::string& msg) { TORCH_CHECK_TYPE(false, msg); }
+void throw_value_error(const std::string& msg) { TORCH_CHECK_VALUE(false, msg); }
+void throw_runtime_error(const std::string& msg) { TORCH_CHECK(false, msg); }
+
+}  // namespace fastreg
 
 namespace {
 

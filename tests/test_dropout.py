@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA, DEVICES, saved_bytes
+from conftest import CUDA, DEVICES, check_raw_op_errors, saved_bytes
 from test_activations import make_input
 
 import fastreg
@@ -328,19 +328,10 @@ def test_bad_input(device):
             FR.bias_act_dropout(x, None, "relu", p)
         with pytest.raises(ValueError, match="p"):
             FR.drop_path(x, p, True)
-    with pytest.raises(ValueError, match="p"):
-        ops.dropout(x, torch.tensor([1], device=device), 2.0, False)  # the C++ check
     with pytest.raises(ValueError, match="bias"):
         FR.bias_act_dropout(x, torch.zeros(5, device=device), "relu", 0.1)
-    with pytest.raises(ValueError, match="bias"):
-        ops.bias_act_dropout(x, torch.zeros(5, device=device), torch.tensor([1], device=device), "relu",
-                             0.1, 0.01, 1.0, "none", False)  # fmt: skip
     with pytest.raises(ValueError, match="activation"):
         FR.bias_act_dropout(x, None, "swish", 0.1)
-    with pytest.raises(ValueError, match="activation"):
-        ops.bias_act_dropout(
-            x, None, torch.tensor([1], device=device), "swish", 0.1, 0.01, 1.0, "none", False
-        )
     with pytest.raises(RuntimeError, match="bias"):
         FR.bias_act_dropout(x, torch.zeros(6, device="meta"), "relu", 0.1)
     with pytest.raises(ValueError, match="residual"):
@@ -353,8 +344,19 @@ def test_bad_input(device):
         FR.dropout(x, 0.1, seed=1.5)
     with pytest.raises(ValueError, match="weight"):
         FR.dropconnect_linear(x, torch.zeros(3, 5, device=device), None, 0.1)
-    with pytest.raises(TypeError, match="seed"):
-        ops.dropout(x, torch.tensor([1.0], device=device), 0.1, False)
+    seed = "torch.tensor([1], device=device)"
+    check_raw_op_errors(  # the C++ checks, for callers of the raw ops
+        device,
+        [
+            (f"ops.dropout(x, {seed}, 2.0, False)", "ValueError", "p"),
+            ("ops.dropout(x, torch.tensor([1.0], device=device), 0.1, False)", "TypeError", "seed"),
+            (f"ops.bias_act_dropout(x, torch.zeros(5, device=device), {seed}, 'relu', 0.1, 0.01, 1.0, 'none', False)",
+             "ValueError", "bias"),
+            (f"ops.bias_act_dropout(x, None, {seed}, 'swish', 0.1, 0.01, 1.0, 'none', False)", "ValueError", "activation"),
+            (f"ops.dropout_add(x, x[:2], {seed}, 0.1)", "ValueError", "residual"),
+            (f"ops.drop_path(x, None, {seed}, -0.5, True)", "ValueError", "p"),
+        ],
+    )  # fmt: skip
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA not available")

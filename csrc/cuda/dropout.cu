@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
   for (int k = 0; k < 8; ++k)
     bv[k] = (j < groups && bias != nullptr) ? static_cast<A>(bias[8 * j + k]) : A(0);
-  if (j < groups) {
+  if (j < groups && ty < rows_per_block) {  // kBlock % cols_per_block threads idle
     for (int64_t r = static_cast<int64_t>(blockIdx.y) * rows_per_block + ty; r < rows;
          r += static_cast<int64_t>(gridDim.y) * rows_per_block) {
       const int64_t u = r * groups + j;
