@@ -345,18 +345,19 @@ def test_bad_input(device):
     with pytest.raises(ValueError, match="weight"):
         FR.dropconnect_linear(x, torch.zeros(3, 5, device=device), None, 0.1)
     seed = "torch.tensor([1], device=device)"
+    bad = "torch.zeros(5, device=device)"
+    act_args = "0.1, 0.01, 1.0, 'none', False"
     check_raw_op_errors(  # the C++ checks, for callers of the raw ops
         device,
         [
             (f"ops.dropout(x, {seed}, 2.0, False)", "ValueError", "p"),
             ("ops.dropout(x, torch.tensor([1.0], device=device), 0.1, False)", "TypeError", "seed"),
-            (f"ops.bias_act_dropout(x, torch.zeros(5, device=device), {seed}, 'relu', 0.1, 0.01, 1.0, 'none', False)",
-             "ValueError", "bias"),
-            (f"ops.bias_act_dropout(x, None, {seed}, 'swish', 0.1, 0.01, 1.0, 'none', False)", "ValueError", "activation"),
+            (f"ops.bias_act_dropout(x, {bad}, {seed}, 'relu', {act_args})", "ValueError", "bias"),
+            (f"ops.bias_act_dropout(x, None, {seed}, 'swish', {act_args})", "ValueError", "activation"),
             (f"ops.dropout_add(x, x[:2], {seed}, 0.1)", "ValueError", "residual"),
             (f"ops.drop_path(x, None, {seed}, -0.5, True)", "ValueError", "p"),
         ],
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA not available")
