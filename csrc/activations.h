@@ -4,6 +4,9 @@
 // float64); the kernels convert on load and store.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -17,6 +20,12 @@
 #define FASTREG_HOST inline __attribute__((always_inline))
 
 namespace fastreg {
+
+// The type kernels compute in: float for the half types, else the type itself.
+template <class T> struct Opmath { using type = T; };
+template <> struct Opmath<c10::Half> { using type = float; };
+template <> struct Opmath<c10::BFloat16> { using type = float; };
+template <class T> using opmath_t = typename Opmath<T>::type;
 
 // What an activation's backward needs from its forward (DESIGN §4).
 enum class Saved { Input, Output, Mask };

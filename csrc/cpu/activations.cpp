@@ -181,12 +181,7 @@ struct CpuLoops {
           });
         }
       });
-      scalar_t* dwp = dw.mutable_data_ptr<scalar_t>();
-      for (int64_t c = 0; c < C; ++c) {
-        acc_t sum = 0;
-        for (int64_t t = 0; t < tasks; ++t) sum += partial[t * C + c];
-        dwp[c] = static_cast<scalar_t>(sum);
-      }
+      sum_partials(partial.data(), tasks, C, dw.mutable_data_ptr<scalar_t>());
     });
   }
 };

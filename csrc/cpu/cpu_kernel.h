@@ -15,10 +15,7 @@
 
 namespace fastreg::cpu {
 
-template <class T> struct Opmath { using type = T; };
-template <> struct Opmath<c10::Half> { using type = float; };
-template <> struct Opmath<c10::BFloat16> { using type = float; };
-template <class T> using opmath_t = typename Opmath<T>::type;
+using fastreg::opmath_t;
 
 using math::bits_to_float;
 using math::float_to_bits;
@@ -114,6 +111,16 @@ template <class F> void run_isa(const F& f) {
     case Isa::Avx512: run_avx512(f); break;
     case Isa::Avx2: run_avx2(f); break;
     default: run_portable(f);
+  }
+}
+
+// out[c] = sum over tasks of partial[task][c], in task order (deterministic).
+template <class scalar_t, class A>
+void sum_partials(const A* partial, int64_t tasks, int64_t C, scalar_t* out) {
+  for (int64_t c = 0; c < C; ++c) {
+    A sum = A(0);
+    for (int64_t t = 0; t < tasks; ++t) sum += partial[t * C + c];
+    out[c] = static_cast<scalar_t>(sum);
   }
 }
 

@@ -279,14 +279,7 @@ struct CpuLoops {
           });
         }
       });
-      if (dbias) {
-        scalar_t* dbp = dbias->mutable_data_ptr<scalar_t>();
-        for (int64_t c = 0; c < K; ++c) {
-          A sum = A(0);
-          for (int64_t t = 0; t < tasks; ++t) sum += partial[t * K + c];
-          dbp[c] = static_cast<scalar_t>(sum);
-        }
-      }
+      if (dbias) sum_partials(partial.data(), tasks, K, dbias->mutable_data_ptr<scalar_t>());
     });
   }
 };

@@ -11,12 +11,11 @@
 
 #include <cstdint>
 
+#include "../activations.h"
+
 namespace fastreg::cuda {
 
-template <class T> struct Opmath { using type = T; };
-template <> struct Opmath<c10::Half> { using type = float; };
-template <> struct Opmath<c10::BFloat16> { using type = float; };
-template <class T> using opmath_t = typename Opmath<T>::type;
+using fastreg::opmath_t;
 
 // Elements per 16-byte access.
 template <class T> constexpr int kVec = 16 / sizeof(T);
