@@ -29,7 +29,9 @@ def main():
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--ops", default="", help="only these ops (comma-separated)")
     p.add_argument(
-        "--compile-ops", default="all", help="ops also timed under torch.compile ('all', 'none', or a list)"
+        "--compile-ops",
+        default="relu,gelu,bias_relu_dropout,bias_gelu_dropout,dropout_add",
+        help="ops also timed under torch.compile ('all', 'none', or a list); each costs a compile",
     )
     p.add_argument("--compile-dtypes", default="all", help="dtypes also timed under torch.compile")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
