@@ -9,7 +9,9 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "../activations.h"
 
@@ -72,11 +74,16 @@ template <> FASTREG_HOST void store(c10::BFloat16* p, int64_t i, float v) {
 
 enum class Isa { Portable, Avx2, Avx512 };
 
+// FASTREG_CPU_ISA=portable|avx2|avx512 caps the choice (tests run every path;
+// an unsupported request falls back to what the CPU has).
 inline Isa detect_isa() {
+  const char* cap = std::getenv("FASTREG_CPU_ISA");
+  const std::string want = cap ? cap : "";
+  if (want == "portable") return Isa::Portable;
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && want != "avx2")
     return Isa::Avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
 #endif
