@@ -523,7 +523,8 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
                    (FR.relu, F.relu), (FR.leaky_relu, F.leaky_relu), (FR.sigmoid, torch.sigmoid)):
         torch.testing.assert_close(fr(x), tf(x))
         if dtype in (torch.float32, torch.float64):
-            torch.testing.assert_close(torch.autograd.grad(fr(x), x, g)[0], torch.autograd.grad(tf(x), x, g)[0])
+            ours, theirs = torch.autograd.grad(fr(x), x, g)[0], torch.autograd.grad(tf(x), x, g)[0]
+            torch.testing.assert_close(ours, theirs)
     w = torch.rand(1001).to(dtype)
     torch.testing.assert_close(FR.prelu(x.view(3, 1001, 1), w), F.prelu(x.view(3, 1001, 1), w))
     for p in (0.2, 0.7):
