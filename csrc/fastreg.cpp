@@ -52,6 +52,10 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "dropconnect_linear_backward(Tensor grad, Tensor input, Tensor weight, Tensor seed, float p) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // Batch family groundwork (test-only): n float64 draws of Beta(a, b), bit-identical
+  // on every device and in fastreg/_random.py (csrc/sampling.h).
+  m.def("_sample_beta(Tensor seed, int n, float a, float b, int stream) -> Tensor");
 }
 
 namespace fastreg {

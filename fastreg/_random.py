@@ -83,3 +83,115 @@ def memory_index(t):
         if n
         else torch.zeros(t.shape, dtype=torch.int64, device=t.device)
     )
+
+
+# --- per-sample draws, bit for bit as csrc/sampling.h computes them -----------------------
+# Every step is one float32 operation rounded on its own, in the same order as the C++.
+
+
+def sqrt_rn(x):
+    """Correctly rounded float32 sqrt (torch's CPU sqrt is not: it is off by an ulp for
+    about one value in six). From the float64 root, the two float32 neighbours
+    around it are split at their midpoint, squared exactly in float64."""
+    xd = x.double()
+    y = torch.sqrt(xd).float()
+    lo = torch.where(y.double() * y.double() <= xd, y, torch.nextafter(y, torch.zeros_like(y)))
+    hi = torch.nextafter(lo, torch.full_like(lo, float("inf")))
+    mid = (lo.double() + hi.double()) * 0.5
+    return torch.where(mid * mid < xd, hi, lo)
+
+
+def _u01(words):
+    """csrc/sampling.h uniform(): the top 24 bits of a word, centred, in (0, 1)."""
+    return (words >> 8).to(torch.float32) * 5.9604644775390625e-08 + 2.98023223876953125e-08
+
+
+def dlog(x):
+    """csrc/sampling.h dlog() on a float32 tensor of normal positive values."""
+    u = x.view(torch.int32).to(torch.int64) & _MASK
+    e = ((u >> 23) & 0xFF) - 127
+    m = ((u & 0x007FFFFF) | 0x3F800000).to(torch.int32).view(torch.float32)
+    big = m > 1.4142135381698608
+    m = torch.where(big, m * 0.5, m)
+    e = e + big.to(torch.int64)
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    p = torch.full_like(s, 0.1111111119389534)
+    for c in (0.1428571492433548, 0.20000000298023224, 0.3333333432674408, 1.0):
+        p = p * s2 + c
+    log_m = (s * 2.0) * p
+    ef = e.to(torch.float32)
+    return (ef * 0.693145751953125 + ef * 1.428606765330187e-06) + log_m
+
+
+def dexp(x):
+    """csrc/sampling.h dexp() on a float32 tensor."""
+    x = x.clamp(-87.0, 88.0)
+    n = torch.round(x * 1.4426950216293335)  # half to even, as rintf
+    r = (x - n * 0.693145751953125) - n * 1.428606765330187e-06
+    p = torch.full_like(r, 0.00019841270113829523)
+    for c in (
+        0.0013888889225199819,
+        0.008333333767950535,
+        0.0416666679084301,
+        0.1666666716337204,
+        0.5,
+        1.0,
+        1.0,
+    ):
+        p = p * r + c
+    ni = n.to(torch.int32)
+    half = torch.div(ni, 2, rounding_mode="trunc")
+    s1 = ((half + 127) << 23).view(torch.float32)
+    s2 = ((ni - half + 127) << 23).view(torch.float32)
+    return (p * s1) * s2
+
+
+MAX_ATTEMPTS = 64
+
+
+def gamma_samples(seed, stream, n, shape, device="cpu"):
+    """n draws of Gamma(shape, 1), sample i as csrc/sampling.h gamma(key, stream, i, shape)."""
+    s = int(seed) & (2**64 - 1)
+    k0, k1 = s & _MASK, s >> 32
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=device)  # noqa: E731
+    shape = f32(shape)
+    boost = bool(shape < 1.0)
+    a = shape + 1.0 if boost else shape
+    d = a - 0.3333333432674408
+    c = 1.0 / sqrt_rn(d * 9.0)
+    idx = torch.arange(n, device=device, dtype=torch.int64)
+    zeros = torch.zeros_like(idx)
+    result = torch.zeros(n, dtype=torch.float32, device=device) + d
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    boost_u = torch.full((n,), 0.5, dtype=torch.float32, device=device)
+    for attempt in range(MAX_ATTEMPTS):
+        w0, w1, w2, w3 = philox4x32_10(idx & _MASK, zeros + attempt, zeros + stream, zeros, k0, k1)
+        if attempt == 0:
+            boost_u = _u01(w3)
+        v1 = _u01(w0) * 2.0 - 1.0
+        v2 = _u01(w1) * 2.0 - 1.0
+        sq = v1 * v1 + v2 * v2
+        ok = sq < 1.0
+        x = v1 * sqrt_rn((dlog(sq) * -2.0) / sq)
+        t = c * x + 1.0
+        ok &= t > 0.0
+        v = (t * t) * t
+        ok &= v > 1e-30
+        bound = (((x * 0.5) * x + d) - d * v) + d * dlog(torch.where(ok, v, torch.ones_like(v)))
+        accept = ok & (dlog(_u01(w2)) < bound) & ~done
+        result = torch.where(accept, d * v, result)
+        done |= accept
+        if bool(done.all()):
+            break
+    if boost:
+        result = result * dexp(dlog(boost_u) / shape)
+    return result
+
+
+def beta_samples(seed, stream, n, a, b, device="cpu"):
+    """n float64 draws of Beta(a, b) = X / (X + Y), X ~ Gamma(a) on stream, Y ~ Gamma(b) on stream + 1."""
+    x = gamma_samples(seed, stream, n, a, device).double()  # the ratio in float64, as the C++
+    y = gamma_samples(seed, stream + 1, n, b, device).double()
+    total = x + y
+    return torch.where(total > 0, x / torch.where(total > 0, total, torch.ones_like(total)), 0.5)
