@@ -28,7 +28,8 @@ namespace fastreg::philox {
 // Stream ids: one per independent draw.
 constexpr uint32_t kStreamElement = 0;    // dropout-style per-element keep decisions
 constexpr uint32_t kStreamSample = 1;     // drop path: one keep decision per sample
-constexpr uint32_t kStreamWeight = 2;     // DropConnect: the weight mask
+constexpr uint32_t kStreamWeight = 2;     // (reserved)
+constexpr uint32_t kStreamBox = 3;        // cutout: per-sample coin and box centre
 
 constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
 constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;

@@ -141,4 +141,28 @@ FASTREG_PHILOX_HD double beta(const philox::Key& key, uint32_t stream, uint32_t 
   return sum > 0.0 ? x / sum : 0.5;
 }
 
+// Cutout's box of one sample (DeVries & Taylor): with probability p (word 0 <
+// threshold), a square of side `size` whose centre is uniform over the whole
+// image (integer draws: centre = floor(word * H / 2^32)), clipped at the border.
+// Block {sample, 0, kStreamBox, 0}: w0 the coin, w1 the row, w2 the column.
+struct Box {
+  bool apply;
+  int64_t y0, y1, x0, x1;  // rows [y0, y1), columns [x0, x1)
+};
+
+FASTREG_PHILOX_HD Box cutout_box(const philox::Key& key, uint32_t sample, int64_t H, int64_t W,
+                                 int64_t size, uint64_t threshold) {
+  const philox::Word4 w = philox::philox4x32_10(sample, 0u, philox::kStreamBox, 0u, key);
+  const int64_t cy = static_cast<int64_t>((static_cast<uint64_t>(w.v[1]) * static_cast<uint64_t>(H)) >> 32);
+  const int64_t cx = static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(W)) >> 32);
+  const int64_t top = cy - size / 2, left = cx - size / 2;
+  Box b;
+  b.apply = static_cast<uint64_t>(w.v[0]) < threshold;
+  b.y0 = top < 0 ? 0 : top;
+  b.y1 = top + size > H ? H : top + size;
+  b.x0 = left < 0 ? 0 : left;
+  b.x1 = left + size > W ? W : left + size;
+  return b;
+}
+
 }  // namespace fastreg::sampling

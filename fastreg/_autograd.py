@@ -268,3 +268,27 @@ def _dropconnect_backward(ctx, grad):
 
 
 register_autograd("fastreg::dropconnect_linear", _dropconnect_backward, setup_context=_dropconnect_setup)
+
+
+# --- cutout: backward is the same boxes, filled with 0, on the gradient -------------------
+@register_fake("fastreg::cutout")
+def _cutout_fake(images, seed, size, p, fill):
+    return torch.empty_like(images)
+
+
+@register_fake("fastreg::cutout_")
+def _cutout_inplace_fake(images, seed, size, p, fill):
+    return None
+
+
+def _cutout_setup(ctx, inputs, output):
+    _, seed, ctx.size, ctx.p, _ = inputs
+    ctx.save_for_backward(seed)
+
+
+def _cutout_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    return ops.cutout(grad, seed, ctx.size, ctx.p, 0.0), None, None, None, None
+
+
+register_autograd("fastreg::cutout", _cutout_backward, setup_context=_cutout_setup)

@@ -11,7 +11,7 @@ random bits; ``philox_words`` below is the same function, used by
 import torch
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-STREAM_ELEMENT, STREAM_SAMPLE, STREAM_WEIGHT = 0, 1, 2  # csrc/philox.h kStream*
+STREAM_ELEMENT, STREAM_SAMPLE, STREAM_WEIGHT, STREAM_BOX = 0, 1, 2, 3  # csrc/philox.h kStream*
 
 
 def seed_tensor(like, generator=None, seed=None, fn="op"):
@@ -195,3 +195,15 @@ def beta_samples(seed, stream, n, a, b, device="cpu"):
     y = gamma_samples(seed, stream + 1, n, b, device).double()
     total = x + y
     return torch.where(total > 0, x / torch.where(total > 0, total, torch.ones_like(total)), 0.5)
+
+
+def cutout_boxes(seed, n, H, W, size, p, device="cpu"):
+    """csrc/sampling.h cutout_box() for samples 0..n-1: (apply, y0, y1, x0, x1) int64 tensors."""
+    s = int(seed) & (2**64 - 1)
+    idx = torch.arange(n, device=device, dtype=torch.int64)
+    zeros = torch.zeros_like(idx)
+    w0, w1, w2, _ = philox4x32_10(idx & _MASK, zeros, zeros + STREAM_BOX, zeros, s & _MASK, s >> 32)
+    apply = w0 < keep_threshold(p)
+    cy, cx = (w1 * H) >> 32, (w2 * W) >> 32
+    top, left = cy - size // 2, cx - size // 2
+    return apply, top.clamp(min=0), (top + size).clamp(max=H), left.clamp(min=0), (left + size).clamp(max=W)

@@ -17,6 +17,7 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 __all__ = [
     "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu",
     "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
+    "cutout",
 ]  # fmt: skip
 
 ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "selu")
@@ -230,3 +231,33 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
     if not training or p == 0.0:
         return torch.nn.functional.linear(input, weight, bias)
     return ops.dropconnect_linear(input, weight, bias, seed_tensor(input, generator, seed, fn), p)
+
+
+# --- batch augmentations --------------------------------------------------------------------
+
+IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
+
+
+def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
+    """Cutout (DeVries & Taylor): per sample, with probability p, a square of side ``size``
+    centred uniformly over the image, clipped at the border, set to ``fill`` on every channel.
+    Every draw happens on the images' device; ``inplace=True`` writes only the boxes."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"fastreg.cutout: images must be a Tensor, got {type(images).__name__}")
+    if images.dtype not in IMAGE_DTYPES:
+        raise TypeError(f"fastreg.cutout: images must be a float or uint8 tensor, got {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"fastreg.cutout: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"fastreg.cutout: size must be a positive int, got {size!r}")
+    p = check_p(p, "cutout")
+    fill = _check_number(fill, "cutout", "fill")
+    if images.dtype == torch.uint8 and not 0 <= fill <= 255:
+        raise ValueError(f"fastreg.cutout: fill must be in [0, 255] for uint8 images, got {fill}")
+    s = seed_tensor(images, generator, seed, "cutout")
+    if not inplace:
+        return ops.cutout(images, s, size, p, fill)
+    if _needs_grad(images):  # autograd needs the out-of-place op; the result is copied back
+        return images.copy_(ops.cutout(images, s, size, p, fill))
+    ops.cutout_(images, s, size, p, fill)
+    return images

@@ -10,7 +10,7 @@ from . import functional as FR
 
 __all__ = [
     "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU", "SiLU",
-    "Dropout", "AlphaDropout", "BiasActDropout", "DropPath", "DropConnectLinear",
+    "Dropout", "AlphaDropout", "BiasActDropout", "DropPath", "DropConnectLinear", "Cutout",
 ]  # fmt: skip
 
 
@@ -126,3 +126,19 @@ class DropConnectLinear(torch.nn.Linear):
 
     def extra_repr(self):
         return super().extra_repr() + f", p={self.p}"
+
+
+class Cutout(torch.nn.Module):
+    """Cutout on a batch of images (B, C, H, W), applied in training mode only."""
+
+    def __init__(self, size, p=1.0, fill=0.0, inplace=False):
+        super().__init__()
+        self.size, self.p, self.fill, self.inplace = size, p, fill, inplace
+
+    def forward(self, images):
+        if not self.training:
+            return images
+        return FR.cutout(images, self.size, self.p, fill=self.fill, inplace=self.inplace)
+
+    def extra_repr(self):
+        return f"size={self.size}, p={self.p}, fill={self.fill}, inplace={self.inplace}"

@@ -12,6 +12,7 @@ from ._random import (
     STREAM_ELEMENT,
     STREAM_SAMPLE,
     check_p,
+    cutout_boxes,
     keep_threshold,
     memory_index,
     philox_words,
@@ -21,6 +22,7 @@ from ._random import (
 __all__ = [
     "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu",
     "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
+    "cutout",
 ]  # fmt: skip
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -186,3 +188,17 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
         return torch.nn.functional.linear(input, weight, bias)
     s = seed_tensor(input, generator, seed, "dropconnect_linear")
     return torch.nn.functional.linear(input, _dropout_with_seed(weight, s, p), bias)
+
+
+def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
+    s = seed_tensor(images, generator, seed, "cutout")
+    B, _, H, W = images.shape
+    apply, y0, y1, x0, x1 = cutout_boxes(int(s.item()), B, H, W, size, p, images.device)
+    rows = torch.arange(H, device=images.device).view(1, H, 1)
+    cols = torch.arange(W, device=images.device).view(1, 1, W)
+    inside = apply.view(B, 1, 1) & (rows >= y0.view(B, 1, 1)) & (rows < y1.view(B, 1, 1))
+    inside = inside & (cols >= x0.view(B, 1, 1)) & (cols < x1.view(B, 1, 1))
+    out = torch.where(
+        inside.unsqueeze(1), torch.tensor(fill, dtype=images.dtype, device=images.device), images
+    )
+    return images.copy_(out) if inplace else out
