@@ -106,7 +106,7 @@ def test_cutout_boxes_are_clipped_squares_on_every_channel(device):
         cols = boxed[b, 0].any(0).nonzero().flatten()
         assert boxed[b, 0].sum() == len(rows) * len(cols)  # a rectangle
         h, w = len(rows), len(cols)
-        assert 1 <= h <= size and 1 <= w <= size
+        assert h >= 1 and w >= 1 and h <= size and w <= size
         # not clipped -> the full side; clipped -> it touches the border
         assert h == size or rows[0] == 0 or rows[-1] == 19
         assert w == size or cols[0] == 0 or cols[-1] == 19
