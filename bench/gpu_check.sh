@@ -66,6 +66,9 @@ SUBSET_D="cuda and float32 and ((bitwise and 0.3) or bias_act_dropout_matches)"
   timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 99 \
     $PY -m pytest tests/test_dropout.py -q -p no:cacheprovider -k "$SUBSET_D"
   echo "memcheck dropout rc $?"
+  timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 99 \
+    $PY -m pytest tests/test_batch.py -q -p no:cacheprovider -k "cuda and (cutout_bitwise or same_on_cpu)"
+  echo "memcheck batch rc $?"
   timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --error-exitcode 99 \
     $PY -m pytest tests/test_dropout.py tests/test_activations.py -q -p no:cacheprovider \
     -k "cuda and float32 and (bias_act_dropout_matches or prelu_matches) and not bfloat"
