@@ -28,8 +28,7 @@ namespace fastreg::philox {
 // Stream ids: one per independent draw.
 constexpr uint32_t kStreamElement = 0;    // dropout-style per-element keep decisions
 constexpr uint32_t kStreamSample = 1;     // drop path: one keep decision per sample
-constexpr uint32_t kStreamWeight = 2;     // (reserved)
-constexpr uint32_t kStreamBox = 3;        // cutout: per-sample coin and box centre
+constexpr uint32_t kStreamBox = 3;        // (2 unused) cutout: per-sample coin and box centre
 
 constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
 constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
@@ -83,19 +82,10 @@ FASTREG_PHILOX_HD Word4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uin
   return {{c0, c1, c2, c3}};
 }
 
-FASTREG_PHILOX_HD Word4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                      uint32_t k0, uint32_t k1) {
-  return philox4x32_10(c0, c1, c2, c3, key_schedule((uint64_t(k1) << 32) | k0));
-}
-
 // The four words of counter block `block` (elements 4*block .. 4*block+3).
 FASTREG_PHILOX_HD Word4 block_words(const Key& key, uint32_t stream, uint64_t block) {
   return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), stream,
                        0u, key);
-}
-
-FASTREG_PHILOX_HD Word4 block_words(uint64_t seed, uint32_t stream, uint64_t block) {
-  return block_words(key_schedule(seed), stream, block);
 }
 
 // The word of element (or sample) i.
@@ -113,5 +103,15 @@ FASTREG_PHILOX_HD uint32_t word(uint64_t seed, uint32_t stream, uint64_t i) {
 inline uint64_t keep_threshold(double p) {
   return static_cast<uint64_t>(p * 4294967296.0 + 0.5);
 }
+
+// The keep test of every kernel: word >= threshold, with p = 1 (threshold 2^32,
+// which does not fit 32 bits) keeping nothing.
+struct KeepRule {
+  uint32_t threshold;
+  bool none;
+  explicit KeepRule(uint64_t t)
+      : threshold(t > 0xffffffffull ? 0u : static_cast<uint32_t>(t)), none(t > 0xffffffffull) {}
+  FASTREG_PHILOX_HD bool operator()(uint32_t w) const { return !none && w >= threshold; }
+};
 
 }  // namespace fastreg::philox

@@ -11,7 +11,7 @@ random bits; ``philox_words`` below is the same function, used by
 import torch
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-STREAM_ELEMENT, STREAM_SAMPLE, STREAM_WEIGHT, STREAM_BOX = 0, 1, 2, 3  # csrc/philox.h kStream*
+STREAM_ELEMENT, STREAM_SAMPLE, STREAM_BOX = 0, 1, 3  # csrc/philox.h kStream*
 
 
 def seed_tensor(like, generator=None, seed=None, fn="op"):

@@ -119,22 +119,21 @@ def silu(input, inplace=False):
 # --- dropout family ---------------------------------------------------------------------
 
 
-def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=None):
-    _check_float(input, "dropout")
-    p = check_p(p, "dropout")
+def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
+    _check_float(input, fn)
+    p = check_p(p, fn)
     if not training or p == 0.0:
         return input
-    y = ops.dropout(input, seed_tensor(input, generator, seed, "dropout"), p, False)
+    y = ops.dropout(input, seed_tensor(input, generator, seed, fn), p, alpha)
     return _maybe_inplace(input, y, inplace)
+
+
+def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=None):
+    return _dropout("dropout", False, input, p, training, inplace, generator, seed)
 
 
 def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None, seed=None):
-    _check_float(input, "alpha_dropout")
-    p = check_p(p, "alpha_dropout")
-    if not training or p == 0.0:
-        return input
-    y = ops.dropout(input, seed_tensor(input, generator, seed, "alpha_dropout"), p, True)
-    return _maybe_inplace(input, y, inplace)
+    return _dropout("alpha_dropout", True, input, p, training, inplace, generator, seed)
 
 
 def bias_act_dropout(

@@ -31,12 +31,7 @@ FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t
   }
 }
 
-struct Keep {
-  uint32_t threshold;
-  bool none;  // p = 1: the threshold 2^32 does not fit 32 bits
-  explicit Keep(uint64_t t) : threshold(t > 0xffffffffull ? 0u : uint32_t(t)), none(t > 0xffffffffull) {}
-  FASTREG_HOST bool operator()(uint32_t w) const { return !none && w >= threshold; }
-};
+using Keep = philox::KeepRule;
 
 // Splits [i, end) into segments where the channel of element start+j is
 // c + j (kStep, inner == 1) or c (inner > 1), and calls seg(start, len, c).

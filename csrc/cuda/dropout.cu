@@ -10,12 +10,7 @@
 namespace fastreg::cuda {
 namespace {
 
-struct DeviceKeep {
-  uint32_t threshold;
-  bool none;  // p = 1
-  explicit DeviceKeep(uint64_t t) : threshold(t > 0xffffffffull ? 0u : uint32_t(t)), none(t > 0xffffffffull) {}
-  __device__ __forceinline__ bool operator()(uint32_t w) const { return !none && w >= threshold; }
-};
+using DeviceKeep = philox::KeepRule;
 
 // The 8 words of unit u (elements 8u .. 8u+7).
 __device__ __forceinline__ void unit_words(const philox::Key& key, uint32_t stream, int64_t u,
