@@ -1,43 +1,226 @@
-// Host side of the batch ops shared by the backends: checks and registration.
-// A backend supplies fill_boxes(images, seed, size, p, fill), which writes the
-// boxes in place through the strides.
+// Host side of the batch ops (Cutout, random erasing, Mixup/CutMix) shared by
+// the backends: argument checks, the sample layout the kernels walk, and the
+// registration of every op. A backend supplies `Loops`:
+//   fill_boxes(images, seed, rule, fill, random)   writes each sample's box in place
+//   mix_params(seed, B, mode, spec)                 (B, kMixParamCols) float64 draws
+//   mix_images(src, dst, params, layout, inplace, backward)
+//   mix_targets(target, params, num_classes, smoothing) -> soft targets
+// and calls register_batch_kernels<Loops>(m).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <tuple>
+
 #include "errors.h"
+#include "philox.h"
+#include "sampling.h"
 
 namespace fastreg {
 
-using FillBoxes = void (*)(at::Tensor&, const at::Tensor&, int64_t, double, double);
+// A dense sample walked as rows: `planes` x `rows` rows of `row_len` elements,
+// the box's columns being positions [x0 * sw, x1 * sw) of a row.
+//   contiguous (NCHW): planes C (stride H*W), rows H (stride W), row_len W, sw 1
+//   channels_last:     planes 1,             rows H (stride W*C), row_len W*C, sw C
+struct RowLayout {
+  int64_t planes, plane_stride, rows, row_stride, row_len, sw, sample;
+};
 
-inline void check_cutout(const at::Tensor& images, const at::Tensor& seed, int64_t size, double p) {
+inline bool is_nchw(const at::Tensor& t) { return t.is_contiguous(); }
+inline bool is_nhwc(const at::Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); }
+
+inline RowLayout row_layout(const at::Tensor& t) {
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  if (is_nchw(t)) return {C, H * W, H, W, W, 1, C * H * W};
+  return {1, 0, H, W * C, W * C, C, C * H * W};
+}
+
+inline void check_images(const at::Tensor& images, const at::Tensor& seed, const char* op, bool allow_uint8) {
   const auto st = images.scalar_type();
-  FASTREG_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16 ||
-                         st == at::kByte,
-                     "fastreg.cutout: images must be a float or uint8 tensor, got ", st);
-  FASTREG_CHECK_VALUE(images.dim() == 4, "fastreg.cutout: images must be 4-D (B, C, H, W), got ",
+  const bool is_float = st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16;
+  FASTREG_CHECK_TYPE(is_float || (allow_uint8 && st == at::kByte), "fastreg.", op, ": images must be a float",
+                     allow_uint8 ? " or uint8" : "", " tensor, got ", st);
+  FASTREG_CHECK_VALUE(images.dim() == 4, "fastreg.", op, ": images must be 4-D (B, C, H, W), got ",
                       images.dim(), "-D");
-  FASTREG_CHECK_VALUE(size > 0, "fastreg.cutout: size must be > 0, got ", size);
-  FASTREG_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.cutout: p must be in [0, 1], got ", p);
-  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
-                     "fastreg.cutout: seed must be a one-element int64 tensor");
-  FASTREG_CHECK(seed.device() == images.device(), "fastreg.cutout: seed is on ", seed.device(),
+  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
+                     ": seed must be a one-element int64 tensor");
+  FASTREG_CHECK(seed.device() == images.device(), "fastreg.", op, ": seed is on ", seed.device(),
                 " but images are on ", images.device());
 }
 
-template <FillBoxes fill_boxes>
-void register_cutout_kernels(torch::Library& m) {
+inline void check_prob(double p, const char* op, const char* name) {
+  FASTREG_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.", op, ": ", name, " must be in [0, 1], got ", p);
+}
+
+inline sampling::BoxRule cutout_rule(const at::Tensor& images, const at::Tensor& seed, int64_t size, double p) {
+  check_images(images, seed, "cutout", true);
+  FASTREG_CHECK_VALUE(size > 0, "fastreg.cutout: size must be > 0, got ", size);
+  check_prob(p, "cutout", "p");
+  sampling::BoxRule r{};
+  r.erase = false;
+  r.size = size;
+  r.threshold = philox::keep_threshold(p);
+  return r;
+}
+
+inline sampling::BoxRule erase_rule(const at::Tensor& images, const at::Tensor& seed, double p, double scale_lo,
+                                    double scale_hi, double log_ratio_lo, double log_ratio_hi, bool random) {
+  check_images(images, seed, "random_erasing", !random);
+  check_prob(p, "random_erasing", "p");
+  FASTREG_CHECK_VALUE(scale_lo >= 0.0 && scale_lo <= scale_hi && scale_hi <= 1.0,
+                      "fastreg.random_erasing: scale must satisfy 0 <= scale[0] <= scale[1] <= 1, got (",
+                      scale_lo, ", ", scale_hi, ")");
+  FASTREG_CHECK_VALUE(std::isfinite(log_ratio_lo) && log_ratio_lo <= log_ratio_hi && std::isfinite(log_ratio_hi),
+                      "fastreg.random_erasing: ratio must satisfy 0 < ratio[0] <= ratio[1]");
+  sampling::BoxRule r{};
+  r.erase = true;
+  r.e.H = images.size(2);
+  r.e.W = images.size(3);
+  r.e.threshold = philox::keep_threshold(p);
+  r.e.area = static_cast<float>(images.size(2) * images.size(3));
+  r.e.scale_lo = static_cast<float>(scale_lo);
+  r.e.scale_span = static_cast<float>(scale_hi - scale_lo);
+  r.e.log_ratio_lo = static_cast<float>(log_ratio_lo);
+  r.e.log_ratio_span = static_cast<float>(log_ratio_hi - log_ratio_lo);
+  return r;
+}
+
+struct MixArgs {
+  int64_t num_classes;
+  double label_smoothing, mixup_alpha, cutmix_alpha, cut_min, cut_max, prob, switch_prob;
+  int64_t mode;
+  bool correct_lam;
+};
+
+inline sampling::MixSpec mix_spec(const at::Tensor& images, const at::Tensor& target, const at::Tensor& seed,
+                                  const MixArgs& a) {
+  check_images(images, seed, "mixup", false);
+  const int64_t B = images.size(0), H = images.size(2), W = images.size(3);
+  FASTREG_CHECK_VALUE(a.mode >= 0 && a.mode <= 2, "fastreg.mixup: mode must be 'batch', 'pair' or 'elem'");
+  FASTREG_CHECK_VALUE(a.mixup_alpha >= 0.0 && a.cutmix_alpha >= 0.0 && a.mixup_alpha + a.cutmix_alpha > 0.0,
+                      "fastreg.mixup: alpha must be > 0 (mixup_alpha ", a.mixup_alpha, ", cutmix_alpha ",
+                      a.cutmix_alpha, ")");
+  check_prob(a.prob, "mixup", "prob");
+  check_prob(a.switch_prob, "mixup", "switch_prob");
+  FASTREG_CHECK_VALUE(a.label_smoothing >= 0.0 && a.label_smoothing <= 1.0,
+                      "fastreg.mixup: label_smoothing must be in [0, 1], got ", a.label_smoothing);
+  FASTREG_CHECK_VALUE(a.num_classes > 0, "fastreg.mixup: num_classes must be > 0, got ", a.num_classes);
+  FASTREG_CHECK_VALUE(B < (int64_t(1) << 32), "fastreg.mixup: batch too large");
+  FASTREG_CHECK(target.device() == images.device(), "fastreg.mixup: target is on ", target.device(),
+                " but images are on ", images.device());
+  if (target.dim() == 1) {
+    FASTREG_CHECK_TYPE(target.scalar_type() == at::kLong, "fastreg.mixup: class-index target must be int64, got ",
+                       target.scalar_type());
+  } else {
+    FASTREG_CHECK_VALUE(target.dim() == 2 && target.size(1) == a.num_classes,
+                        "fastreg.mixup: target must be class indices (B,) or probabilities (B, num_classes=",
+                        a.num_classes, "), got shape ", target.sizes());
+    FASTREG_CHECK_TYPE(at::isFloatingType(target.scalar_type()),
+                       "fastreg.mixup: probability target must be a float tensor, got ", target.scalar_type());
+  }
+  FASTREG_CHECK_VALUE(target.size(0) == B, "fastreg.mixup: target has ", target.size(0),
+                      " samples but images have ", B);
+  sampling::MixSpec s{};
+  s.H = H;
+  s.W = W;
+  s.prob_threshold = philox::keep_threshold(a.prob);
+  s.switch_threshold = philox::keep_threshold(a.switch_prob);
+  s.mixup_alpha = static_cast<float>(a.mixup_alpha);
+  s.cutmix_alpha = static_cast<float>(a.cutmix_alpha);
+  s.correct_lam = a.correct_lam;
+  s.minmax = a.cut_min >= 0.0;
+  if (s.minmax) {
+    s.min_h = static_cast<int64_t>(H * a.cut_min);
+    s.min_w = static_cast<int64_t>(W * a.cut_min);
+    s.span_h = static_cast<int64_t>(H * a.cut_max) - s.min_h;
+    s.span_w = static_cast<int64_t>(W * a.cut_max) - s.min_w;
+    FASTREG_CHECK_VALUE(a.cut_max <= 1.0 && s.span_h > 0 && s.span_w > 0,
+                        "fastreg.mixup: cutmix_minmax (", a.cut_min, ", ", a.cut_max,
+                        ") gives no box side range for a ", H, "x", W, " image");
+  }
+  return s;
+}
+
+// The layout the mixing kernels walk: NCHW or NHWC dense; anything else is made
+// contiguous first (and the result copied into images' own layout).
+inline at::Tensor walkable(const at::Tensor& t) { return is_nchw(t) || is_nhwc(t) ? t : t.contiguous(); }
+
+template <class Loops>
+void register_batch_kernels(torch::Library& m) {
+  m.impl("_sample_beta", &Loops::sample_beta);
+
   m.impl("cutout", [](const at::Tensor& images, const at::Tensor& seed, int64_t size, double p, double fill) {
-    check_cutout(images, seed, size, p);
+    const auto rule = cutout_rule(images, seed, size, p);
     at::Tensor out = images.clone();  // keeps the layout
-    if (out.numel() > 0) fill_boxes(out, seed, size, p, fill);
+    if (out.numel() > 0) Loops::fill_boxes(out, seed, rule, fill, false);
     return out;
   });
   m.impl("cutout_", [](at::Tensor& images, const at::Tensor& seed, int64_t size, double p, double fill) {
-    check_cutout(images, seed, size, p);
-    if (images.numel() > 0) fill_boxes(images, seed, size, p, fill);
+    const auto rule = cutout_rule(images, seed, size, p);
+    if (images.numel() > 0) Loops::fill_boxes(images, seed, rule, fill, false);
+  });
+
+  m.impl("random_erasing", [](const at::Tensor& images, const at::Tensor& seed, double p, double s0, double s1,
+                              double r0, double r1, double value, bool random) {
+    const auto rule = erase_rule(images, seed, p, s0, s1, r0, r1, random);
+    at::Tensor out = images.clone();  // dense: the per-element normals are keyed by its memory order
+    if (out.numel() > 0) Loops::fill_boxes(out, seed, rule, value, random);
+    return out;
+  });
+  m.impl("random_erasing_", [](at::Tensor& images, const at::Tensor& seed, double p, double s0, double s1,
+                               double r0, double r1, double value, bool random) {
+    const auto rule = erase_rule(images, seed, p, s0, s1, r0, r1, random);
+    if (images.numel() == 0) return;
+    if (random && !images.is_non_overlapping_and_dense()) {
+      at::Tensor out = images.clone();
+      Loops::fill_boxes(out, seed, rule, value, random);
+      images.copy_(out);
+    } else {
+      Loops::fill_boxes(images, seed, rule, value, random);
+    }
+  });
+
+  m.impl("mix", [](const at::Tensor& images, const at::Tensor& target, const at::Tensor& seed, int64_t K,
+                   double eps, double mixup_alpha, double cutmix_alpha, double cut_min, double cut_max,
+                   double prob, double switch_prob, int64_t mode, bool correct_lam) {
+    const MixArgs a{K, eps, mixup_alpha, cutmix_alpha, cut_min, cut_max, prob, switch_prob, mode, correct_lam};
+    const auto spec = mix_spec(images, target, seed, a);
+    at::Tensor params = Loops::mix_params(seed, images.size(0), static_cast<int>(mode), spec);
+    at::Tensor soft = Loops::mix_targets(target, params, K, eps);
+    const at::Tensor src = walkable(images);
+    at::Tensor out = at::empty_like(src);
+    if (out.numel() > 0) Loops::mix_images(src, out, params, row_layout(src), false, false);
+    if (!src.is_same(images)) out = at::empty_like(images).copy_(out);
+    return std::make_tuple(out, soft, params);
+  });
+  m.impl("mix_", [](at::Tensor& images, const at::Tensor& target, const at::Tensor& seed, int64_t K, double eps,
+                    double mixup_alpha, double cutmix_alpha, double cut_min, double cut_max, double prob,
+                    double switch_prob, int64_t mode, bool correct_lam) {
+    const MixArgs a{K, eps, mixup_alpha, cutmix_alpha, cut_min, cut_max, prob, switch_prob, mode, correct_lam};
+    const auto spec = mix_spec(images, target, seed, a);
+    at::Tensor params = Loops::mix_params(seed, images.size(0), static_cast<int>(mode), spec);
+    at::Tensor soft = Loops::mix_targets(target, params, K, eps);
+    if (images.numel() > 0) {
+      if (is_nchw(images) || is_nhwc(images)) {
+        Loops::mix_images(images, images, params, row_layout(images), true, false);
+      } else {
+        at::Tensor work = images.contiguous();
+        Loops::mix_images(work, work, params, row_layout(work), true, false);
+        images.copy_(work);
+      }
+    }
+    return std::make_tuple(soft, params);
+  });
+  m.impl("mix_backward", [](const at::Tensor& grad, const at::Tensor& params) {
+    FASTREG_CHECK_VALUE(grad.dim() == 4 && params.dim() == 2 && params.size(0) == grad.size(0),
+                        "fastreg.mix_backward: grad must be (B, C, H, W) with params (B, ",
+                        sampling::kMixParamCols, ")");
+    const at::Tensor src = walkable(grad);
+    at::Tensor out = at::empty_like(src);
+    if (out.numel() > 0) Loops::mix_images(src, out, params, row_layout(src), false, true);
+    return src.is_same(grad) ? out : at::empty_like(grad).copy_(out);
   });
 }
 

@@ -60,6 +60,28 @@ TORCH_LIBRARY(fastreg, m) {
   // writes only the boxes. Backward is cutout of the gradient with fill 0.
   m.def("cutout(Tensor images, Tensor seed, int size, float p, float fill) -> Tensor");
   m.def("cutout_(Tensor(a!) images, Tensor seed, int size, float p, float fill) -> ()");
+  // Random erasing (torchvision's box rule, one box per sample, csrc/sampling.h erase_box);
+  // `random` fills per-element standard normals (keyed by the element's memory
+  // position) instead of `value`. Backward erases the gradient's boxes with 0.
+  m.def(
+      "random_erasing(Tensor images, Tensor seed, float p, float scale_lo, float scale_hi, "
+      "float log_ratio_lo, float log_ratio_hi, float value, bool random) -> Tensor");
+  m.def(
+      "random_erasing_(Tensor(a!) images, Tensor seed, float p, float scale_lo, float scale_hi, "
+      "float log_ratio_lo, float log_ratio_hi, float value, bool random) -> ()");
+  // Mixup / CutMix / timm's Mixup in one op: returns (mixed images, soft targets,
+  // params) where params (B, 8) float64 holds each sample's draw (lambda, target
+  // lambda, kind, box; csrc/sampling.h mix_draw), which backward reads. mix_mode: 0
+  // batch, 1 pair, 2 elem; cut_min < 0: no min-max box.
+  m.def(
+      "mix(Tensor images, Tensor target, Tensor seed, int num_classes, float label_smoothing, "
+      "float mixup_alpha, float cutmix_alpha, float cut_min, float cut_max, float prob, float switch_prob, "
+      "int mix_mode, bool correct_lam) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mix_(Tensor(a!) images, Tensor target, Tensor seed, int num_classes, float label_smoothing, "
+      "float mixup_alpha, float cutmix_alpha, float cut_min, float cut_max, float prob, float switch_prob, "
+      "int mix_mode, bool correct_lam) -> (Tensor, Tensor)");
+  m.def("mix_backward(Tensor grad, Tensor params) -> Tensor");
 }
 
 namespace fastreg {

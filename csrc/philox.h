@@ -29,6 +29,11 @@ namespace fastreg::philox {
 constexpr uint32_t kStreamElement = 0;    // dropout-style per-element keep decisions
 constexpr uint32_t kStreamSample = 1;     // drop path: one keep decision per sample
 constexpr uint32_t kStreamBox = 3;        // (2 unused) cutout: per-sample coin and box centre
+constexpr uint32_t kStreamErase = 4;      // random erasing: coin (counter 1 = 0), attempts (1 + a)
+constexpr uint32_t kStreamEraseValue = 5; // random erasing, value='random': per-element normals
+constexpr uint32_t kStreamMix = 6;        // mixup/cutmix: coin, switch, box centre / min-max box
+constexpr uint32_t kStreamMixupBeta = 8;  // mixup lambda: Gamma draws on streams 8 and 9
+constexpr uint32_t kStreamCutmixBeta = 10;  // cutmix lambda: Gamma draws on streams 10 and 11
 
 constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
 constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;

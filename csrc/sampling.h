@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 #include "philox.h"
@@ -163,6 +164,190 @@ FASTREG_PHILOX_HD Box cutout_box(const philox::Key& key, uint32_t sample, int64_
   b.x0 = left < 0 ? 0 : left;
   b.x1 = left + size > W ? W : left + size;
   return b;
+}
+
+// --- random erasing (torchvision's rule, one box per sample) --------------------------
+// Block {sample, 0, kStreamErase, 0} word 0 is the coin (erase when < threshold(p));
+// attempt a < 10 uses block {sample, 1 + a, kStreamErase, 0}: w0 the area fraction
+// (uniform in scale), w1 the log aspect ratio (uniform in log(ratio)), w2 the top row,
+// w3 the left column. h = rint(sqrt(area * s * r)), w = rint(sqrt(area * s / r)); the
+// first attempt with h < H and w < W wins; none does: the sample is left unchanged.
+constexpr int kEraseAttempts = 10;
+
+struct EraseSpec {
+  int64_t H, W;
+  uint64_t threshold;
+  float area, scale_lo, scale_span, log_ratio_lo, log_ratio_span;
+};
+
+FASTREG_PHILOX_HD Box erase_box(const philox::Key& key, uint32_t sample, const EraseSpec& e) {
+  Box b{false, 0, 0, 0, 0};
+  const philox::Word4 coin = philox::philox4x32_10(sample, 0u, philox::kStreamErase, 0u, key);
+  if (!(static_cast<uint64_t>(coin.v[0]) < e.threshold)) return b;
+  for (int attempt = 0; attempt < kEraseAttempts; ++attempt) {
+    const philox::Word4 w =
+        philox::philox4x32_10(sample, static_cast<uint32_t>(1 + attempt), philox::kStreamErase, 0u, key);
+    const float target = dmul(e.area, dadd(e.scale_lo, dmul(uniform(w.v[0]), e.scale_span)));
+    const float aspect = dexp(dadd(e.log_ratio_lo, dmul(uniform(w.v[1]), e.log_ratio_span)));
+    const int64_t h = static_cast<int64_t>(drint(dsqrt(dmul(target, aspect))));
+    const int64_t wd = static_cast<int64_t>(drint(dsqrt(ddiv(target, aspect))));
+    if (!(h < e.H && wd < e.W)) continue;
+    b.apply = true;
+    b.y0 = static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(e.H - h + 1)) >> 32);
+    b.x0 = static_cast<int64_t>((static_cast<uint64_t>(w.v[3]) * static_cast<uint64_t>(e.W - wd + 1)) >> 32);
+    b.y1 = b.y0 + h;
+    b.x1 = b.x0 + wd;
+    return b;
+  }
+  return b;
+}
+
+// The box of one sample for Cutout (erase = false) or random erasing (erase = true).
+struct BoxRule {
+  bool erase;
+  int64_t size;        // cutout
+  uint64_t threshold;  // cutout
+  EraseSpec e;         // random erasing
+  FASTREG_PHILOX_HD Box operator()(const philox::Key& key, uint32_t sample, int64_t H, int64_t W) const {
+    return erase ? erase_box(key, sample, e) : cutout_box(key, sample, H, W, size, threshold);
+  }
+};
+
+// sin(2 pi u) and cos(2 pi u) for u in (0, 1): quadrant q = rint(4u), the rest
+// r = u - q/4 (exact) in [-1/8, 1/8], x = 2 pi r, Taylor polynomials to x^9 / x^8.
+FASTREG_PHILOX_HD void sincos_2pi(float u, float& s, float& c) {
+  const float q = drint(dmul(u, 4.0f));
+  const float x = dmul(dsub(u, dmul(q, 0.25f)), 6.2831854820251465f);
+  const float x2 = dmul(x, x);
+  float ps = 2.7557318844628753e-06f;  // 1/9!
+  ps = dsub(dmul(ps, x2), 0.00019841270113829523f);  // 1/7!
+  ps = dadd(dmul(ps, x2), 0.008333333767950535f);  // 1/5!
+  ps = dsub(dmul(ps, x2), 0.1666666716337204f);  // 1/3!
+  ps = dadd(dmul(ps, x2), 1.0f);
+  const float sx = dmul(x, ps);
+  float pc = 2.4801587642286904e-05f;  // 1/8!
+  pc = dsub(dmul(pc, x2), 0.0013888889225199819f);  // 1/6!
+  pc = dadd(dmul(pc, x2), 0.0416666679084301f);  // 1/4!
+  pc = dsub(dmul(pc, x2), 0.5f);
+  const float cx = dadd(dmul(pc, x2), 1.0f);
+  switch (static_cast<int>(q) & 3) {
+    case 0: s = sx; c = cx; break;
+    case 1: s = cx; c = -sx; break;
+    case 2: s = -sx; c = -cx; break;
+    default: s = -cx; c = sx; break;
+  }
+}
+
+// A standard normal for element n of a per-element draw (Box-Muller): block n / 4
+// of `stream`; elements 4k, 4k+1 share words (w0, w1) (cosine, sine), 4k+2, 4k+3
+// share (w2, w3).
+FASTREG_PHILOX_HD float normal_at(const philox::Key& key, uint32_t stream, uint64_t n) {
+  const philox::Word4 w = philox::block_words(key, stream, n >> 2);
+  const int j = static_cast<int>(n & 3);
+  const uint32_t w_r = j < 2 ? w.v[0] : w.v[2], w_t = j < 2 ? w.v[1] : w.v[3];
+  const float r = dsqrt(dmul(-2.0f, dlog(uniform(w_r))));
+  float s, c;
+  sincos_2pi(uniform(w_t), s, c);
+  return dmul(r, (j & 1) ? s : c);
+}
+
+// --- Mixup / CutMix (timm's Mixup, drawn per sample on the device) --------------------
+// The draw of key index k (0 in 'batch' mode, min(i, B-1-i) in 'pair', i in 'elem'):
+// block {k, 0, kStreamMix, 0}: w0 the coin (mix when < threshold(prob)), w1 the switch
+// to CutMix (when < threshold(switch_prob), both alphas > 0), w2 / w3 the box centre row /
+// column; block {k, 1, kStreamMix, 0}: w0 / w1 the min-max box height / width, w2 / w3
+// its top / left. lambda ~ Beta(alpha, alpha) (mixup: streams 8, 9; cutmix: 10, 11).
+// lambda == 1 (no coin, or a draw of exactly 1) leaves the sample alone, as in timm.
+// CutMix box (timm's rand_bbox): side_h = floor(H sqrt(1 - lambda)), computed exactly
+// as the integer square root of the double H*H*(1 - lambda) (so no sqrt rounding can
+// differ between devices), centre (floor(w2 H / 2^32), floor(w3 W / 2^32)), rows
+// [cy - side_h / 2, cy + (side_h + 1) / 2) clipped; columns alike. With correct_lam
+// (or a min-max box) the targets' lambda is 1 - box area / (H W).
+enum MixKind : int { kMixNone = 0, kMixBlend = 1, kMixCut = 2 };
+
+struct MixSpec {
+  int64_t H, W;
+  uint64_t prob_threshold, switch_threshold;
+  float mixup_alpha, cutmix_alpha;  // 0: off
+  bool minmax, correct_lam;
+  int64_t min_h, span_h, min_w, span_w;  // min-max box side ranges [min, min + span)
+};
+
+struct MixDraw {
+  double lam, lam_target;
+  int kind;
+  int64_t y0, y1, x0, x1;
+};
+
+FASTREG_PHILOX_HD int64_t floor_sqrt(double q) {  // largest c >= 0 with c * c <= q
+  int64_t c = static_cast<int64_t>(::sqrt(q));
+  while (c > 0 && static_cast<double>(c) * static_cast<double>(c) > q) --c;
+  while (static_cast<double>(c + 1) * static_cast<double>(c + 1) <= q) ++c;
+  return c;
+}
+
+FASTREG_PHILOX_HD int64_t clip(int64_t v, int64_t hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
+
+FASTREG_PHILOX_HD MixDraw mix_draw(const philox::Key& key, uint32_t k, const MixSpec& m) {
+  MixDraw d{1.0, 1.0, kMixNone, 0, 0, 0, 0};
+  const philox::Word4 w = philox::philox4x32_10(k, 0u, philox::kStreamMix, 0u, key);
+  if (!(static_cast<uint64_t>(w.v[0]) < m.prob_threshold)) return d;
+  bool cut;
+  if (m.mixup_alpha > 0.0f && m.cutmix_alpha > 0.0f)
+    cut = static_cast<uint64_t>(w.v[1]) < m.switch_threshold;
+  else
+    cut = !(m.mixup_alpha > 0.0f);
+  const double lam = cut ? beta(key, philox::kStreamCutmixBeta, k, m.cutmix_alpha, m.cutmix_alpha)
+                         : beta(key, philox::kStreamMixupBeta, k, m.mixup_alpha, m.mixup_alpha);
+  if (lam == 1.0) return d;
+  d.lam = d.lam_target = lam;
+  if (!cut) {
+    d.kind = kMixBlend;
+    return d;
+  }
+  d.kind = kMixCut;
+  if (m.minmax) {
+    const philox::Word4 v = philox::philox4x32_10(k, 1u, philox::kStreamMix, 0u, key);
+    const int64_t ch = m.min_h + static_cast<int64_t>((static_cast<uint64_t>(v.v[0]) * m.span_h) >> 32);
+    const int64_t cw = m.min_w + static_cast<int64_t>((static_cast<uint64_t>(v.v[1]) * m.span_w) >> 32);
+    d.y0 = static_cast<int64_t>((static_cast<uint64_t>(v.v[2]) * static_cast<uint64_t>(m.H - ch + 1)) >> 32);
+    d.x0 = static_cast<int64_t>((static_cast<uint64_t>(v.v[3]) * static_cast<uint64_t>(m.W - cw + 1)) >> 32);
+    d.y1 = d.y0 + ch;
+    d.x1 = d.x0 + cw;
+  } else {
+    const double rest = 1.0 - lam;
+    const int64_t ch = floor_sqrt(static_cast<double>(m.H * m.H) * rest);
+    const int64_t cw = floor_sqrt(static_cast<double>(m.W * m.W) * rest);
+    const int64_t cy = static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(m.H)) >> 32);
+    const int64_t cx = static_cast<int64_t>((static_cast<uint64_t>(w.v[3]) * static_cast<uint64_t>(m.W)) >> 32);
+    d.y0 = clip(cy - ch / 2, m.H);
+    d.y1 = clip(cy + (ch + 1) / 2, m.H);
+    d.x0 = clip(cx - cw / 2, m.W);
+    d.x1 = clip(cx + (cw + 1) / 2, m.W);
+  }
+  if (m.correct_lam || m.minmax) {
+    const int64_t area = (d.y1 - d.y0) * (d.x1 - d.x0);
+    d.lam_target = 1.0 - static_cast<double>(area) / static_cast<double>(m.H * m.W);
+  }
+  return d;
+}
+
+// The params row the image and target kernels read (float64, kMixParamCols per sample).
+constexpr int kMixParamCols = 8;  // lam, lam_target, kind, y0, y1, x0, x1, 0
+
+FASTREG_PHILOX_HD void store_mix(double* row, const MixDraw& d) {
+  row[0] = d.lam;
+  row[1] = d.lam_target;
+  row[2] = d.kind;
+  row[3] = static_cast<double>(d.y0);
+  row[4] = static_cast<double>(d.y1);
+  row[5] = static_cast<double>(d.x0);
+  row[6] = static_cast<double>(d.x1);
+  row[7] = 0.0;
+}
+
+FASTREG_PHILOX_HD uint32_t mix_key_index(int mode, int64_t i, int64_t B) {  // 0 batch, 1 pair, 2 elem
+  return mode == 0 ? 0u : static_cast<uint32_t>(mode == 1 ? (i < B - 1 - i ? i : B - 1 - i) : i);
 }
 
 }  // namespace fastreg::sampling

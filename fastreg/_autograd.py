@@ -292,3 +292,64 @@ def _cutout_backward(ctx, grad):
 
 
 register_autograd("fastreg::cutout", _cutout_backward, setup_context=_cutout_setup)
+
+
+# --- random erasing: backward erases the same boxes of the gradient with 0 ----------------
+@register_fake("fastreg::random_erasing")
+def _erase_fake(images, seed, p, s0, s1, r0, r1, value, random):
+    return torch.empty_like(images)
+
+
+@register_fake("fastreg::random_erasing_")
+def _erase_inplace_fake(images, seed, p, s0, s1, r0, r1, value, random):
+    return None
+
+
+def _erase_setup(ctx, inputs, output):
+    _, seed, *ctx.rule, _, _ = inputs
+    ctx.save_for_backward(seed)
+
+
+def _erase_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    g = ops.random_erasing(grad, seed, *ctx.rule, 0.0, False)
+    return (g,) + (None,) * 8
+
+
+register_autograd("fastreg::random_erasing", _erase_backward, setup_context=_erase_setup)
+
+
+# --- mixup / cutmix: backward reads each sample's draw from the params output --------------
+# (B x 8 float64, a few bytes per sample; nothing per pixel is saved).
+@register_fake("fastreg::mix")
+def _mix_fake(images, target, seed, num_classes, *rest):
+    B = images.shape[0]
+    dtype = torch.float32 if target.dim() == 1 else target.dtype
+    soft = images.new_empty((B, num_classes), dtype=dtype)
+    return torch.empty_like(images), soft, images.new_empty((B, 8), dtype=torch.float64)
+
+
+@register_fake("fastreg::mix_")
+def _mix_inplace_fake(images, target, seed, num_classes, *rest):
+    B = images.shape[0]
+    dtype = torch.float32 if target.dim() == 1 else target.dtype
+    return images.new_empty((B, num_classes), dtype=dtype), images.new_empty((B, 8), dtype=torch.float64)
+
+
+@register_fake("fastreg::mix_backward")
+def _mix_backward_fake(grad, params):
+    return torch.empty_like(grad)
+
+
+def _mix_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.save_for_backward(output[2])
+
+
+def _mix_backward(ctx, grad_images, grad_soft, grad_params):
+    (params,) = ctx.saved_tensors
+    g = None if grad_images is None else ops.mix_backward(grad_images, params)
+    return (g,) + (None,) * 12
+
+
+register_autograd("fastreg::mix", _mix_backward, setup_context=_mix_setup)

@@ -26,11 +26,11 @@ def seed_tensor(like, generator=None, seed=None, fn="op"):
     )
 
 
-def check_p(p, fn):
+def check_p(p, fn, arg="p"):
     if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"fastreg.{fn}: p must be a number, got {type(p).__name__}")
+        raise TypeError(f"fastreg.{fn}: {arg} must be a number, got {type(p).__name__}")
     if not 0.0 <= p <= 1.0:  # NaN fails too
-        raise ValueError(f"fastreg.{fn}: p (dropout probability) must be in [0, 1], got {p}")
+        raise ValueError(f"fastreg.{fn}: {arg} (a probability) must be in [0, 1], got {p}")
     return float(p)
 
 
@@ -207,3 +207,163 @@ def cutout_boxes(seed, n, H, W, size, p, device="cpu"):
     cy, cx = (w1 * H) >> 32, (w2 * W) >> 32
     top, left = cy - size // 2, cx - size // 2
     return apply, top.clamp(min=0), (top + size).clamp(max=H), left.clamp(min=0), (left + size).clamp(max=W)
+
+
+STREAM_ERASE, STREAM_ERASE_VALUE, STREAM_MIX = 4, 5, 6
+STREAM_MIXUP_BETA, STREAM_CUTMIX_BETA = 8, 10
+ERASE_ATTEMPTS = 10
+
+
+def _f32(v):
+    """v rounded to float32, as a Python float (the C++ static_cast<float>)."""
+    return float(torch.tensor(v, dtype=torch.float64).float())
+
+
+def erase_boxes(seed, n, H, W, p, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi, device="cpu"):
+    """csrc/sampling.h erase_box() for samples 0..n-1: (apply, y0, y1, x0, x1) int64 tensors."""
+    s = int(seed) & (2**64 - 1)
+    k0, k1 = s & _MASK, s >> 32
+    idx = torch.arange(n, device=device, dtype=torch.int64)
+    zeros = torch.zeros_like(idx)
+    coin = philox4x32_10(idx & _MASK, zeros, zeros + STREAM_ERASE, zeros, k0, k1)[0]
+    apply = coin < keep_threshold(p)
+    area = _f32(H * W)
+    s_lo, s_span = _f32(scale_lo), _f32(scale_hi - scale_lo)
+    r_lo, r_span = _f32(log_ratio_lo), _f32(log_ratio_hi - log_ratio_lo)
+    found = torch.zeros(n, dtype=torch.bool, device=device)
+    y0 = torch.zeros_like(idx)
+    x0 = torch.zeros_like(idx)
+    hh = torch.zeros_like(idx)
+    ww = torch.zeros_like(idx)
+    for attempt in range(ERASE_ATTEMPTS):
+        w0, w1, w2, w3 = philox4x32_10(idx & _MASK, zeros + 1 + attempt, zeros + STREAM_ERASE, zeros, k0, k1)
+        target = (_u01(w0) * s_span + s_lo) * area
+        aspect = dexp(_u01(w1) * r_span + r_lo)
+        h = torch.round(sqrt_rn(target * aspect)).to(torch.int64)
+        w = torch.round(sqrt_rn(target / aspect)).to(torch.int64)
+        take = (h < H) & (w < W) & ~found
+        y0 = torch.where(take, (w2 * (H - h + 1)) >> 32, y0)
+        x0 = torch.where(take, (w3 * (W - w + 1)) >> 32, x0)
+        hh = torch.where(take, h, hh)
+        ww = torch.where(take, w, ww)
+        found |= take
+    return apply & found, y0, y0 + hh, x0, x0 + ww
+
+
+def _sincos_2pi(u):
+    """csrc/sampling.h sincos_2pi() on a float32 tensor."""
+    q = torch.round(u * 4.0)
+    x = (u - q * 0.25) * 6.2831854820251465
+    x2 = x * x
+    ps = torch.full_like(x, 2.7557318844628753e-06)
+    ps = ps * x2 - 0.00019841270113829523
+    ps = ps * x2 + 0.008333333767950535
+    ps = ps * x2 - 0.1666666716337204
+    ps = ps * x2 + 1.0
+    sx = x * ps
+    pc = torch.full_like(x, 2.4801587642286904e-05)
+    pc = pc * x2 - 0.0013888889225199819
+    pc = pc * x2 + 0.0416666679084301
+    pc = pc * x2 - 0.5
+    cx = pc * x2 + 1.0
+    quad = q.to(torch.int64) & 3
+    s = torch.where(quad == 0, sx, torch.where(quad == 1, cx, torch.where(quad == 2, -sx, -cx)))
+    c = torch.where(quad == 0, cx, torch.where(quad == 1, -sx, torch.where(quad == 2, -cx, sx)))
+    return s, c
+
+
+def normals(seed, stream, index):
+    """csrc/sampling.h normal_at() for each element id in ``index`` (float32 tensor)."""
+    s = int(seed) & (2**64 - 1)
+    block = index >> 2
+    zeros = torch.zeros_like(block)
+    w = philox4x32_10(block & _MASK, block >> 32, zeros + stream, zeros, s & _MASK, s >> 32)
+    j = index & 3
+    first = j < 2
+    w_r = torch.where(first, w[0], w[2])
+    w_t = torch.where(first, w[1], w[3])
+    r = sqrt_rn(dlog(_u01(w_r)) * -2.0)
+    sn, cs = _sincos_2pi(_u01(w_t))
+    return r * torch.where((j & 1) == 1, sn, cs)
+
+
+def _floor_sqrt(q):
+    """Largest int64 c >= 0 with c * c <= q (float64 tensor), as csrc/sampling.h floor_sqrt."""
+    c = torch.sqrt(q).to(torch.int64)
+    for _ in range(2):
+        c = torch.where((c > 0) & (c.double() * c.double() > q), c - 1, c)
+    for _ in range(2):
+        c = torch.where((c + 1).double() * (c + 1).double() <= q, c + 1, c)
+    return c
+
+
+def mix_key_index(mode, B, device="cpu"):
+    """csrc/sampling.h mix_key_index() for i in 0..B-1 (mode 0 batch, 1 pair, 2 elem)."""
+    i = torch.arange(B, device=device, dtype=torch.int64)
+    if mode == 0:
+        return torch.zeros_like(i)
+    return torch.minimum(i, B - 1 - i) if mode == 1 else i
+
+
+KIND_NONE, KIND_BLEND, KIND_CUT = 0, 1, 2
+
+
+def mix_draws(
+    seed,
+    B,
+    H,
+    W,
+    mode,
+    mixup_alpha,
+    cutmix_alpha,
+    cutmix_minmax,
+    prob,
+    switch_prob,
+    correct_lam,
+    device="cpu",
+):
+    """csrc/sampling.h mix_draw() of every sample: (lam, lam_target, kind, y0, y1, x0, x1)."""
+    s = int(seed) & (2**64 - 1)
+    k0, k1 = s & _MASK, s >> 32
+    keys = mix_key_index(mode, B, device)
+    n = int(keys.max()) + 1 if B else 0
+    k = torch.arange(n, device=device, dtype=torch.int64)
+    zeros = torch.zeros_like(k)
+    w0, w1, w2, w3 = philox4x32_10(k, zeros, zeros + STREAM_MIX, zeros, k0, k1)
+    apply = w0 < keep_threshold(prob)
+    mix_a, cut_a = _f32(mixup_alpha), _f32(cutmix_alpha)
+    if mix_a > 0 and cut_a > 0:
+        cut = w1 < keep_threshold(switch_prob)
+    else:
+        cut = torch.full_like(apply, not mix_a > 0)
+    lam_mix = beta_samples(seed, STREAM_MIXUP_BETA, n, mix_a, mix_a, device) if mix_a > 0 else None
+    lam_cut = beta_samples(seed, STREAM_CUTMIX_BETA, n, cut_a, cut_a, device) if cut_a > 0 else None
+    lam = lam_cut if lam_mix is None else (lam_mix if lam_cut is None else torch.where(cut, lam_cut, lam_mix))
+    active = apply & (lam != 1.0)
+    kind = torch.where(active, torch.where(cut, KIND_CUT, KIND_BLEND), KIND_NONE)
+    lam = torch.where(active, lam, 1.0)
+    if cutmix_minmax is not None:
+        min_h, min_w = int(H * cutmix_minmax[0]), int(W * cutmix_minmax[0])
+        span_h, span_w = int(H * cutmix_minmax[1]) - min_h, int(W * cutmix_minmax[1]) - min_w
+        v0, v1, v2, v3 = philox4x32_10(k, zeros + 1, zeros + STREAM_MIX, zeros, k0, k1)
+        ch = min_h + ((v0 * span_h) >> 32)
+        cw = min_w + ((v1 * span_w) >> 32)
+        y0 = (v2 * (H - ch + 1)) >> 32
+        x0 = (v3 * (W - cw + 1)) >> 32
+        y1, x1 = y0 + ch, x0 + cw
+    else:
+        rest = 1.0 - lam
+        ch = _floor_sqrt(float(H * H) * rest)
+        cw = _floor_sqrt(float(W * W) * rest)
+        cy, cx = (w2 * H) >> 32, (w3 * W) >> 32
+        y0 = (cy - ch // 2).clamp(0, H)
+        y1 = (cy + (ch + 1) // 2).clamp(0, H)
+        x0 = (cx - cw // 2).clamp(0, W)
+        x1 = (cx + (cw + 1) // 2).clamp(0, W)
+    is_cut = kind == KIND_CUT
+    y0, y1, x0, x1 = (torch.where(is_cut, v, 0) for v in (y0, y1, x0, x1))
+    lam_target = lam
+    if correct_lam or cutmix_minmax is not None:
+        area = ((y1 - y0) * (x1 - x0)).double()
+        lam_target = torch.where(is_cut, 1.0 - area / float(H * W), lam)
+    return tuple(v[keys] for v in (lam, lam_target, kind, y0, y1, x0, x1))

@@ -4,6 +4,7 @@ Scalars and tensor arguments are validated here, before anything is launched,
 with errors that name the argument; the kernels check again (TORCH_CHECK).
 """
 
+import math
 import numbers
 
 import torch
@@ -17,7 +18,7 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 __all__ = [
     "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu",
     "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
-    "cutout",
+    "cutout", "random_erasing", "mixup", "cutmix",
 ]  # fmt: skip
 
 ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "selu")
@@ -237,16 +238,32 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
 IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
 
 
+def _check_images(images, fn, allow_uint8=False):
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"fastreg.{fn}: images must be a Tensor, got {type(images).__name__}")
+    if images.dtype not in (IMAGE_DTYPES if allow_uint8 else FLOAT_DTYPES):
+        kind = "a float or uint8" if allow_uint8 else "a float"
+        raise TypeError(f"fastreg.{fn}: images must be {kind} tensor, got {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"fastreg.{fn}: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
+
+
+def _run_boxes(images, inplace, op, op_, args):
+    """Out of place, or in place writing only the boxes (autograd needs the
+    out-of-place op: the result is then copied back)."""
+    if not inplace:
+        return op(images, *args)
+    if _needs_grad(images):
+        return images.copy_(op(images, *args))
+    op_(images, *args)
+    return images
+
+
 def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
     """Cutout (DeVries & Taylor): per sample, with probability p, a square of side ``size``
     centred uniformly over the image, clipped at the border, set to ``fill`` on every channel.
     Every draw happens on the images' device; ``inplace=True`` writes only the boxes."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"fastreg.cutout: images must be a Tensor, got {type(images).__name__}")
-    if images.dtype not in IMAGE_DTYPES:
-        raise TypeError(f"fastreg.cutout: images must be a float or uint8 tensor, got {images.dtype}")
-    if images.dim() != 4:
-        raise ValueError(f"fastreg.cutout: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
+    _check_images(images, "cutout", allow_uint8=True)
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"fastreg.cutout: size must be a positive int, got {size!r}")
     p = check_p(p, "cutout")
@@ -254,9 +271,199 @@ def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed
     if images.dtype == torch.uint8 and not 0 <= fill <= 255:
         raise ValueError(f"fastreg.cutout: fill must be in [0, 255] for uint8 images, got {fill}")
     s = seed_tensor(images, generator, seed, "cutout")
-    if not inplace:
-        return ops.cutout(images, s, size, p, fill)
-    if _needs_grad(images):  # autograd needs the out-of-place op; the result is copied back
-        return images.copy_(ops.cutout(images, s, size, p, fill))
-    ops.cutout_(images, s, size, p, fill)
-    return images
+    return _run_boxes(images, inplace, ops.cutout, ops.cutout_, (s, size, p, fill))
+
+
+def _check_pair(value, fn, arg):
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value)
+    ):
+        raise TypeError(f"fastreg.{fn}: {arg} must be a pair of numbers, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def random_erasing(
+    images,
+    p=0.5,
+    scale=(0.02, 0.33),
+    ratio=(0.3, 3.3),
+    *,
+    value=0.0,
+    inplace=False,
+    generator=None,
+    seed=None,
+):
+    """Random erasing with torchvision's box rule (area fraction uniform in ``scale``,
+    aspect ratio log-uniform in ``ratio``, up to 10 attempts, else no change), one box per
+    sample, applied with probability p per sample, all drawn on the images' device.
+    ``value`` is a number or ``'random'`` (per-pixel standard normal, float images)."""
+    fn = "random_erasing"
+    _check_images(images, fn, allow_uint8=True)
+    p = check_p(p, fn)
+    s0, s1 = _check_pair(scale, fn, "scale")
+    r0, r1 = _check_pair(ratio, fn, "ratio")
+    if not 0.0 <= s0 <= s1 <= 1.0:
+        raise ValueError(f"fastreg.{fn}: scale must satisfy 0 <= scale[0] <= scale[1] <= 1, got {scale!r}")
+    if not 0.0 < r0 <= r1 < math.inf:
+        raise ValueError(f"fastreg.{fn}: ratio must satisfy 0 < ratio[0] <= ratio[1], got {ratio!r}")
+    random = isinstance(value, str)
+    if random:
+        if value != "random":
+            raise ValueError(f"fastreg.{fn}: value must be a number or 'random', got {value!r}")
+        if images.dtype == torch.uint8:
+            raise ValueError(f"fastreg.{fn}: value='random' needs float images, got uint8")
+        fill = 0.0
+    else:
+        fill = _check_number(value, fn, "value")
+        if images.dtype == torch.uint8 and not 0 <= fill <= 255:
+            raise ValueError(f"fastreg.{fn}: value must be in [0, 255] for uint8 images, got {fill}")
+    sd = seed_tensor(images, generator, seed, fn)
+    args = (sd, p, s0, s1, math.log(r0), math.log(r1), fill, random)
+    return _run_boxes(images, inplace, ops.random_erasing, ops.random_erasing_, args)
+
+
+MIX_MODES = {"batch": 0, "pair": 1, "elem": 2}
+
+
+def _check_alpha(alpha, fn, arg, allow_zero=False):
+    alpha = _check_number(alpha, fn, arg)
+    if not (alpha >= 0.0 if allow_zero else alpha > 0.0) or math.isinf(alpha):
+        raise ValueError(f"fastreg.{fn}: {arg} must be {'>= 0' if allow_zero else '> 0'}, got {alpha}")
+    return alpha
+
+
+def _mix(
+    fn,
+    images,
+    target,
+    num_classes,
+    label_smoothing,
+    mixup_alpha,
+    cutmix_alpha,
+    cutmix_minmax,
+    prob,
+    switch_prob,
+    mode,
+    correct_lam,
+    inplace,
+    generator,
+    seed,
+):
+    """The one op behind mixup, cutmix and fastreg.nn.Mixup; arguments already named."""
+    _check_float(images, fn, "images")
+    if images.dim() != 4:
+        raise ValueError(f"fastreg.{fn}: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"fastreg.{fn}: target must be a Tensor, got {type(target).__name__}")
+    if target.device != images.device:
+        raise ValueError(f"fastreg.{fn}: target is on {target.device} but images are on {images.device}")
+    if target.dim() not in (1, 2) or target.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"fastreg.{fn}: target must be class indices (B,) or probabilities (B, K) with B = "
+            f"{images.shape[0]} (the images' batch), got shape {tuple(target.shape)}"
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0
+    ):
+        raise ValueError(f"fastreg.{fn}: num_classes must be a positive int, got {num_classes!r}")
+    if target.dim() == 1:
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"fastreg.{fn}: class-index target must be an integer tensor, got {target.dtype}")
+        if num_classes is None:
+            raise ValueError(f"fastreg.{fn}: num_classes is required when target holds class indices")
+        target = target.long()
+    else:
+        if not target.dtype.is_floating_point:
+            raise TypeError(
+                f"fastreg.{fn}: probability target (B, K) must be a float tensor, got {target.dtype}"
+            )
+        if num_classes is None:
+            num_classes = target.shape[1]
+        elif num_classes != target.shape[1]:
+            raise ValueError(
+                f"fastreg.{fn}: target has {target.shape[1]} classes but num_classes is {num_classes}"
+            )
+        target = target.detach()  # targets are data: no gradient flows to them
+    eps = _check_number(label_smoothing, fn, "label_smoothing")
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"fastreg.{fn}: label_smoothing must be in [0, 1], got {eps}")
+    if mode not in MIX_MODES:
+        raise ValueError(f"fastreg.{fn}: mode must be 'batch', 'pair' or 'elem', got {mode!r}")
+    cut_min, cut_max = -1.0, -1.0
+    if cutmix_minmax is not None:
+        cut_min, cut_max = _check_pair(cutmix_minmax, fn, "cutmix_minmax")
+        H, W = images.shape[2], images.shape[3]
+        if not (0.0 <= cut_min and cut_max <= 1.0 and int(H * cut_min) < int(H * cut_max)) or not (
+            int(W * cut_min) < int(W * cut_max)
+        ):
+            raise ValueError(
+                f"fastreg.{fn}: cutmix_minmax {cutmix_minmax!r} gives no box side range for a {H}x{W} image"
+            )
+    s = seed_tensor(images, generator, seed, fn)
+    args = (
+        target,
+        s,
+        num_classes,
+        eps,
+        mixup_alpha,
+        cutmix_alpha,
+        cut_min,
+        cut_max,
+        prob,
+        switch_prob,
+        MIX_MODES[mode],
+        bool(correct_lam),
+    )
+    if inplace and not _needs_grad(images):
+        soft, _ = ops.mix_(images, *args)
+        return images, soft
+    out, soft, _ = ops.mix(images, *args)
+    return (images.copy_(out) if inplace else out), soft
+
+
+def mixup(
+    images,
+    target,
+    alpha=1.0,
+    *,
+    num_classes=None,
+    label_smoothing=0.0,
+    mode="batch",
+    inplace=False,
+    generator=None,
+    seed=None,
+):
+    """Mixup: ``lam_i * x_i + (1 - lam_i) * x_{B-1-i}`` with lam ~ Beta(alpha, alpha) drawn on the
+    device, one lambda per batch, per partner pair or per sample (``mode``). Returns
+    ``(images, soft_targets)``: label-smoothed one-hot (or probability) targets mixed the same way."""
+    alpha = _check_alpha(alpha, "mixup", "alpha")
+    return _mix(
+        "mixup", images, target, num_classes, label_smoothing, alpha, 0.0, None, 1.0, 0.0, mode, True,
+        inplace, generator, seed,
+    )  # fmt: skip
+
+
+def cutmix(
+    images,
+    target,
+    alpha=1.0,
+    *,
+    num_classes=None,
+    label_smoothing=0.0,
+    mode="batch",
+    correct_lam=True,
+    inplace=False,
+    generator=None,
+    seed=None,
+):
+    """CutMix (Yun et al.): each sample takes a box of its partner ``B-1-i``; box side
+    ``floor(H sqrt(1 - lam))`` x ``floor(W sqrt(1 - lam))``, centre uniform, clipped; lam ~
+    Beta(alpha, alpha) on the device. With ``correct_lam`` the targets' lambda is the kept area
+    fraction. ``inplace=True`` writes only the boxes."""
+    alpha = _check_alpha(alpha, "cutmix", "alpha")
+    return _mix(
+        "cutmix", images, target, num_classes, label_smoothing, 0.0, alpha, None, 1.0, 0.0, mode,
+        correct_lam, inplace, generator, seed,
+    )  # fmt: skip

@@ -9,12 +9,18 @@ import math
 import torch
 
 from ._random import (
+    KIND_BLEND,
+    KIND_CUT,
     STREAM_ELEMENT,
+    STREAM_ERASE_VALUE,
     STREAM_SAMPLE,
     check_p,
     cutout_boxes,
+    erase_boxes,
     keep_threshold,
     memory_index,
+    mix_draws,
+    normals,
     philox_words,
     seed_tensor,
 )
@@ -22,7 +28,7 @@ from ._random import (
 __all__ = [
     "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu",
     "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
-    "cutout",
+    "cutout", "random_erasing", "mixup", "cutmix",
 ]  # fmt: skip
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -190,15 +196,133 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
     return torch.nn.functional.linear(input, _dropout_with_seed(weight, s, p), bias)
 
 
+def _box_mask(apply, y0, y1, x0, x1, H, W, device):
+    """(B, 1, H, W) bool: inside each sample's box."""
+    B = apply.shape[0]
+    rows = torch.arange(H, device=device).view(1, H, 1)
+    cols = torch.arange(W, device=device).view(1, 1, W)
+    inside = apply.view(B, 1, 1) & (rows >= y0.view(B, 1, 1)) & (rows < y1.view(B, 1, 1))
+    return (inside & (cols >= x0.view(B, 1, 1)) & (cols < x1.view(B, 1, 1))).unsqueeze(1)
+
+
 def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
     s = seed_tensor(images, generator, seed, "cutout")
     B, _, H, W = images.shape
-    apply, y0, y1, x0, x1 = cutout_boxes(int(s.item()), B, H, W, size, p, images.device)
-    rows = torch.arange(H, device=images.device).view(1, H, 1)
-    cols = torch.arange(W, device=images.device).view(1, 1, W)
-    inside = apply.view(B, 1, 1) & (rows >= y0.view(B, 1, 1)) & (rows < y1.view(B, 1, 1))
-    inside = inside & (cols >= x0.view(B, 1, 1)) & (cols < x1.view(B, 1, 1))
-    out = torch.where(
-        inside.unsqueeze(1), torch.tensor(fill, dtype=images.dtype, device=images.device), images
-    )
+    boxes = cutout_boxes(int(s.item()), B, H, W, size, p, images.device)
+    inside = _box_mask(*boxes, H, W, images.device)
+    out = torch.where(inside, torch.tensor(fill, dtype=images.dtype, device=images.device), images)
     return images.copy_(out) if inplace else out
+
+
+def random_erasing(
+    images,
+    p=0.5,
+    scale=(0.02, 0.33),
+    ratio=(0.3, 3.3),
+    *,
+    value=0.0,
+    inplace=False,
+    generator=None,
+    seed=None,
+):
+    s = seed_tensor(images, generator, seed, "random_erasing")
+    B, _, H, W = images.shape
+    boxes = erase_boxes(
+        int(s.item()), B, H, W, p, scale[0], scale[1], math.log(ratio[0]), math.log(ratio[1]), images.device
+    )
+    inside = _box_mask(*boxes, H, W, images.device)
+    if isinstance(value, str):  # 'random': the normal of each element's memory position
+        fill = normals(int(s.item()), STREAM_ERASE_VALUE, memory_index(images)).to(images.dtype)
+    else:
+        fill = torch.tensor(value, dtype=images.dtype, device=images.device)
+    out = torch.where(inside, fill, images)
+    return images.copy_(out) if inplace else out
+
+
+def _smooth(target, num_classes, eps):
+    """Label-smoothed targets in float32 (indices) or the targets' opmath (probabilities)."""
+    if target.dim() == 1:
+        off, on = eps / num_classes, 1.0 - eps + eps / num_classes
+        hot = torch.nn.functional.one_hot(target.long(), num_classes).bool()
+        f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=target.device)  # noqa: E731
+        return torch.where(hot, f32(on), f32(off))
+    t = _opmath(target)
+    return t * _scalar(1.0 - eps, t) + _scalar(eps / num_classes, t)
+
+
+def mix(
+    images,
+    target,
+    *,
+    num_classes=None,
+    label_smoothing=0.0,
+    mixup_alpha=1.0,
+    cutmix_alpha=0.0,
+    cutmix_minmax=None,
+    prob=1.0,
+    switch_prob=0.5,
+    mode="batch",
+    correct_lam=True,
+    inplace=False,
+    generator=None,
+    seed=None,
+):
+    """The op behind mixup, cutmix and fastreg.nn.Mixup: each sample's draw from
+    ``_random.mix_draws``, then ``x_i``, the partner's pixels in the box, or the blend."""
+    s = seed_tensor(images, generator, seed, "mixup")
+    B, _, H, W = images.shape
+    num_classes = target.shape[1] if num_classes is None else num_classes
+    modes = {"batch": 0, "pair": 1, "elem": 2}
+    lam, lam_t, kind, y0, y1, x0, x1 = mix_draws(
+        int(s.item()), B, H, W, modes[mode], mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob,
+        correct_lam, images.device,
+    )  # fmt: skip
+    x = _opmath(images)
+    xp = x.flip(0)
+    view = (B, 1, 1, 1)
+    blend = x * lam.to(x.dtype).view(view) + xp * (1.0 - lam).to(x.dtype).view(view)
+    inside = _box_mask(kind == KIND_CUT, y0, y1, x0, x1, H, W, images.device)
+    out = torch.where((kind == KIND_BLEND).view(view), blend, torch.where(inside, xp, x)).to(images.dtype)
+    y = _smooth(target, num_classes, label_smoothing)
+    soft = y * lam_t.to(y.dtype).view(B, 1) + y.flip(0) * (1.0 - lam_t).to(y.dtype).view(B, 1)
+    soft = soft.to(torch.float32 if target.dim() == 1 else target.dtype)
+    return (images.copy_(out) if inplace else out), soft
+
+
+def mixup(
+    images,
+    target,
+    alpha=1.0,
+    *,
+    num_classes=None,
+    label_smoothing=0.0,
+    mode="batch",
+    inplace=False,
+    generator=None,
+    seed=None,
+):
+    return mix(
+        images, target, num_classes=num_classes, label_smoothing=label_smoothing, mixup_alpha=alpha,
+        cutmix_alpha=0.0, prob=1.0, switch_prob=0.0, mode=mode, inplace=inplace, generator=generator,
+        seed=seed,
+    )  # fmt: skip
+
+
+def cutmix(
+    images,
+    target,
+    alpha=1.0,
+    *,
+    num_classes=None,
+    label_smoothing=0.0,
+    mode="batch",
+    correct_lam=True,
+    inplace=False,
+    generator=None,
+    seed=None,
+):
+    return mix(
+        images, target, num_classes=num_classes, label_smoothing=label_smoothing, mixup_alpha=0.0,
+        cutmix_alpha=alpha, prob=1.0, switch_prob=0.0, mode=mode, correct_lam=correct_lam, inplace=inplace,
+        generator=generator, seed=seed,
+    )  # fmt: skip

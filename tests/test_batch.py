@@ -1,11 +1,11 @@
-"""The batch family. So far: the per-sample Beta draws that Mixup and CutMix
-will use (csrc/sampling.h), exposed as the test-only op fastreg::_sample_beta."""
+"""The batch family: the per-sample draws (csrc/sampling.h: Beta lambdas, boxes,
+normals), Cutout, random erasing, Mixup / CutMix and fastreg.nn.Mixup (timm's)."""
 
 import math
 
 import pytest
 import torch
-from conftest import CUDA
+from conftest import CUDA, saved_bytes
 
 from fastreg import _random
 
@@ -179,3 +179,498 @@ def test_cutout_bad_input(device):
     with pytest.raises(ValueError, match="fill"):
         FR.cutout(x.to(torch.uint8), 3, fill=300)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cutout_bad_seed_is_rejected_by_the_raw_op(device):
+    x = images((2, 3, 8, 8), torch.float32, device)
+    with pytest.raises(TypeError, match="seed"):
+        ops.cutout(x, torch.tensor([1.0], device=device), 3, 1.0, 0.0)
+
+
+# --- random erasing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("value", [1.5, "random"])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_random_erasing_bitwise_equal_to_reference(device, dtype, channels_last, value, p):
+    if value == "random" and dtype == torch.uint8:
+        pytest.skip("value='random' is for float images (tested as an error below)")
+    x = images((16, 3, 17, 23), dtype, device, channels_last)
+    before = x.clone()
+    y = FR.random_erasing(x, p, value=value, seed=5)
+    assert torch.equal(y, R.random_erasing(x, p, value=value, seed=5))
+    assert torch.equal(x, before)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert not torch.equal(y, x)
+
+
+def erased_boxes(x, y):
+    """Per sample: None, or (h, w) of the rectangle where y differs from x (asserting it is
+    a rectangle, the same on every channel)."""
+    changed = y != x
+    assert torch.equal(changed.any(1, keepdim=True).expand_as(changed), changed)
+    out = []
+    for b in range(x.shape[0]):
+        m = changed[b, 0]
+        if not m.any():
+            out.append(None)
+            continue
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert m.sum() == h * w and rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w
+        out.append((h, w))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_boxes_follow_torchvision_rule(device):
+    H = W = 64
+    scale, ratio = (0.02, 0.33), (0.3, 3.3)
+    x = images((2000, 2, H, W), torch.float32, device)
+    y = FR.random_erasing(x, 1.0, scale, ratio, value=-1.0, seed=11)
+    boxes = erased_boxes(x, y)
+    assert sum(b is None for b in boxes) < 20  # 10 attempts almost always succeed here
+    for box in boxes:
+        if box is None:
+            continue
+        h, w = box
+        assert h < H and w < W
+        # h = round(sqrt(A r)), w = round(sqrt(A / r)) for some area A in scale * H * W and
+        # r in ratio: the intervals those roundings allow must meet the ranges
+        assert (h - 0.5) * (w - 0.5) <= scale[1] * H * W * (1 + 1e-6)
+        assert (h + 0.5) * (w + 0.5) >= scale[0] * H * W * (1 - 1e-6)
+        assert (h - 0.5) / (w + 0.5) <= ratio[1] and (h + 0.5) / (w - 0.5) >= ratio[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_probability_and_random_values(device):
+    stats = pytest.importorskip("scipy.stats")
+    x = torch.full((4000, 3, 16, 16), 100.0, device=device)
+    y = FR.random_erasing(x, 0.4, value="random", seed=21)
+    rate = (y != 100.0).flatten(1).any(1).float().mean().item()
+    assert abs(rate - 0.4) < 5 * (0.4 * 0.6 / 4000) ** 0.5
+    values = y[y != 100.0].double().cpu()
+    assert values.numel() > 100_000
+    assert stats.kstest(values.numpy(), "norm").pvalue > 1e-3
+    assert torch.equal(FR.random_erasing(x, 0.0, seed=21), x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("value", [0.0, "random"])
+def test_random_erasing_inplace_touches_only_the_boxes(device, value):
+    x = images((8, 3, 12, 12), torch.float32, device)
+    before = x.clone()
+    ptr = x.data_ptr()
+    out = FR.random_erasing(x, 1.0, value=value, inplace=True, seed=2)
+    assert out is x and x.data_ptr() == ptr
+    assert torch.equal(x, R.random_erasing(before, 1.0, value=value, seed=2))
+    # a non-dense view: the normals follow the order a dense copy would have
+    base = images((8, 3, 12, 24), torch.float32, device)
+    view = base[..., ::2]
+    expect = R.random_erasing(view.clone(), 1.0, value=value, seed=4)
+    FR.random_erasing(view, 1.0, value=value, inplace=True, seed=4)
+    assert torch.equal(view, expect)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_gradient_opcheck_compile_module(device):
+    x = images((4, 2, 9, 9), torch.float64, device).requires_grad_()
+    y = FR.random_erasing(x, 1.0, value="random", seed=8)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(g, (y == x).double())
+    assert torch.autograd.gradcheck(lambda t: FR.random_erasing(t, 0.7, value=0.5, seed=8), (x,))
+    xf = images((4, 3, 10, 10), torch.float32, device)
+    s = torch.tensor([4], device=device)
+    args = (s, 0.5, 0.02, 0.33, math.log(0.3), math.log(3.3))
+    torch.library.opcheck(ops.random_erasing, (xf.clone().requires_grad_(), *args, 0.0, True))
+    torch.library.opcheck(ops.random_erasing_, (xf.clone(), *args, 2.0, False))
+    f = torch.compile(lambda t: FR.random_erasing(t, 0.8, value="random", seed=6) * 2, fullgraph=True)
+    torch.testing.assert_close(f(xf), FR.random_erasing(xf, 0.8, value="random", seed=6) * 2)
+    m = FN.RandomErasing(p=1.0, value=3.0)
+    assert m.eval()(xf) is xf and "scale=(0.02, 0.33)" in repr(m)
+    assert (m.train()(xf) == 3.0).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_bad_input(device):
+    x = images((2, 3, 8, 8), torch.float32, device)
+    before = x.clone()
+    for kwargs, exc, words in [
+        (dict(p=1.5), ValueError, "p"),
+        (dict(scale=(0.5, 0.1)), ValueError, "scale"),
+        (dict(scale=(0.1, 1.5)), ValueError, "scale"),
+        (dict(ratio=(0.0, 2.0)), ValueError, "ratio"),
+        (dict(ratio=(2.0, 1.0)), ValueError, "ratio"),
+        (dict(ratio=3.0), TypeError, "ratio"),
+        (dict(value="noise"), ValueError, "value"),
+        (dict(value=None), TypeError, "value"),
+    ]:
+        with pytest.raises(exc, match=words):
+            FR.random_erasing(x, inplace=True, **kwargs)
+    with pytest.raises(ValueError, match="images"):
+        FR.random_erasing(x[0])
+    with pytest.raises(ValueError, match="value"):
+        FR.random_erasing(x.to(torch.uint8), value="random")
+    with pytest.raises(ValueError, match="value"):
+        FR.random_erasing(x.to(torch.uint8), value=-1)
+    assert torch.equal(x, before)
+
+
+# --- mixup / cutmix / nn.Mixup ----------------------------------------------------------------
+
+MODES = ["batch", "pair", "elem"]
+MIX_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def mix_inputs(B, device, dtype=torch.float32, channels_last=False, K=10, probs=False, shape=(3, 12, 14)):
+    x = images((B,) + shape, dtype, device, channels_last)
+    if probs:
+        t = torch.softmax(torch.randn(B, K, device=device), -1).to(dtype)
+    else:
+        t = torch.randint(0, K, (B,), device=device)
+    return x, t
+
+
+MIXERS = {
+    "mixup": dict(mixup_alpha=0.4, cutmix_alpha=0.0),
+    "cutmix": dict(mixup_alpha=0.0, cutmix_alpha=1.0),
+    "switch": dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.8, switch_prob=0.5),
+    "minmax": dict(mixup_alpha=0.0, cutmix_alpha=1.0, cutmix_minmax=(0.2, 0.8), prob=0.7),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", MIX_DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_mix_bitwise_equal_to_reference(device, dtype, channels_last, mode, mixer):
+    cfg = MIXERS[mixer]
+    for B, probs, seed in [(8, False, 1), (7, True, 2), (1, False, 3)]:
+        x, t = mix_inputs(B, device, dtype, channels_last, probs=probs)
+        before = x.clone()
+        m = FN.Mixup(**cfg, mode=mode, label_smoothing=0.1, num_classes=10)
+        out, soft = m(x, t, seed=seed)
+        ref, ref_soft = R.mix(x, t, **cfg, mode=mode, label_smoothing=0.1, num_classes=10, seed=seed)
+        if mixer == "minmax":
+            assert m.cutmix_alpha == 1.0
+        assert torch.equal(out, ref) and torch.equal(soft, ref_soft)
+        assert torch.equal(x, before)
+        assert soft.dtype == (dtype if probs else torch.float32) and soft.shape == (B, 10)
+        assert out.stride() == x.stride()
+        # in place: the same values in the same tensor
+        m.inplace = True
+        y = x.clone()
+        out2, soft2 = m(y, t, seed=seed)
+        assert out2 is y and torch.equal(y, ref) and torch.equal(soft2, ref_soft)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_mixup_and_cutmix_functions_equal_reference(device, mode):
+    x, t = mix_inputs(9, device)
+    for fn in ("mixup", "cutmix"):
+        a = getattr(FR, fn)(x, t, 0.3, num_classes=10, label_smoothing=0.2, mode=mode, seed=17)
+        b = getattr(R, fn)(x, t, 0.3, num_classes=10, label_smoothing=0.2, mode=mode, seed=17)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    a = FR.cutmix(x, t, 0.3, num_classes=10, mode=mode, correct_lam=False, seed=17)
+    b = R.cutmix(x, t, 0.3, num_classes=10, mode=mode, correct_lam=False, seed=17)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def lam_from_targets(soft, t):
+    """With label_smoothing 0 and distinct labels, soft[i, t_i] is lam_i (float32)."""
+    return soft.gather(1, t.view(-1, 1)).squeeze(1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_mixup_pixels_are_the_blend_given_by_the_targets(device, mode):
+    B = 12
+    x, _ = mix_inputs(B, device)
+    t = torch.arange(B, device=device)  # distinct labels
+    out, soft = FR.mixup(x, t, 0.5, num_classes=B, mode=mode, seed=3)
+    lam = lam_from_targets(soft, t).double().view(B, 1, 1, 1)
+    expect = x.double() * lam + x.flip(0).double() * (1 - lam)
+    torch.testing.assert_close(out.double(), expect, rtol=2e-6, atol=1e-5)
+    lams = lam.flatten()
+    assert (lams < 1).all()
+    if mode == "batch":
+        assert (lams == lams[0]).all()
+    elif mode == "pair":
+        assert torch.equal(lams, lams.flip(0))
+    else:
+        assert len(set(lams.tolist())) == B
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("correct_lam", [True, False])
+def test_cutmix_pixels_come_from_the_pair_and_lambda_is_the_kept_area(device, mode, correct_lam):
+    B, H, W = 11, 12, 14
+    x, _ = mix_inputs(B, device, shape=(3, H, W))
+    t = torch.arange(B, device=device)
+    out, soft = FR.cutmix(x, t, 1.0, num_classes=B, mode=mode, correct_lam=correct_lam, seed=5)
+    partner = x.flip(0)
+    assert ((out == x) | (out == partner)).all()
+    taken = (out != x) & (out == partner)
+    assert torch.equal(taken.any(1, keepdim=True).expand_as(taken), taken)  # same box on every channel
+    ls = lam_from_targets(soft, t)
+    for b in range(B):
+        m = taken[b, 0]
+        area = int(m.sum())
+        if area:
+            rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+            assert area == len(rows) * len(cols)  # a rectangle
+        if b == B // 2:  # the middle sample is its own partner: nothing changes
+            assert torch.equal(out[b], x[b])
+            continue
+        if correct_lam:
+            kept = torch.tensor(1.0 - area / (H * W), dtype=torch.float64).float().item()
+            assert ls[b].item() == kept
+            assert (
+                soft[b, B - 1 - b].item() == torch.tensor(area / (H * W), dtype=torch.float64).float().item()
+            )
+    if mode != "elem":
+        boxes = taken[:, 0]
+        assert torch.equal(boxes, boxes.flip(0))  # partners swap the same box
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_soft_targets_sum_to_one_and_carry_label_smoothing(device):
+    B, K, eps = 64, 7, 0.3
+    x, t = mix_inputs(B, device, K=K)
+    m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.5, mode="elem", label_smoothing=eps, num_classes=K)
+    _, soft = m(x, t, seed=13)
+    torch.testing.assert_close(soft.sum(1), torch.ones(B, device=device), rtol=0, atol=1e-6)
+    on = torch.tensor(1 - eps + eps / K, dtype=torch.float64).float().item()
+    off = torch.tensor(eps / K, dtype=torch.float64).float().item()
+    kind = _random.mix_draws(13, B, 12, 14, 2, 0.8, 1.0, None, 0.5, 0.5, True, device)[2]
+    unmixed = kind == _random.KIND_NONE
+    assert 10 < int(unmixed.sum()) < 54  # prob 0.5: about half the samples are not mixed
+    for b in unmixed.nonzero().flatten().tolist():
+        expect = torch.full((K,), off, device=device)
+        expect[t[b]] = on
+        assert torch.equal(soft[b], expect)
+    # every class outside the pair gets exactly off * lam + off * (1 - lam) ~ off
+    other = torch.ones_like(soft, dtype=torch.bool)
+    other.scatter_(1, t.view(-1, 1), False)
+    other.scatter_(1, t.flip(0).view(-1, 1), False)
+    torch.testing.assert_close(soft[other], torch.full_like(soft[other], off), rtol=1e-6, atol=0)
+    # eval mode / mixup disabled: images pass through, targets are the smoothed one-hot
+    for setup in (lambda: m.eval(), lambda: setattr(m.train(), "mixup_enabled", False)):
+        setup()
+        out, soft = m(x, t, seed=13)
+        assert (
+            torch.equal(out, x) and ((soft == on).sum(1) == 1).all() and ((soft == off).sum(1) == K - 1).all()
+        )
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_lambdas_follow_beta_distribution(alpha, kind):
+    stats = pytest.importorskip("scipy.stats")
+    n = 100_000
+    x = torch.zeros(n, 1, 1, 1)
+    t = torch.zeros(n, dtype=torch.int64)
+    mixup_alpha, cutmix_alpha = (alpha, 0.0) if kind == "mixup" else (0.0, alpha)
+    _, _, params = ops.mix(
+        x, t, torch.tensor([99]), 1, 0.0, mixup_alpha, cutmix_alpha, -1.0, -1.0, 1.0, 0.5, 2, True
+    )
+    lam = params[:, 0].numpy()
+    assert stats.kstest(lam, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+
+
+def test_mix_switch_and_prob_rates():
+    n = 20_000
+    x = torch.zeros(n, 1, 1, 1)
+    t = torch.zeros(n, dtype=torch.int64)
+    _, _, params = ops.mix(x, t, torch.tensor([5]), 1, 0.0, 0.8, 1.0, -1.0, -1.0, 0.6, 0.3, 2, True)
+    kind = params[:, 2]
+    applied = (kind > 0).float().mean().item()
+    cut_share = (kind == 2).float().sum().item() / max(1.0, (kind > 0).float().sum().item())
+    assert abs(applied - 0.6) < 5 * (0.6 * 0.4 / n) ** 0.5
+    assert abs(cut_share - 0.3) < 5 * (0.3 * 0.7 / (0.6 * n)) ** 0.5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mix_seeds_and_generators(device):
+    x, t = mix_inputs(6, device)
+    torch.manual_seed(5)
+    a = FR.mixup(x, t, num_classes=10, mode="elem")
+    torch.manual_seed(5)
+    b = FR.mixup(x, t, num_classes=10, mode="elem")
+    c = FR.mixup(x, t, num_classes=10, mode="elem")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+    g = torch.Generator(device=device).manual_seed(1)
+    d = FR.cutmix(x, t, num_classes=10, mode="elem", generator=g)
+    g.manual_seed(1)
+    e = FR.cutmix(x, t, num_classes=10, mode="elem", generator=g)
+    assert torch.equal(d[0], e[0])
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+@pytest.mark.parametrize("mixer", list(MIXERS))
+@pytest.mark.parametrize("mode", MODES)
+def test_mix_same_on_cpu_and_cuda(mixer, mode):
+    x, t = mix_inputs(9, "cpu")
+    m = FN.Mixup(**MIXERS[mixer], mode=mode, num_classes=10)
+    a = m(x, t, seed=77)
+    b = m(x.cuda(), t.cuda(), seed=77)
+    assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+    for value in (0.0, "random"):
+        assert torch.equal(
+            FR.random_erasing(x, 1.0, value=value, seed=3),
+            FR.random_erasing(x.cuda(), 1.0, value=value, seed=3).cpu(),
+        )
+    assert torch.equal(FR.cutout(x, 5, seed=3), FR.cutout(x.cuda(), 5, seed=3).cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mixer", list(MIXERS))
+@pytest.mark.parametrize("mode", MODES)
+def test_mix_gradient(device, mixer, mode):
+    x, t = mix_inputs(5, device, torch.float64, shape=(2, 6, 7))
+    m = FN.Mixup(**MIXERS[mixer], mode=mode, num_classes=10)
+    assert torch.autograd.gradcheck(lambda v: m(v, t, seed=9)[0], (x.requires_grad_(),))
+    # channels_last gradients too
+    xc = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: m(v, t, seed=4)[0], (xc,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mix_saves_only_the_per_sample_params(device):
+    B = 6
+    x, t = mix_inputs(B, device)
+    nbytes, saved, _ = saved_bytes(
+        lambda v: FR.cutmix(v, t, num_classes=10, mode="elem", seed=1)[0], x.requires_grad_()
+    )
+    assert nbytes == B * 8 * 8 and saved[0].shape == (B, 8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mix_opcheck_and_compile(device):
+    x, t = mix_inputs(6, device)
+    s = torch.tensor([4], device=device)
+    args = (10, 0.1, 0.8, 1.0, -1.0, -1.0, 0.9, 0.5, 2, True)
+    torch.library.opcheck(ops.mix, (x.clone().requires_grad_(), t, s, *args))
+    torch.library.opcheck(ops.mix_, (x.clone(), t, s, *args))
+    params = ops.mix(x, t, s, *args)[2]
+    torch.library.opcheck(ops.mix_backward, (x.clone(), params))
+    m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10)
+    f = torch.compile(lambda a, b: m(a, b, seed=6), fullgraph=True)
+    got, want = f(x, t), m(x, t, seed=6)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    g = torch.compile(lambda a, b: FR.mixup(a, b, num_classes=10)[0].sum(), fullgraph=True)
+    assert torch.isfinite(g(x, t))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mix_bad_input(device):
+    x, t = mix_inputs(4, device)
+    before = x.clone()
+    cases = [
+        (lambda: FR.mixup(x[0], t, num_classes=10), ValueError, "images"),
+        (lambda: FR.mixup(x, t, 0.0, num_classes=10), ValueError, "alpha"),
+        (lambda: FR.cutmix(x, t, -1.0, num_classes=10), ValueError, "alpha"),
+        (lambda: FR.mixup(x, t), ValueError, "num_classes"),
+        (lambda: FR.mixup(x, t[:3], num_classes=10), ValueError, "target"),
+        (lambda: FR.mixup(x, t.float(), num_classes=10), TypeError, "target"),
+        (lambda: FR.mixup(x, torch.rand(4, 5, device=device), num_classes=10), ValueError, "num_classes"),
+        (lambda: FR.mixup(x, t, num_classes=10, mode="row"), ValueError, "mode"),
+        (lambda: FR.mixup(x, t, num_classes=10, label_smoothing=2.0), ValueError, "label_smoothing"),
+        (lambda: FR.mixup(x.long(), t, num_classes=10), TypeError, "images"),
+        (lambda: FN.Mixup(mixup_alpha=0.0, cutmix_alpha=0.0), ValueError, "alpha"),
+        (lambda: FN.Mixup(prob=1.5), ValueError, "prob"),
+        (lambda: FN.Mixup(cutmix_minmax=(0.5, 0.51), num_classes=10)(x, t), ValueError, "cutmix_minmax"),
+    ]
+    if device == "cpu":  # on CUDA a bad class index is a device-side assert (no host sync)
+        bad = t.clone()
+        bad[2] = 10
+        cases += [
+            (lambda: FR.mixup(x, bad, num_classes=10, inplace=True), ValueError, "target"),
+            (lambda: FR.cutmix(x, bad - 11, num_classes=10, inplace=True), ValueError, "target"),
+        ]
+    for call, exc, words in cases:
+        with pytest.raises(exc, match=words):
+            call()
+    assert torch.equal(x, before)
+
+
+def test_timm_batch_mixup_structure():
+    timm_mixup = pytest.importorskip("timm.data.mixup")
+    B, K = 8, 10
+    x, t = mix_inputs(B, "cpu", shape=(3, 16, 16))
+    ours = FN.Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, mode="batch", label_smoothing=0.1, num_classes=K)
+    out, soft = ours(x, t, seed=3)
+    lam = _random.mix_draws(3, B, 16, 16, 0, 1.0, 0.0, None, 1.0, 0.5, True)[0][0].item()
+    assert 0 < lam < 1
+    assert torch.equal(out, x * lam + x.flip(0) * (1 - lam))
+    theirs = timm_mixup.Mixup(
+        mixup_alpha=1.0, cutmix_alpha=0.0, mode="batch", label_smoothing=0.1, num_classes=K
+    )
+    theirs._params_per_batch = lambda: (lam, False)
+    x_t, soft_t = theirs(x.clone(), t)
+    assert torch.equal(out, x_t)
+    assert torch.equal(soft, soft_t)
+    assert torch.equal(soft, timm_mixup.mixup_target(t, K, lam, 0.1))
+
+
+# --- CUDA: no host sync, CUDA graphs ---------------------------------------------------------
+
+BATCH_CALLS = {
+    "cutout": lambda x, t: (FR.cutout(x, 5),),
+    "cutout_": lambda x, t: (FR.cutout(x, 5, inplace=True),),
+    "random_erasing": lambda x, t: (FR.random_erasing(x, 1.0, value="random"),),
+    "random_erasing_": lambda x, t: (FR.random_erasing(x, 1.0, inplace=True),),
+    "mixup": lambda x, t: FR.mixup(x, t, num_classes=10, mode="elem"),
+    "cutmix_": lambda x, t: FR.cutmix(x, t, num_classes=10, mode="pair", inplace=True),
+    "Mixup": lambda x, t: FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10)(x, t),
+}
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+@pytest.mark.parametrize("name", list(BATCH_CALLS))
+def test_batch_ops_never_sync(name):
+    x, t = mix_inputs(8, "cuda")
+    call = BATCH_CALLS[name]
+    call(x, t)  # warm-up (lazy init may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = call(x, t)
+        out2 = call(x, t)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not all(torch.equal(a, b) for a, b in zip(out, out2, strict=True)) or name.endswith("_")
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+@pytest.mark.parametrize("name", list(BATCH_CALLS))
+def test_batch_ops_in_cuda_graph_draw_fresh_each_replay(name):
+    x0, t = mix_inputs(8, "cuda")
+    x = x0.clone()
+    call = BATCH_CALLS[name]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call(x, t)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    x.copy_(x0)
+    with torch.cuda.graph(graph):
+        outs = call(x, t)
+    results = []
+    for _ in range(3):
+        x.copy_(x0)
+        graph.replay()
+        torch.cuda.synchronize()
+        results.append([o.clone() for o in outs])
+    assert not torch.equal(results[0][0], results[1][0]) or not torch.equal(results[1][0], results[2][0])
+    for res in results:  # each replay is a valid draw: the pixels are x's or the partner's / the fill
+        img = res[0]
+        assert torch.isfinite(img).all()

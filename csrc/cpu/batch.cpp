@@ -1,58 +1,241 @@
-// CPU kernels of the batch family. So far only the per-sample Beta draws the
-// Mixup/CutMix ops will use, exposed as the test-only op fastreg::_sample_beta.
+// CPU kernels of the batch family: per-sample boxes (Cutout, random erasing),
+// Mixup/CutMix draws, the pairwise mixing pass and the soft targets. Per-sample
+// draws come from csrc/sampling.h, the same functions the CUDA kernels call.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "../batch_ops.h"
 #include "../errors.h"
 #include "../sampling.h"
+#include "cpu_kernel.h"
 
 namespace fastreg::cpu {
 namespace {
 
-at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
-  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
-                     "fastreg._sample_beta: seed must be a one-element int64 tensor");
-  FASTREG_CHECK_VALUE(n >= 0 && n < (int64_t(1) << 32), "fastreg._sample_beta: n out of range");
-  FASTREG_CHECK_VALUE(a > 0 && b > 0, "fastreg._sample_beta: alpha must be > 0, got ", a, ", ", b);
-  at::Tensor out = at::empty({n}, seed.options().dtype(at::kDouble));
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(seed.item<int64_t>()));
-  double* o = out.data_ptr<double>();
-  for (int64_t i = 0; i < n; ++i)
-    o[i] = sampling::beta(key, static_cast<uint32_t>(stream), static_cast<uint32_t>(i),
-                          static_cast<float>(a), static_cast<float>(b));
-  return out;
+philox::Key seed_key(const at::Tensor& seed) {
+  return philox::key_schedule(static_cast<uint64_t>(seed.item<int64_t>()));
 }
 
-// Writes `fill` into every sample's box, on every channel, through the strides
-// (any layout); nothing else is touched.
-void fill_boxes(at::Tensor& images, const at::Tensor& seed, int64_t size, double p, double fill) {
-  const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
-  const int64_t sB = images.stride(0), sC = images.stride(1), sH = images.stride(2), sW = images.stride(3);
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(seed.item<int64_t>()));
-  const uint64_t threshold = philox::keep_threshold(p);
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_cutout", [&] {
-    scalar_t* base = images.mutable_data_ptr<scalar_t>();
-    const scalar_t value = static_cast<scalar_t>(fill);
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const sampling::Box box = sampling::cutout_box(key, static_cast<uint32_t>(b), H, W, size, threshold);
-        if (!box.apply) continue;
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t y = box.y0; y < box.y1; ++y)
-            for (int64_t x = box.x0; x < box.x1; ++x) base[b * sB + c * sC + y * sH + x * sW] = value;
-      }
-    });
-  });
+// Which source an output element takes (forward), per member of a pair.
+enum Mode : int { kOwn = 0, kPartner = 1, kBlend = 2 };
+
+struct Member {
+  int kind;
+  double lam, rest;  // lambda and 1 - lambda (float64; each kernel rounds to its opmath)
+  int64_t y0, y1, x0, x1;
+};
+
+Member member(const double* row) {
+  return {static_cast<int>(row[2]), row[0], 1.0 - row[0], static_cast<int64_t>(row[3]),
+          static_cast<int64_t>(row[4]), static_cast<int64_t>(row[5]), static_cast<int64_t>(row[6])};
 }
+
+struct CpuLoops {
+  static at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
+    FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
+                       "fastreg._sample_beta: seed must be a one-element int64 tensor");
+    FASTREG_CHECK_VALUE(n >= 0 && n < (int64_t(1) << 32), "fastreg._sample_beta: n out of range");
+    FASTREG_CHECK_VALUE(a > 0 && b > 0, "fastreg._sample_beta: alpha must be > 0, got ", a, ", ", b);
+    at::Tensor out = at::empty({n}, seed.options().dtype(at::kDouble));
+    const philox::Key key = seed_key(seed);
+    double* o = out.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i)
+      o[i] = sampling::beta(key, static_cast<uint32_t>(stream), static_cast<uint32_t>(i), static_cast<float>(a),
+                            static_cast<float>(b));
+    return out;
+  }
+
+  // Writes every sample's box, on every channel, through the strides (any
+  // layout); nothing else is touched. `random`: element (b, c, y, x) gets the
+  // standard normal of its memory offset (images are dense then).
+  static void fill_boxes(at::Tensor& images, const at::Tensor& seed, const sampling::BoxRule& rule, double fill,
+                         bool random) {
+    const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
+    const int64_t sB = images.stride(0), sC = images.stride(1), sH = images.stride(2), sW = images.stride(3);
+    const philox::Key key = seed_key(seed);
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_boxes", [&] {
+      scalar_t* base = images.mutable_data_ptr<scalar_t>();
+      const scalar_t value = static_cast<scalar_t>(fill);
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const sampling::Box box = rule(key, static_cast<uint32_t>(b), H, W);
+          if (!box.apply) continue;
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t y = box.y0; y < box.y1; ++y)
+              for (int64_t x = box.x0; x < box.x1; ++x) {
+                const int64_t off = b * sB + c * sC + y * sH + x * sW;
+                if (random) {
+                  base[off] = static_cast<scalar_t>(
+                      sampling::normal_at(key, philox::kStreamEraseValue, static_cast<uint64_t>(off)));
+                } else {
+                  base[off] = value;
+                }
+              }
+        }
+      });
+    });
+  }
+
+  static at::Tensor mix_params(const at::Tensor& seed, int64_t B, int mode, const sampling::MixSpec& spec) {
+    at::Tensor params = at::empty({B, sampling::kMixParamCols}, seed.options().dtype(at::kDouble));
+    const philox::Key key = seed_key(seed);
+    double* p = params.data_ptr<double>();
+    for (int64_t i = 0; i < B; ++i) {
+      const uint32_t k = sampling::mix_key_index(mode, i, B);
+      if (i > 0 && k == sampling::mix_key_index(mode, i - 1, B)) {  // batch mode: one draw
+        std::memcpy(p + i * sampling::kMixParamCols, p + (i - 1) * sampling::kMixParamCols,
+                    sizeof(double) * sampling::kMixParamCols);
+        continue;
+      }
+      sampling::store_mix(p + i * sampling::kMixParamCols, sampling::mix_draw(key, k, spec));
+    }
+    return params;
+  }
+
+  // soft[i] = lam_i * smooth(y_i) + (1 - lam_i) * smooth(y_{B-1-i}), lam_i the
+  // target lambda; smooth: one-hot with on = 1 - eps + eps/K, off = eps/K, or
+  // probabilities p * (1 - eps) + eps/K.
+  static at::Tensor mix_targets(const at::Tensor& target, const at::Tensor& params, int64_t K, double eps) {
+    const int64_t B = target.size(0);
+    const double* prm = params.const_data_ptr<double>();
+    if (target.dim() == 1) {
+      const at::Tensor t = target.contiguous();
+      const int64_t* ti = t.const_data_ptr<int64_t>();
+      for (int64_t i = 0; i < B; ++i)
+        FASTREG_CHECK_VALUE(ti[i] >= 0 && ti[i] < K, "fastreg.mixup: target holds class index ", ti[i],
+                            " at position ", i, ", outside [0, num_classes=", K, ")");
+      at::Tensor soft = at::empty({B, K}, target.options().dtype(at::kFloat));
+      float* s = soft.mutable_data_ptr<float>();
+      const float off = static_cast<float>(eps / K), on = static_cast<float>(1.0 - eps + eps / K);
+      at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = b0; i < b1; ++i) {
+          const double lam = prm[i * sampling::kMixParamCols + 1];
+          const float l = static_cast<float>(lam), r = static_cast<float>(1.0 - lam);
+          const int64_t a = ti[i], b = ti[B - 1 - i];
+          for (int64_t k = 0; k < K; ++k) {
+            const float ya = k == a ? on : off, yb = k == b ? on : off;
+            s[i * K + k] = ya * l + yb * r;
+          }
+        }
+      });
+      return soft;
+    }
+    const at::Tensor t = target.contiguous();
+    at::Tensor soft = at::empty({B, K}, t.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "fastreg_mix_targets", [&] {
+      using A = opmath_t<scalar_t>;
+      const scalar_t* tp = t.const_data_ptr<scalar_t>();
+      scalar_t* s = soft.mutable_data_ptr<scalar_t>();
+      const A keep = static_cast<A>(1.0 - eps), off = static_cast<A>(eps / K);
+      at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = b0; i < b1; ++i) {
+          const double lam = prm[i * sampling::kMixParamCols + 1];
+          const A l = static_cast<A>(lam), r = static_cast<A>(1.0 - lam);
+          const scalar_t* ya = tp + i * K;
+          const scalar_t* yb = tp + (B - 1 - i) * K;
+          for (int64_t k = 0; k < K; ++k) {
+            const A a = load(ya, k) * keep + off, b = load(yb, k) * keep + off;
+            store(s + i * K, k, a * l + b * r);
+          }
+        }
+      });
+    });
+    return soft;
+  }
+
+  // Forward: dst_i = own x_i, the partner's x_p, or lam_i x_i + (1 - lam_i) x_p per
+  // element (Mode); pairs (i, B-1-i) are read together and written together, so
+  // dst may be src (in place: elements whose mode is kOwn are not written).
+  // Backward (dst = grad of the images): g'_i = own_i g_i + partner_p g_p, with
+  // own / partner the coefficients (1, 0), (0, 1) or (lam, 1 - lam) of each mode.
+  static void mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
+                         bool inplace, bool backward) {
+    const int64_t B = src.size(0), H = src.size(2);
+    const int64_t pairs = (B + 1) / 2, rows_per_pair = L.planes * L.rows;
+    const double* prm = params.const_data_ptr<double>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "fastreg_mix_images", [&] {
+      using T = scalar_t;
+      using A = opmath_t<T>;
+      const T* sp = src.const_data_ptr<T>();
+      T* dp = dst.mutable_data_ptr<T>();
+      const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L.row_len));
+      at::parallel_for(0, pairs * rows_per_pair, grain, [&](int64_t t0, int64_t t1) {
+        constexpr int64_t kBuf = 256;
+        T ta[kBuf], tb[kBuf];
+        for (int64_t task = t0; task < t1; ++task) {
+          const int64_t q = task / rows_per_pair, r = task % rows_per_pair;
+          const int64_t i = q, p = B - 1 - q;
+          const bool self = i == p;
+          const Member mi = member(prm + i * sampling::kMixParamCols);
+          const Member mp = member(prm + p * sampling::kMixParamCols);
+          if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
+          const int64_t plane = r / L.rows, y = r % L.rows;
+          const int64_t off = plane * L.plane_stride + y * L.row_stride;
+          const T* a = sp + i * L.sample + off;
+          const T* b = sp + p * L.sample + off;
+          T* oa = dp + i * L.sample + off;
+          T* ob = dp + p * L.sample + off;
+          // segment boundaries: the box columns of both members on this row
+          int64_t cuts[6] = {0, L.row_len, 0, 0, 0, 0};
+          int nc = 2;
+          const int64_t yy = y % H;
+          for (const Member* m : {&mi, &mp})
+            if (m->kind == sampling::kMixCut && yy >= m->y0 && yy < m->y1) {
+              cuts[nc++] = m->x0 * L.sw;
+              cuts[nc++] = m->x1 * L.sw;
+            }
+          for (int u = 1; u < nc; ++u)  // insertion sort of at most 6 boundaries
+            for (int v = u; v > 0 && cuts[v - 1] > cuts[v]; --v) std::swap(cuts[v - 1], cuts[v]);
+          auto mode_at = [&](const Member& m, int64_t pos) {
+            if (m.kind == sampling::kMixBlend) return kBlend;
+            if (m.kind == sampling::kMixCut && yy >= m.y0 && yy < m.y1 && pos >= m.x0 * L.sw && pos < m.x1 * L.sw)
+              return kPartner;
+            return kOwn;
+          };
+          for (int s = 0; s + 1 < nc; ++s) {
+            const int64_t s0 = cuts[s], s1 = cuts[s + 1];
+            if (s1 <= s0) continue;
+            const Mode ma = mode_at(mi, s0), mb = mode_at(mp, s0);
+            if (!backward && inplace && ma == kOwn && (self || mb == kOwn)) continue;
+            // coefficients: forward out_i = ca_own x_i + ca_par x_p; backward pairs
+            // own_i with partner_p (transpose)
+            auto own = [](Mode m, const Member& x) { return m == kOwn ? 1.0 : m == kPartner ? 0.0 : x.lam; };
+            auto par = [](Mode m, const Member& x) { return m == kOwn ? 0.0 : m == kPartner ? 1.0 : x.rest; };
+            const A a_own = static_cast<A>(own(ma, mi)), b_own = static_cast<A>(own(mb, mp));
+            const A a_par = static_cast<A>(backward ? par(mb, mp) : par(ma, mi));
+            const A b_par = static_cast<A>(backward ? par(ma, mi) : par(mb, mp));
+            for (int64_t c0 = s0; c0 < s1; c0 += kBuf) {
+              const int64_t n = std::min(kBuf, s1 - c0);
+              std::memcpy(ta, a + c0, n * sizeof(T));
+              std::memcpy(tb, b + c0, n * sizeof(T));
+              emit(ta, tb, oa + c0, n, backward ? kBlend : ma, a_own, a_par, inplace);
+              if (!self) emit(tb, ta, ob + c0, n, backward ? kBlend : mb, b_own, b_par, inplace);
+            }
+          }
+        }
+      });
+    });
+  }
+
+  template <class T, class A>
+  static void emit(const T* own, const T* par, T* out, int64_t n, Mode m, A c_own, A c_par, bool inplace) {
+    if (m == kOwn) {
+      if (!inplace) std::memcpy(out, own, n * sizeof(T));
+    } else if (m == kPartner) {
+      std::memcpy(out, par, n * sizeof(T));
+    } else {
+      for (int64_t k = 0; k < n; ++k) store(out, k, load(own, k) * c_own + load(par, k) * c_par);
+    }
+  }
+};
 
 }  // namespace
 }  // namespace fastreg::cpu
 
-TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
-  m.impl("_sample_beta", &fastreg::cpu::sample_beta);
-  fastreg::register_cutout_kernels<&fastreg::cpu::fill_boxes>(m);
-}
+TORCH_LIBRARY_IMPL(fastreg, CPU, m) { fastreg::register_batch_kernels<fastreg::cpu::CpuLoops>(m); }

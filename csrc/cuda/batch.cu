@@ -1,6 +1,7 @@
-// CUDA kernels of the batch family. So far only the per-sample Beta draws the
-// Mixup/CutMix ops will use (test-only op fastreg::_sample_beta): one thread
-// per sample, the seed read on the device.
+// CUDA kernels of the batch family: per-sample boxes (Cutout, random erasing),
+// Mixup/CutMix draws, the pairwise mixing pass and the soft targets. Every
+// per-sample draw happens on the device from the seed tensor (no host sync):
+// the same csrc/sampling.h functions as the CPU kernels, so the bits agree.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -14,63 +15,251 @@
 namespace fastreg::cuda {
 namespace {
 
-__global__ void sample_beta_kernel(const int64_t* __restrict__ seed_p, double* __restrict__ out,
-                                   int64_t n, float a, float b, uint32_t stream) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
-  if (i >= n) return;
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
-  out[i] = sampling::beta(key, stream, static_cast<uint32_t>(i), a, b);
+__device__ __forceinline__ philox::Key seed_key(const int64_t* seed_p) {
+  return philox::key_schedule(static_cast<uint64_t>(*seed_p));
 }
 
-at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
-  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
-                     "fastreg._sample_beta: seed must be a one-element int64 tensor");
-  FASTREG_CHECK_VALUE(n >= 0 && n < (int64_t(1) << 32), "fastreg._sample_beta: n out of range");
-  FASTREG_CHECK_VALUE(a > 0 && b > 0, "fastreg._sample_beta: alpha must be > 0, got ", a, ", ", b);
-  const c10::cuda::CUDAGuard guard(seed.device());
-  at::Tensor out = at::empty({n}, seed.options().dtype(at::kDouble));
-  if (n == 0) return out;
-  sample_beta_kernel<<<(n + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-      seed.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(), n, static_cast<float>(a),
-      static_cast<float>(b), static_cast<uint32_t>(stream));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+__global__ void sample_beta_kernel(const int64_t* __restrict__ seed_p, double* __restrict__ out, int64_t n, float a,
+                                   float b, uint32_t stream) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (i >= n) return;
+  out[i] = sampling::beta(seed_key(seed_p), stream, static_cast<uint32_t>(i), a, b);
 }
 
 // One block per (sample, channel); the box comes from the seed on the device.
 template <class T>
 __global__ void __launch_bounds__(kBlock)
-    cutout_kernel(T* __restrict__ base, const int64_t* __restrict__ seed_p, int64_t C, int64_t H,
-                  int64_t W, int64_t sB, int64_t sC, int64_t sH, int64_t sW, int64_t size,
-                  uint64_t threshold, T value) {
+    boxes_kernel(T* __restrict__ base, const int64_t* __restrict__ seed_p, int64_t C, int64_t H, int64_t W,
+                 int64_t sB, int64_t sC, int64_t sH, int64_t sW, sampling::BoxRule rule, T value, bool random) {
   const int64_t b = blockIdx.x / C, c = blockIdx.x % C;
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
-  const sampling::Box box = sampling::cutout_box(key, static_cast<uint32_t>(b), H, W, size, threshold);
+  const philox::Key key = seed_key(seed_p);
+  const sampling::Box box = rule(key, static_cast<uint32_t>(b), H, W);
   if (!box.apply) return;
   const int64_t bw = box.x1 - box.x0, area = (box.y1 - box.y0) * bw;
   for (int64_t k = threadIdx.x; k < area; k += kBlock) {
     const int64_t y = box.y0 + k / bw, x = box.x0 + k % bw;
-    base[b * sB + c * sC + y * sH + x * sW] = value;
+    const int64_t off = b * sB + c * sC + y * sH + x * sW;
+    if (random) {
+      base[off] = static_cast<T>(sampling::normal_at(key, philox::kStreamEraseValue, static_cast<uint64_t>(off)));
+    } else {
+      base[off] = value;
+    }
   }
 }
 
-void fill_boxes(at::Tensor& images, const at::Tensor& seed, int64_t size, double p, double fill) {
-  const c10::cuda::CUDAGuard guard(images.device());
-  const int64_t B = images.size(0), C = images.size(1);
-  if (B * C == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_cutout", [&] {
-    cutout_kernel<<<B * C, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        images.mutable_data_ptr<scalar_t>(), seed.const_data_ptr<int64_t>(), C, images.size(2),
-        images.size(3), images.stride(0), images.stride(1), images.stride(2), images.stride(3), size,
-        philox::keep_threshold(p), static_cast<scalar_t>(fill));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+__global__ void mix_params_kernel(const int64_t* __restrict__ seed_p, double* __restrict__ params, int64_t B,
+                                  int mode, sampling::MixSpec spec) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (i >= B) return;
+  sampling::store_mix(params + i * sampling::kMixParamCols,
+                      sampling::mix_draw(seed_key(seed_p), sampling::mix_key_index(mode, i, B), spec));
 }
+
+__global__ void mix_targets_index_kernel(const int64_t* __restrict__ target, const double* __restrict__ params,
+                                         float* __restrict__ soft, int64_t B, int64_t K, float on, float off) {
+  const int64_t n = B * K;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * kBlock) {
+    const int64_t i = e / K, k = e - i * K;
+    const int64_t a = target[i], b = target[B - 1 - i];
+    CUDA_KERNEL_ASSERT_MSG(a >= 0 && a < K, "fastreg.mixup: target holds a class index outside [0, num_classes)");
+    const double lam = params[i * sampling::kMixParamCols + 1];
+    const float ya = k == a ? on : off, yb = k == b ? on : off;
+    soft[e] = add_rn(mul_rn(ya, static_cast<float>(lam)), mul_rn(yb, static_cast<float>(1.0 - lam)));
+  }
+}
+
+template <class T>
+__global__ void mix_targets_prob_kernel(const T* __restrict__ target, const double* __restrict__ params,
+                                        T* __restrict__ soft, int64_t B, int64_t K, double eps) {
+  using A = opmath_t<T>;
+  const int64_t n = B * K;
+  const A keep = static_cast<A>(1.0 - eps), off = static_cast<A>(eps / K);
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * kBlock) {
+    const int64_t i = e / K, k = e - i * K;
+    const double lam = params[i * sampling::kMixParamCols + 1];
+    const A a = add_rn(mul_rn(static_cast<A>(target[e]), keep), off);
+    const A b = add_rn(mul_rn(static_cast<A>(target[(B - 1 - i) * K + k]), keep), off);
+    soft[e] = static_cast<T>(add_rn(mul_rn(a, static_cast<A>(lam)), mul_rn(b, static_cast<A>(1.0 - lam))));
+  }
+}
+
+struct Member {
+  int kind;
+  double lam;
+  int64_t y0, y1, x0, x1;
+};
+
+__device__ __forceinline__ Member member(const double* row) {
+  return {static_cast<int>(row[2]), row[0], static_cast<int64_t>(row[3]), static_cast<int64_t>(row[4]),
+          static_cast<int64_t>(row[5]), static_cast<int64_t>(row[6])};
+}
+
+enum Mode : int { kOwn = 0, kPartner = 1, kBlend = 2 };
+
+__device__ __forceinline__ Mode mode_at(const Member& m, int64_t y, int64_t col, int64_t sw) {
+  if (m.kind == sampling::kMixBlend) return kBlend;
+  if (m.kind == sampling::kMixCut && y >= m.y0 && y < m.y1 && col >= m.x0 * sw && col < m.x1 * sw) return kPartner;
+  return kOwn;
+}
+
+template <class A>
+__device__ __forceinline__ A own_coef(Mode m, A lam) {
+  return m == kOwn ? A(1) : (m == kPartner ? A(0) : lam);
+}
+template <class A>
+__device__ __forceinline__ A par_coef(Mode m, A rest) {
+  return m == kOwn ? A(0) : (m == kPartner ? A(1) : rest);
+}
+
+// Pairs (i, B-1-i) on grid y, N-element packs of the sample on grid x: each
+// thread reads both samples' pack and writes both (dst may be src). Forward:
+// out_i = x_i, x_p or lam_i x_i + (1 - lam_i) x_p per element; in place, packs
+// with nothing to change are not written. Backward: g'_i = own_i g_i + partner_p g_p.
+template <class T, int N>
+__global__ void __launch_bounds__(kBlock)
+    mix_images_kernel(const T* src, T* dst, const double* __restrict__ params, int64_t B, int64_t sample,
+                      int64_t H, int64_t sw, FastDivmod by_row, bool inplace, bool backward) {
+  using A = opmath_t<T>;
+  using P = Pack<T, N>;
+  const int64_t pairs = (B + 1) / 2, packs = sample / N;
+  for (int64_t q = blockIdx.y; q < pairs; q += gridDim.y) {
+    const int64_t i = q, p = B - 1 - q;
+    const bool self = i == p;
+    const Member mi = member(params + i * sampling::kMixParamCols);
+    const Member mp = member(params + p * sampling::kMixParamCols);
+    if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
+    const bool cut = mi.kind == sampling::kMixCut || mp.kind == sampling::kMixCut;
+    const A li = static_cast<A>(mi.lam), ri = static_cast<A>(1.0 - mi.lam);
+    const A lp = static_cast<A>(mp.lam), rp = static_cast<A>(1.0 - mp.lam);
+    for (int64_t v = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; v < packs;
+         v += static_cast<int64_t>(gridDim.x) * kBlock) {
+      const int64_t e = v * N;
+      const P a = *reinterpret_cast<const P*>(src + i * sample + e);
+      const P b = *reinterpret_cast<const P*>(src + p * sample + e);
+      P oa, ob;
+      bool wa = !inplace, wb = !inplace;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        Mode ma = mi.kind == sampling::kMixBlend ? kBlend : kOwn;
+        Mode mb = mp.kind == sampling::kMixBlend ? kBlend : kOwn;
+        if (cut) {
+          int64_t row, col;
+          by_row(e + j, row, col);
+          const int64_t y = row % H;
+          ma = mode_at(mi, y, col, sw);
+          mb = mode_at(mp, y, col, sw);
+        }
+        const A xa = static_cast<A>(a.v[j]), xb = static_cast<A>(b.v[j]);
+        if (backward) {
+          oa.v[j] = static_cast<T>(add_rn(mul_rn(own_coef(ma, li), xa), mul_rn(par_coef(mb, rp), xb)));
+          ob.v[j] = static_cast<T>(add_rn(mul_rn(own_coef(mb, lp), xb), mul_rn(par_coef(ma, ri), xa)));
+        } else {
+          oa.v[j] = ma == kOwn ? a.v[j] : (ma == kPartner ? b.v[j] : static_cast<T>(add_rn(mul_rn(xa, li), mul_rn(xb, ri))));
+          ob.v[j] = mb == kOwn ? b.v[j] : (mb == kPartner ? a.v[j] : static_cast<T>(add_rn(mul_rn(xb, lp), mul_rn(xa, rp))));
+          wa = wa || ma != kOwn;
+          wb = wb || mb != kOwn;
+        }
+      }
+      if (wa) *reinterpret_cast<P*>(dst + i * sample + e) = oa;
+      if (wb && !self) *reinterpret_cast<P*>(dst + p * sample + e) = ob;
+    }
+  }
+}
+
+struct CudaLoops {
+  static at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
+    FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
+                       "fastreg._sample_beta: seed must be a one-element int64 tensor");
+    FASTREG_CHECK_VALUE(n >= 0 && n < (int64_t(1) << 32), "fastreg._sample_beta: n out of range");
+    FASTREG_CHECK_VALUE(a > 0 && b > 0, "fastreg._sample_beta: alpha must be > 0, got ", a, ", ", b);
+    const c10::cuda::CUDAGuard guard(seed.device());
+    at::Tensor out = at::empty({n}, seed.options().dtype(at::kDouble));
+    if (n == 0) return out;
+    sample_beta_kernel<<<(n + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        seed.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(), n, static_cast<float>(a),
+        static_cast<float>(b), static_cast<uint32_t>(stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return out;
+  }
+
+  static void fill_boxes(at::Tensor& images, const at::Tensor& seed, const sampling::BoxRule& rule, double fill,
+                         bool random) {
+    const c10::cuda::CUDAGuard guard(images.device());
+    const int64_t B = images.size(0), C = images.size(1);
+    if (B * C == 0) return;
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_boxes", [&] {
+      boxes_kernel<<<B * C, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          images.mutable_data_ptr<scalar_t>(), seed.const_data_ptr<int64_t>(), C, images.size(2), images.size(3),
+          images.stride(0), images.stride(1), images.stride(2), images.stride(3), rule,
+          static_cast<scalar_t>(fill), random);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static at::Tensor mix_params(const at::Tensor& seed, int64_t B, int mode, const sampling::MixSpec& spec) {
+    const c10::cuda::CUDAGuard guard(seed.device());
+    at::Tensor params = at::empty({B, sampling::kMixParamCols}, seed.options().dtype(at::kDouble));
+    if (B == 0) return params;
+    mix_params_kernel<<<(B + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        seed.const_data_ptr<int64_t>(), params.mutable_data_ptr<double>(), B, mode, spec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return params;
+  }
+
+  static at::Tensor mix_targets(const at::Tensor& target, const at::Tensor& params, int64_t K, double eps) {
+    const c10::cuda::CUDAGuard guard(target.device());
+    const int64_t B = target.size(0);
+    const at::Tensor t = target.contiguous();
+    at::Tensor soft = at::empty({B, K}, t.options().dtype(t.dim() == 1 ? at::kFloat : t.scalar_type()));
+    if (B * K == 0) return soft;
+    const int64_t blocks = grid_for(B * K, kBlock, 4);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    if (t.dim() == 1) {
+      mix_targets_index_kernel<<<blocks, kBlock, 0, stream>>>(
+          t.const_data_ptr<int64_t>(), params.const_data_ptr<double>(), soft.mutable_data_ptr<float>(), B, K,
+          static_cast<float>(1.0 - eps + eps / K), static_cast<float>(eps / K));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return soft;
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "fastreg_mix_targets", [&] {
+      mix_targets_prob_kernel<<<blocks, kBlock, 0, stream>>>(t.const_data_ptr<scalar_t>(),
+                                                             params.const_data_ptr<double>(),
+                                                             soft.mutable_data_ptr<scalar_t>(), B, K, eps);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return soft;
+  }
+
+  static void mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
+                         bool inplace, bool backward) {
+    const c10::cuda::CUDAGuard guard(src.device());
+    const int64_t B = src.size(0), pairs = (B + 1) / 2;
+    const FastDivmod by_row(L.row_len, L.sample);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "fastreg_mix_images", [&] {
+      using T = scalar_t;
+      constexpr int N = kVec<T>;
+      const bool vec = L.sample % N == 0 && aligned16(src.const_data_ptr()) && aligned16(dst.const_data_ptr());
+      const int64_t packs = vec ? L.sample / N : L.sample;
+      const dim3 grid(static_cast<unsigned>(std::min<int64_t>((packs + kBlock - 1) / kBlock, 65535)),
+                      static_cast<unsigned>(std::min<int64_t>(pairs, 65535)));
+      if (vec) {
+        mix_images_kernel<T, N><<<grid, kBlock, 0, stream>>>(src.const_data_ptr<T>(), dst.mutable_data_ptr<T>(),
+                                                             params.const_data_ptr<double>(), B, L.sample, L.rows,
+                                                             L.sw, by_row, inplace, backward);
+      } else {
+        mix_images_kernel<T, 1><<<grid, kBlock, 0, stream>>>(src.const_data_ptr<T>(), dst.mutable_data_ptr<T>(),
+                                                             params.const_data_ptr<double>(), B, L.sample, L.rows,
+                                                             L.sw, by_row, inplace, backward);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+};
 
 }  // namespace
 }  // namespace fastreg::cuda
 
-TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
-  m.impl("_sample_beta", &fastreg::cuda::sample_beta);
-  fastreg::register_cutout_kernels<&fastreg::cuda::fill_boxes>(m);
-}
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) { fastreg::register_batch_kernels<fastreg::cuda::CudaLoops>(m); }
