@@ -47,7 +47,7 @@ fi
 if want bench; then
   step "benchmark (2^26 elements)"
   timeout $(( $(left) - ${AFTER_BENCH_S:-90} )) $PY bench/run.py --device cuda --out "$OUT_DIR" \
-    --families ${FAMILIES:-activations,dropout} --compile-dtypes bfloat16 ${BENCH_OPS:+--ops $BENCH_OPS} \
+    --families ${FAMILIES:-activations,dropout,batch} --compile-dtypes bfloat16 ${BENCH_OPS:+--ops $BENCH_OPS} \
     --compile-ops relu,gelu,bias_relu_dropout,bias_gelu_dropout,dropout_add \
     > "$OUT_DIR/bench.log" 2>&1
   rc=$?
@@ -67,7 +67,7 @@ SUBSET_D="cuda and float32 and ((bitwise and 0.3) or bias_act_dropout_matches)"
     $PY -m pytest tests/test_dropout.py -q -p no:cacheprovider -k "$SUBSET_D"
   echo "memcheck dropout rc $?"
   timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 99 \
-    $PY -m pytest tests/test_batch.py -q -p no:cacheprovider -k "cuda and (cutout_bitwise or same_on_cpu)"
+    $PY -m pytest tests/test_batch.py -q -p no:cacheprovider -k "cuda and (cutout_bitwise or random_erasing_bitwise or mix_bitwise or same_on_cpu) and not float64"
   echo "memcheck batch rc $?"
   timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --error-exitcode 99 \
     $PY -m pytest tests/test_dropout.py tests/test_activations.py -q -p no:cacheprovider \

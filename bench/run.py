@@ -14,10 +14,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the bench modules, and fastreg built in place
 
 import bench_activations  # noqa: E402
+import bench_batch  # noqa: E402
 import bench_dropout  # noqa: E402
 import harness  # noqa: E402
 
-FAMILIES = {"activations": bench_activations, "dropout": bench_dropout}
+FAMILIES = {"activations": bench_activations, "dropout": bench_dropout, "batch": bench_batch}
 
 
 def main():

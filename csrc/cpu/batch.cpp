@@ -157,74 +157,90 @@ struct CpuLoops {
   static void mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
                          bool inplace, bool backward) {
     const int64_t B = src.size(0), H = src.size(2);
-    const int64_t pairs = (B + 1) / 2, rows_per_pair = L.planes * L.rows;
+    const int64_t pairs = (B + 1) / 2;
     const double* prm = params.const_data_ptr<double>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "fastreg_mix_images", [&] {
       using T = scalar_t;
       using A = opmath_t<T>;
       const T* sp = src.const_data_ptr<T>();
       T* dp = dst.mutable_data_ptr<T>();
-      const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L.row_len));
-      at::parallel_for(0, pairs * rows_per_pair, grain, [&](int64_t t0, int64_t t1) {
-        constexpr int64_t kBuf = 256;
-        T ta[kBuf], tb[kBuf];
-        for (int64_t task = t0; task < t1; ++task) {
-          const int64_t q = task / rows_per_pair, r = task % rows_per_pair;
-          const int64_t i = q, p = B - 1 - q;
-          const bool self = i == p;
-          const Member mi = member(prm + i * sampling::kMixParamCols);
-          const Member mp = member(prm + p * sampling::kMixParamCols);
-          if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
-          const int64_t plane = r / L.rows, y = r % L.rows;
-          const int64_t off = plane * L.plane_stride + y * L.row_stride;
-          const T* a = sp + i * L.sample + off;
-          const T* b = sp + p * L.sample + off;
-          T* oa = dp + i * L.sample + off;
-          T* ob = dp + p * L.sample + off;
-          // segment boundaries: the box columns of both members on this row
-          int64_t cuts[6] = {0, L.row_len, 0, 0, 0, 0};
-          int nc = 2;
-          const int64_t yy = y % H;
-          for (const Member* m : {&mi, &mp})
-            if (m->kind == sampling::kMixCut && yy >= m->y0 && yy < m->y1) {
-              cuts[nc++] = m->x0 * L.sw;
-              cuts[nc++] = m->x1 * L.sw;
-            }
-          for (int u = 1; u < nc; ++u)  // insertion sort of at most 6 boundaries
-            for (int v = u; v > 0 && cuts[v - 1] > cuts[v]; --v) std::swap(cuts[v - 1], cuts[v]);
-          auto mode_at = [&](const Member& m, int64_t pos) {
-            if (m.kind == sampling::kMixBlend) return kBlend;
-            if (m.kind == sampling::kMixCut && yy >= m.y0 && yy < m.y1 && pos >= m.x0 * L.sw && pos < m.x1 * L.sw)
-              return kPartner;
-            return kOwn;
-          };
-          for (int s = 0; s + 1 < nc; ++s) {
-            const int64_t s0 = cuts[s], s1 = cuts[s + 1];
-            if (s1 <= s0) continue;
-            const Mode ma = mode_at(mi, s0), mb = mode_at(mp, s0);
-            if (!backward && inplace && ma == kOwn && (self || mb == kOwn)) continue;
-            // coefficients: forward out_i = ca_own x_i + ca_par x_p; backward pairs
-            // own_i with partner_p (transpose)
-            auto own = [](Mode m, const Member& x) { return m == kOwn ? 1.0 : m == kPartner ? 0.0 : x.lam; };
-            auto par = [](Mode m, const Member& x) { return m == kOwn ? 0.0 : m == kPartner ? 1.0 : x.rest; };
-            const A a_own = static_cast<A>(own(ma, mi)), b_own = static_cast<A>(own(mb, mp));
-            const A a_par = static_cast<A>(backward ? par(mb, mp) : par(ma, mi));
-            const A b_par = static_cast<A>(backward ? par(ma, mi) : par(mb, mp));
-            for (int64_t c0 = s0; c0 < s1; c0 += kBuf) {
-              const int64_t n = std::min(kBuf, s1 - c0);
-              std::memcpy(ta, a + c0, n * sizeof(T));
-              std::memcpy(tb, b + c0, n * sizeof(T));
-              emit(ta, tb, oa + c0, n, backward ? kBlend : ma, a_own, a_par, inplace);
-              if (!self) emit(tb, ta, ob + c0, n, backward ? kBlend : mb, b_own, b_par, inplace);
+      // a task: one pair, a block of whole rows (rows are contiguous: row r at r * row_len)
+      const int64_t rows = L.planes * L.rows;
+      const int64_t rows_per_task = std::max<int64_t>(1, kGrain / 8 / std::max<int64_t>(1, L.row_len));
+      const int64_t blocks = (rows + rows_per_task - 1) / rows_per_task;
+      at::parallel_for(0, pairs * blocks, 1, [&](int64_t t0, int64_t t1) {
+        run_isa([&]() FASTREG_INLINE_LAMBDA {
+          constexpr int64_t kBuf = 1024;
+          alignas(64) T ta[kBuf];
+          alignas(64) T tb[kBuf];
+          for (int64_t task = t0; task < t1; ++task) {
+            const int64_t q = task / blocks, r0 = (task % blocks) * rows_per_task;
+            const int64_t r1 = std::min(rows, r0 + rows_per_task);
+            const int64_t i = q, p = B - 1 - q;
+            const bool self = i == p;
+            const Member mi = member(prm + i * sampling::kMixParamCols);
+            const Member mp = member(prm + p * sampling::kMixParamCols);
+            if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
+            const T* a = sp + i * L.sample;
+            const T* b = sp + p * L.sample;
+            T* oa = dp + i * L.sample;
+            T* ob = dp + p * L.sample;
+            // [s0, s1) of the sample with constant modes: forward out_i = own x_i + par x_p;
+            // backward pairs own_i with partner_p (the transpose)
+            auto segment = [&](int64_t s0, int64_t s1, Mode ma, Mode mb) FASTREG_INLINE_LAMBDA {
+              if (s1 <= s0 || (!backward && inplace && ma == kOwn && (self || mb == kOwn))) return;
+              auto own = [](Mode m, const Member& x) { return m == kOwn ? 1.0 : m == kPartner ? 0.0 : x.lam; };
+              auto par = [](Mode m, const Member& x) { return m == kOwn ? 0.0 : m == kPartner ? 1.0 : x.rest; };
+              const A a_own = static_cast<A>(own(ma, mi)), b_own = static_cast<A>(own(mb, mp));
+              const A a_par = static_cast<A>(backward ? par(mb, mp) : par(ma, mi));
+              const A b_par = static_cast<A>(backward ? par(ma, mi) : par(mb, mp));
+              for (int64_t c0 = s0; c0 < s1; c0 += kBuf) {
+                const int64_t n = std::min(kBuf, s1 - c0);
+                std::memcpy(ta, a + c0, n * sizeof(T));
+                std::memcpy(tb, b + c0, n * sizeof(T));
+                emit(ta, tb, oa + c0, n, backward ? kBlend : ma, a_own, a_par, inplace);
+                if (!self) emit(tb, ta, ob + c0, n, backward ? kBlend : mb, b_own, b_par, inplace);
+              }
+            };
+            const Mode whole_a = mi.kind == sampling::kMixBlend ? kBlend : kOwn;
+            const Mode whole_b = mp.kind == sampling::kMixBlend ? kBlend : kOwn;
+            auto cuts_row = [&](const Member& m, int64_t y) {
+              return m.kind == sampling::kMixCut && y >= m.y0 && y < m.y1 && m.x1 > m.x0;
+            };
+            // rows that no box crosses form one flat segment; the others are split at the box columns
+            int64_t flat0 = r0;
+            for (int64_t r = r0; r <= r1; ++r) {
+              const int64_t y = r % H;
+              const bool boxed = r < r1 && (cuts_row(mi, y) || cuts_row(mp, y));
+              if (r < r1 && !boxed) continue;
+              segment(flat0 * L.row_len, r * L.row_len, whole_a, whole_b);
+              flat0 = r + 1;
+              if (r == r1) break;
+              const int64_t base = r * L.row_len;
+              int64_t cuts[6] = {0, L.row_len, 0, 0, 0, 0};
+              int nc = 2;
+              for (const Member* m : {&mi, &mp})
+                if (cuts_row(*m, y)) {
+                  cuts[nc++] = m->x0 * L.sw;
+                  cuts[nc++] = m->x1 * L.sw;
+                }
+              for (int u = 1; u < nc; ++u)  // insertion sort of at most 6 boundaries
+                for (int v = u; v > 0 && cuts[v - 1] > cuts[v]; --v) std::swap(cuts[v - 1], cuts[v]);
+              auto mode_at = [&](const Member& m, Mode whole, int64_t pos) {
+                return cuts_row(m, y) && pos >= m.x0 * L.sw && pos < m.x1 * L.sw ? kPartner : whole;
+              };
+              for (int k = 0; k + 1 < nc; ++k)
+                segment(base + cuts[k], base + cuts[k + 1], mode_at(mi, whole_a, cuts[k]),
+                        mode_at(mp, whole_b, cuts[k]));
             }
           }
-        }
+        });
       });
     });
   }
 
   template <class T, class A>
-  static void emit(const T* own, const T* par, T* out, int64_t n, Mode m, A c_own, A c_par, bool inplace) {
+  FASTREG_HOST static void emit(const T* own, const T* par, T* out, int64_t n, Mode m, A c_own, A c_par, bool inplace) {
     if (m == kOwn) {
       if (!inplace) std::memcpy(out, own, n * sizeof(T));
     } else if (m == kPartner) {
