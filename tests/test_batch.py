@@ -2,6 +2,9 @@
 normals), Cutout, random erasing, Mixup / CutMix and fastreg.nn.Mixup (timm's)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -635,7 +638,7 @@ BATCH_CALLS = {
 
 @pytest.mark.skipif(not CUDA, reason="CUDA not available")
 @pytest.mark.parametrize("name", list(BATCH_CALLS))
-def test_batch_ops_never_sync(name):
+def test_batch_ops_never_sync_on_cuda(name):
     x, t = mix_inputs(8, "cuda")
     call = BATCH_CALLS[name]
     call(x, t)  # warm-up (lazy init may sync)
@@ -674,3 +677,25 @@ def test_batch_ops_in_cuda_graph_draw_fresh_each_replay(name):
     for res in results:  # each replay is a valid draw: the pixels are x's or the partner's / the fill
         img = res[0]
         assert torch.isfinite(img).all()
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+def test_bad_class_index_on_cuda_is_a_device_assert():
+    """No host sync to check indices: the targets kernel asserts on the device (as nll_loss),
+    which poisons the CUDA context, so this runs in a child interpreter."""
+    code = "\n".join(
+        [
+            "import torch, fastreg.functional as FR",
+            "x = torch.rand(4, 3, 8, 8, device='cuda')",
+            "t = torch.tensor([0, 1, 12, 2], device='cuda')",
+            "try:",
+            "    FR.mixup(x, t, num_classes=10)",
+            "    torch.cuda.synchronize()",
+            "    print('NO ERROR')",
+            "except RuntimeError as e:",
+            "    print('ERROR', 'device-side assert' in str(e))",
+        ]
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "ERROR True" in res.stdout, res.stdout + res.stderr[-2000:]

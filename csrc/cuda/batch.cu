@@ -62,7 +62,11 @@ __global__ void mix_targets_index_kernel(const int64_t* __restrict__ target, con
        e += static_cast<int64_t>(gridDim.x) * kBlock) {
     const int64_t i = e / K, k = e - i * K;
     const int64_t a = target[i], b = target[B - 1 - i];
+#ifdef CUDA_KERNEL_ASSERT_MSG
     CUDA_KERNEL_ASSERT_MSG(a >= 0 && a < K, "fastreg.mixup: target holds a class index outside [0, num_classes)");
+#else
+    CUDA_KERNEL_ASSERT(a >= 0 && a < K);  // fastreg.mixup: target class index outside [0, num_classes)
+#endif
     const double lam = params[i * sampling::kMixParamCols + 1];
     const float ya = k == a ? on : off, yb = k == b ? on : off;
     soft[e] = add_rn(mul_rn(ya, static_cast<float>(lam)), mul_rn(yb, static_cast<float>(1.0 - lam)));
