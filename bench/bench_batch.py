@@ -151,11 +151,15 @@ def cases(device, dtypes, numel, compile_ops):
         for mode in ("batch", "pair", "elem"):
             # mixup: 2N (pairs read together, written together)
             impls = {
-                "fastreg": lambda mode=mode: FR.mixup(x, y, 1.0, num_classes=K, label_smoothing=SMOOTH, mode=mode),
+                "fastreg": lambda mode=mode: FR.mixup(
+                    x, y, 1.0, num_classes=K, label_smoothing=SMOOTH, mode=mode
+                ),
                 "eager": lambda mode=mode: eager_mixup(x, y, 1.0, mode),
             }
             if TimmMixup is not None:
-                tm = TimmMixup(mixup_alpha=1.0, cutmix_alpha=0.0, mode=mode, label_smoothing=SMOOTH, num_classes=K)
+                tm = TimmMixup(
+                    mixup_alpha=1.0, cutmix_alpha=0.0, mode=mode, label_smoothing=SMOOTH, num_classes=K
+                )
                 impls["timm"] = lambda tm=tm: tm(x, y)
             if v2 is not None and mode == "batch":
                 tv = v2.MixUp(alpha=1.0, num_classes=K)
@@ -173,7 +177,9 @@ def cases(device, dtypes, numel, compile_ops):
                 "eager": lambda mode=mode: eager_cutmix(x, y, 1.0, mode),
             }
             if TimmMixup is not None:
-                tm = TimmMixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K)
+                tm = TimmMixup(
+                    mixup_alpha=0.0, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K
+                )
                 impls["timm"] = lambda tm=tm: tm(x, y)
             if v2 is not None and mode == "batch":
                 tv = v2.CutMix(alpha=1.0, num_classes=K)
@@ -184,7 +190,9 @@ def cases(device, dtypes, numel, compile_ops):
             fm = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K)
             impls = {"fastreg": lambda fm=fm: fm(x, y)}
             if TimmMixup is not None:
-                tm = TimmMixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K)
+                tm = TimmMixup(
+                    mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K
+                )
                 impls["timm"] = lambda tm=tm: tm(x, y)
             add(f"Mixup {mode}", 2 * N * e, impls, "mixup .8 / cutmix 1 / switch .5")
     return out
