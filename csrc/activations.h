@@ -94,19 +94,24 @@ FASTREG_HOST float tanh_host(float x) {
   return std::copysign(-e / (2.0f + e), x);
 }
 
-// erf for float on the host: Abramowitz & Stegun 7.1.26, absolute error
-// < 1.5e-7 (relative error grows toward 0, which GELU's 1 + erf absorbs), the
-// formula ATen's vectorized CPU erf uses.
+// erf for float on the host: Abramowitz & Stegun 7.1.28,
+// erf(a) = 1 - (1 + a1 a + ... + a6 a^6)^-16 for a >= 0, absolute error < 3e-7
+// (7.1.26, ATen's CPU formula, is < 1.5e-7 but needs an exp as well as a
+// division: this form is a third of the work, which bounds GELU on the CPU).
 FASTREG_HOST float erf_host(float x) {
   const float a = std::fabs(x);
-  const float t = 1.0f / std::fma(0.3275911f, a, 1.0f);
-  float p = 1.061405429f;
-  p = std::fma(p, t, -1.453152027f);
-  p = std::fma(p, t, 1.421413741f);
-  p = std::fma(p, t, -0.284496736f);
-  p = std::fma(p, t, 0.254829592f);
-  const float r = 1.0f - p * t * exp_host(-a * a);
-  return std::copysign(r, x);
+  float p = 0.0000430638f;
+  p = std::fma(p, a, 0.0002765672f);
+  p = std::fma(p, a, 0.0001520143f);
+  p = std::fma(p, a, 0.0092705272f);
+  p = std::fma(p, a, 0.0422820123f);
+  p = std::fma(p, a, 0.0705230784f);
+  float q = std::fma(p, a, 1.0f);
+  q = q * q;  // ^2
+  q = q * q;  // ^4
+  q = q * q;  // ^8
+  q = q * q;  // ^16 (inf for large a: the result is then exactly 1)
+  return std::copysign(1.0f - 1.0f / q, x);
 }
 
 #if defined(__CUDA_ARCH__)
