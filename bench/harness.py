@@ -113,14 +113,22 @@ class Row:
     note: str = ""
 
 
-def run_case(case, device, copy_gbps):
+def run_case(case, device, copy_gbps, rounds=1):
+    """Times every implementation `rounds` times, interleaved (fastreg, eager, ..., fastreg,
+    eager, ...), and keeps each one's fastest median: on a shared CPU the machine's speed
+    drifts within seconds, and interleaving exposes every implementation to the same drift."""
     times = {}
-    for name, fn in case.impls.items():
-        try:
-            times[name] = time_ms(fn, device)
-        except Exception as exc:  # a baseline that fails (e.g. compile) is reported, not fatal
-            times[name] = None
-            print(f"  {case.op} {case.direction} {case.dtype}: {name} failed: {type(exc).__name__}: {exc}")
+    for _ in range(rounds):
+        for name, fn in case.impls.items():
+            if name in times and times[name] is None:
+                continue
+            try:
+                t = time_ms(fn, device)
+                times[name] = t if name not in times else min(times[name], t)
+            except Exception as exc:  # a baseline that fails (e.g. compile) is reported, not fatal
+                times[name] = None
+                what = f"{case.op} {case.direction} {case.dtype}"
+                print(f"  {what}: {name} failed: {type(exc).__name__}: {exc}")
     saved = {}
     for name, fn in case.saved.items():
         saved[name] = saved_bytes(fn) / case.numel

@@ -36,11 +36,15 @@ def main():
     )
     p.add_argument("--compile-dtypes", default="all", help="dtypes also timed under torch.compile")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="interleaved timing rounds, fastest kept (CPU 3, GPU 1)"
+    )
     args = p.parse_args()
 
     device = args.device
     on_gpu = torch.device(device).type == "cuda"
     numel = args.numel or (1 << 26 if on_gpu else 1 << 22)
+    rounds = args.rounds or (1 if on_gpu else 3)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     copy_bytes = 1 << 29 if on_gpu else 1 << 25
     copy_gbps, copy_ms = harness.copy_bandwidth(device, copy_bytes)
@@ -56,7 +60,7 @@ def main():
                 continue
             if args.compile_dtypes != "all" and case.dtype not in args.compile_dtypes.split(","):
                 case.impls.pop("compile", None)
-            rows.append(harness.run_case(case, device, copy_gbps))
+            rows.append(harness.run_case(case, device, copy_gbps, rounds))
             print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
     base = harness.write_results(rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel})
     print()
