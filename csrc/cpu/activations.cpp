@@ -73,9 +73,7 @@ struct CpuLoops {
             }
             for (int64_t k = len; k < kMaskChunk; ++k) bits[k] = 0;
             for (int64_t q = 0; q < (len + 7) / 8; ++q) {
-              uint32_t byte = 0;
-              for (int t = 0; t < 8; ++t) byte |= uint32_t(bits[8 * q + t]) << t;
-              m_[i0 / 8 + q] = uint8_t(byte);
+              m_[i0 / 8 + q] = pack_bits8(bits + 8 * q);
             }
           }
         });

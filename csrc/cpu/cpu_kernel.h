@@ -72,6 +72,14 @@ template <> FASTREG_HOST void store(c10::BFloat16* p, int64_t i, float v) {
   reinterpret_cast<uint16_t*>(p)[i] = float_to_bf16(v);
 }
 
+// Eight 0/1 bytes -> one byte, bit t = byte t: one multiply moves byte t's bit to
+// bit 56 + t (the partial products never overlap, so nothing carries).
+FASTREG_HOST uint8_t pack_bits8(const uint8_t* b) {
+  uint64_t v;
+  std::memcpy(&v, b, 8);
+  return static_cast<uint8_t>((v * 0x0102040810204080ull) >> 56);
+}
+
 enum class Isa { Portable, Avx2, Avx512 };
 
 // FASTREG_CPU_ISA=portable|avx2|avx512 caps the choice (tests run every path;
