@@ -36,14 +36,19 @@ __global__ void __launch_bounds__(kBlock)
   const sampling::Box box = rule(key, static_cast<uint32_t>(b), H, W);
   if (!box.apply) return;
   const int64_t bw = box.x1 - box.x0, area = (box.y1 - box.y0) * bw;
-  for (int64_t k = threadIdx.x; k < area; k += kBlock) {
-    const int64_t y = box.y0 + k / bw, x = box.x0 + k % bw;
+  auto put = [&](int64_t y, int64_t x) {
     const int64_t off = b * sB + c * sC + y * sH + x * sW;
     if (random) {
       base[off] = static_cast<T>(sampling::normal_at(key, philox::kStreamEraseValue, static_cast<uint64_t>(off)));
     } else {
       base[off] = value;
     }
+  };
+  if (area < (int64_t(1) << 31)) {  // 32-bit division: a box of an image under 2^31 pixels
+    const int bw32 = static_cast<int>(bw), area32 = static_cast<int>(area);
+    for (int k = threadIdx.x; k < area32; k += kBlock) put(box.y0 + k / bw32, box.x0 + k % bw32);
+  } else {
+    for (int64_t k = threadIdx.x; k < area; k += kBlock) put(box.y0 + k / bw, box.x0 + k % bw);
   }
 }
 
