@@ -699,3 +699,32 @@ def test_bad_class_index_on_cuda_is_a_device_assert():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "ERROR True" in res.stdout, res.stdout + res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mix_non_dense_views_and_empty_batches(device):
+    base = images((6, 3, 12, 28), torch.float32, device)
+    view = base[..., ::2]  # neither contiguous nor channels_last
+    t = torch.arange(6, device=device)
+    m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10)
+    out, soft = m(view, t, seed=12)
+    ref, ref_soft = R.mix(
+        view, t, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10, label_smoothing=0.1, seed=12
+    )
+    assert torch.equal(out, ref) and torch.equal(soft, ref_soft)
+    before = base.clone()
+    m.inplace = True
+    m(view, t, seed=12)
+    assert torch.equal(view, ref) and torch.equal(base[..., 1::2], before[..., 1::2])
+    # gradient through a non-dense view
+    v = view.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a: FN.Mixup(cutmix_alpha=1.0, mode="pair", num_classes=10)(a, t, seed=3)[0], (v,)
+    )
+    # empty batches and empty images
+    for shape in [(0, 3, 8, 8), (4, 3, 0, 8)]:
+        x = torch.zeros(shape, device=device)
+        tt = torch.zeros(shape[0], dtype=torch.int64, device=device)
+        out, soft = FR.mixup(x, tt, num_classes=5, mode="elem", seed=1)
+        assert out.shape == shape and soft.shape == (shape[0], 5)
+        assert FR.random_erasing(x, 1.0, seed=1).shape == shape
