@@ -50,6 +50,13 @@ inline void check_images(const at::Tensor& images, const at::Tensor& seed, const
                 " but images are on ", images.device());
 }
 
+inline void check_sample_beta(const at::Tensor& seed, int64_t n, double a, double b) {
+  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
+                     "fastreg._sample_beta: seed must be a one-element int64 tensor");
+  FASTREG_CHECK_VALUE(n >= 0 && n < (int64_t(1) << 32), "fastreg._sample_beta: n out of range");
+  FASTREG_CHECK_VALUE(a > 0 && b > 0, "fastreg._sample_beta: alpha must be > 0, got ", a, ", ", b);
+}
+
 inline void check_prob(double p, const char* op, const char* name) {
   FASTREG_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.", op, ": ", name, " must be in [0, 1], got ", p);
 }

@@ -38,10 +38,7 @@ Member member(const double* row) {
 
 struct CpuLoops {
   static at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
-    FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
-                       "fastreg._sample_beta: seed must be a one-element int64 tensor");
-    FASTREG_CHECK_VALUE(n >= 0 && n < (int64_t(1) << 32), "fastreg._sample_beta: n out of range");
-    FASTREG_CHECK_VALUE(a > 0 && b > 0, "fastreg._sample_beta: alpha must be > 0, got ", a, ", ", b);
+    check_sample_beta(seed, n, a, b);
     at::Tensor out = at::empty({n}, seed.options().dtype(at::kDouble));
     const philox::Key key = seed_key(seed);
     double* o = out.data_ptr<double>();
