@@ -138,6 +138,16 @@ struct CpuLoops {
       for (int64_t k = 0; k < len; ++k) bv[k] = A(0);
       return;
     }
+    if (inner == 1) {  // bias along the last dimension: runs of consecutive channels
+      for (int64_t k = 0, c = i0 % K; k < len; c = 0) {
+        const int64_t l = std::min(len - k, K - c);
+        const scalar_t* __restrict src = bp + c;
+        A* __restrict dst = bv + k;
+        for (int64_t j = 0; j < l; ++j) dst[j] = load(src, j);
+        k += l;
+      }
+      return;
+    }
     for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
       A* __restrict dst = bv + (s - i0);
       if (inner == 1) {
@@ -261,6 +271,16 @@ struct CpuLoops {
               }
               for (int64_t k = 0; k < len; ++k) store(d_, i0 + k, dz[k]);
               if (part_ == nullptr) continue;
+              if (inner == 1) {  // runs of consecutive channels, added into the task's row
+                for (int64_t k = 0, c = i0 % K; k < len; c = 0) {
+                  const int64_t l = std::min(len - k, K - c);
+                  A* __restrict pc = part_ + c;
+                  const A* __restrict src = dz + k;
+                  for (int64_t j = 0; j < l; ++j) pc[j] += src[j];
+                  k += l;
+                }
+                continue;
+              }
               for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
                 const A* __restrict src = dz + (s - i0);
                 A* __restrict pc = part_ + c;
