@@ -276,6 +276,7 @@ struct CpuLoops {
                   const int64_t l = std::min(len - k, K - c);
                   A* __restrict pc = part_ + c;
                   const A* __restrict src = dz + k;
+                  _Pragma("GCC ivdep")  // the task's row and the chunk's buffer never overlap
                   for (int64_t j = 0; j < l; ++j) pc[j] += src[j];
                   k += l;
                 }
