@@ -56,6 +56,8 @@ TORCH_LIBRARY(fastreg, m) {
   // Batch family groundwork (test-only): n float64 draws of Beta(a, b), bit-identical
   // on every device and in fastreg/_random.py (csrc/sampling.h).
   m.def("_sample_beta(Tensor seed, int n, float a, float b, int stream) -> Tensor");
+  // Test-only (CPU): element words first .. first + n - 1 as the CPU kernels draw them.
+  m.def("_philox_words(Tensor seed, int stream, int first, int n) -> Tensor");
   // Cutout: boxes from the seed (csrc/sampling.h cutout_box); the in-place form
   // writes only the boxes. Backward is cutout of the gradient with fill 0.
   m.def("cutout(Tensor images, Tensor seed, int size, float p, float fill) -> Tensor");

@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,3 +115,28 @@ def test_same_seed_same_masks_on_cpu_and_cuda():
         mask_c = FR.bias_act_dropout(xc, None, "gelu", 0.3, seed=21) != 0
         mask = FR.bias_act_dropout(x, None, "gelu", 0.3, seed=21) != 0
         assert torch.equal(mask_c.cpu(), mask)
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "portable"])
+def test_cpu_words_past_2_to_the_32_blocks(isa):
+    """The CPU's word generator (16 blocks per AVX-512 pass where the CPU has it) against
+    the reference around the low counter word's wrap (block 2^32) and far beyond."""
+    code = "\n".join(
+        [
+            "import torch, fastreg",
+            "from fastreg import _random",
+            "ops = torch.ops.fastreg",
+            "bad = []",
+            "for seed in (0, 12345, -7):",
+            "    for first in (0, 4 * (2**32 - 40), 4 * (2**33 + 5), 4 * (2**40 - 3)):",
+            "        ours = ops._philox_words(torch.tensor([seed]), 3, first, 1028)",
+            "        ref = _random.philox_words(seed, 3, torch.arange(first, first + 1028))",
+            "        if not torch.equal(ours, ref): bad.append((seed, first))",
+            "print('BAD', bad, fastreg.build_info()['cpu_isa'])",
+        ]
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    if isa != "default":
+        env["FASTREG_CPU_ISA"] = isa
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "BAD []" in res.stdout, res.stdout + res.stderr[-2000:]

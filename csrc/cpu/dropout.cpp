@@ -310,6 +310,32 @@ struct CpuLoops {
 }  // namespace
 }  // namespace fastreg::cpu
 
+namespace fastreg::cpu {
+namespace {
+
+// Test-only: the words of elements first .. first + n - 1 as the CPU kernels make
+// them (the AVX-512 path where the CPU has it), to check counters past 2^32 blocks.
+at::Tensor philox_words_op(const at::Tensor& seed, int64_t stream, int64_t first, int64_t n) {
+  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
+                     "fastreg._philox_words: seed must be a one-element int64 tensor");
+  FASTREG_CHECK_VALUE(first >= 0 && first % 4 == 0 && n >= 0, "fastreg._philox_words: first must be a ",
+                      "non-negative multiple of 4 and n >= 0");
+  at::Tensor out = at::empty({n}, seed.options());
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  alignas(64) uint32_t words[kChunk + 4];
+  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    fill_words(s, static_cast<uint32_t>(stream), first + i, len, words);
+    for (int64_t k = 0; k < len; ++k) o[i + k] = words[k];
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace fastreg::cpu
+
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   fastreg::register_dropout_kernels<fastreg::cpu::CpuLoops>(m);
+  m.impl("_philox_words", &fastreg::cpu::philox_words_op);
 }
