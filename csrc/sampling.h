@@ -346,6 +346,43 @@ FASTREG_PHILOX_HD void store_mix(double* row, const MixDraw& d) {
   row[7] = 0.0;
 }
 
+// What the mixing kernels read back from a params row, and the per-element rule
+// both backends apply: an output element of sample i takes its own pixel, the
+// partner's (inside i's CutMix box) or the blend lam x_i + (1 - lam) x_partner.
+enum MixMode : int { kOwn = 0, kPartner = 1, kBlend = 2 };
+
+struct MixMember {
+  int kind;
+  double lam;
+  int64_t y0, y1, x0, x1;
+
+  FASTREG_PHILOX_HD static MixMember from_row(const double* row) {
+    return {static_cast<int>(row[2]), row[0], static_cast<int64_t>(row[3]), static_cast<int64_t>(row[4]),
+            static_cast<int64_t>(row[5]), static_cast<int64_t>(row[6])};
+  }
+  FASTREG_PHILOX_HD double rest() const { return 1.0 - lam; }
+  // the mode of every element outside a box
+  FASTREG_PHILOX_HD MixMode base() const { return kind == kMixBlend ? kBlend : kOwn; }
+  // whether row y (0 <= y < H) crosses this sample's box
+  FASTREG_PHILOX_HD bool cuts_row(int64_t y) const { return kind == kMixCut && y >= y0 && y < y1 && x1 > x0; }
+  // the mode at row y, position col of a row whose pixels are sw elements apart
+  FASTREG_PHILOX_HD MixMode mode_at(int64_t y, int64_t col, int64_t sw) const {
+    return cuts_row(y) && col >= x0 * sw && col < x1 * sw ? kPartner : base();
+  }
+};
+
+// Forward: out_i = own(mode_i) x_i + partner(mode_i) x_p, with (own, partner) = (1, 0),
+// (0, 1) or (lam, 1 - lam); backward is the transpose: g'_i = own(mode_i) g_i +
+// partner(mode_p) g_p. lam and rest come in the kernel's opmath type.
+template <class A>
+FASTREG_PHILOX_HD A own_coef(MixMode m, A lam) {
+  return m == kOwn ? A(1) : (m == kPartner ? A(0) : lam);
+}
+template <class A>
+FASTREG_PHILOX_HD A partner_coef(MixMode m, A rest) {
+  return m == kOwn ? A(0) : (m == kPartner ? A(1) : rest);
+}
+
 FASTREG_PHILOX_HD uint32_t mix_key_index(int mode, int64_t i, int64_t B) {  // 0 batch, 1 pair, 2 elem
   return mode == 0 ? 0u : static_cast<uint32_t>(mode == 1 ? (i < B - 1 - i ? i : B - 1 - i) : i);
 }

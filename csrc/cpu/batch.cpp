@@ -22,19 +22,11 @@ philox::Key seed_key(const at::Tensor& seed) {
   return philox::key_schedule(static_cast<uint64_t>(seed.item<int64_t>()));
 }
 
-// Which source an output element takes (forward), per member of a pair.
-enum Mode : int { kOwn = 0, kPartner = 1, kBlend = 2 };
-
-struct Member {
-  int kind;
-  double lam, rest;  // lambda and 1 - lambda (float64; each kernel rounds to its opmath)
-  int64_t y0, y1, x0, x1;
-};
-
-Member member(const double* row) {
-  return {static_cast<int>(row[2]), row[0], 1.0 - row[0], static_cast<int64_t>(row[3]),
-          static_cast<int64_t>(row[4]), static_cast<int64_t>(row[5]), static_cast<int64_t>(row[6])};
-}
+using sampling::kBlend;
+using sampling::kOwn;
+using sampling::kPartner;
+using sampling::MixMember;
+using Mode = sampling::MixMode;
 
 struct CpuLoops {
   static at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
@@ -175,8 +167,8 @@ struct CpuLoops {
             const int64_t r1 = std::min(rows, r0 + rows_per_task);
             const int64_t i = q, p = B - 1 - q;
             const bool self = i == p;
-            const Member mi = member(prm + i * sampling::kMixParamCols);
-            const Member mp = member(prm + p * sampling::kMixParamCols);
+            const MixMember mi = MixMember::from_row(prm + i * sampling::kMixParamCols);
+            const MixMember mp = MixMember::from_row(prm + p * sampling::kMixParamCols);
             if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
             const T* a = sp + i * L.sample;
             const T* b = sp + p * L.sample;
@@ -186,11 +178,10 @@ struct CpuLoops {
             // backward pairs own_i with partner_p (the transpose)
             auto segment = [&](int64_t s0, int64_t s1, Mode ma, Mode mb) FASTREG_INLINE_LAMBDA {
               if (s1 <= s0 || (!backward && inplace && ma == kOwn && (self || mb == kOwn))) return;
-              auto own = [](Mode m, const Member& x) { return m == kOwn ? 1.0 : m == kPartner ? 0.0 : x.lam; };
-              auto par = [](Mode m, const Member& x) { return m == kOwn ? 0.0 : m == kPartner ? 1.0 : x.rest; };
-              const A a_own = static_cast<A>(own(ma, mi)), b_own = static_cast<A>(own(mb, mp));
-              const A a_par = static_cast<A>(backward ? par(mb, mp) : par(ma, mi));
-              const A b_par = static_cast<A>(backward ? par(ma, mi) : par(mb, mp));
+              const A li = A(mi.lam), ri = A(mi.rest()), lp = A(mp.lam), rp = A(mp.rest());
+              const A a_own = sampling::own_coef(ma, li), b_own = sampling::own_coef(mb, lp);
+              const A a_par = backward ? sampling::partner_coef(mb, rp) : sampling::partner_coef(ma, ri);
+              const A b_par = backward ? sampling::partner_coef(ma, ri) : sampling::partner_coef(mb, rp);
               for (int64_t c0 = s0; c0 < s1; c0 += kBuf) {
                 const int64_t n = std::min(kBuf, s1 - c0);
                 std::memcpy(ta, a + c0, n * sizeof(T));
@@ -199,36 +190,28 @@ struct CpuLoops {
                 if (!self) emit(tb, ta, ob + c0, n, backward ? kBlend : mb, b_own, b_par, inplace);
               }
             };
-            const Mode whole_a = mi.kind == sampling::kMixBlend ? kBlend : kOwn;
-            const Mode whole_b = mp.kind == sampling::kMixBlend ? kBlend : kOwn;
-            auto cuts_row = [&](const Member& m, int64_t y) {
-              return m.kind == sampling::kMixCut && y >= m.y0 && y < m.y1 && m.x1 > m.x0;
-            };
             // rows that no box crosses form one flat segment; the others are split at the box columns
             int64_t flat0 = r0;
             for (int64_t r = r0; r <= r1; ++r) {
               const int64_t y = r % H;
-              const bool boxed = r < r1 && (cuts_row(mi, y) || cuts_row(mp, y));
+              const bool boxed = r < r1 && (mi.cuts_row(y) || mp.cuts_row(y));
               if (r < r1 && !boxed) continue;
-              segment(flat0 * L.row_len, r * L.row_len, whole_a, whole_b);
+              segment(flat0 * L.row_len, r * L.row_len, mi.base(), mp.base());
               flat0 = r + 1;
               if (r == r1) break;
               const int64_t base = r * L.row_len;
               int64_t cuts[6] = {0, L.row_len, 0, 0, 0, 0};
               int nc = 2;
-              for (const Member* m : {&mi, &mp})
-                if (cuts_row(*m, y)) {
+              for (const MixMember* m : {&mi, &mp})
+                if (m->cuts_row(y)) {
                   cuts[nc++] = m->x0 * L.sw;
                   cuts[nc++] = m->x1 * L.sw;
                 }
               for (int u = 1; u < nc; ++u)  // insertion sort of at most 6 boundaries
                 for (int v = u; v > 0 && cuts[v - 1] > cuts[v]; --v) std::swap(cuts[v - 1], cuts[v]);
-              auto mode_at = [&](const Member& m, Mode whole, int64_t pos) {
-                return cuts_row(m, y) && pos >= m.x0 * L.sw && pos < m.x1 * L.sw ? kPartner : whole;
-              };
               for (int k = 0; k + 1 < nc; ++k)
-                segment(base + cuts[k], base + cuts[k + 1], mode_at(mi, whole_a, cuts[k]),
-                        mode_at(mp, whole_b, cuts[k]));
+                segment(base + cuts[k], base + cuts[k + 1], mi.mode_at(y, cuts[k], L.sw),
+                        mp.mode_at(y, cuts[k], L.sw));
             }
           }
         });

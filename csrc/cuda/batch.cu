@@ -94,33 +94,11 @@ __global__ void mix_targets_prob_kernel(const T* __restrict__ target, const doub
   }
 }
 
-struct Member {
-  int kind;
-  double lam;
-  int64_t y0, y1, x0, x1;
-};
-
-__device__ __forceinline__ Member member(const double* row) {
-  return {static_cast<int>(row[2]), row[0], static_cast<int64_t>(row[3]), static_cast<int64_t>(row[4]),
-          static_cast<int64_t>(row[5]), static_cast<int64_t>(row[6])};
-}
-
-enum Mode : int { kOwn = 0, kPartner = 1, kBlend = 2 };
-
-__device__ __forceinline__ Mode mode_at(const Member& m, int64_t y, int64_t col, int64_t sw) {
-  if (m.kind == sampling::kMixBlend) return kBlend;
-  if (m.kind == sampling::kMixCut && y >= m.y0 && y < m.y1 && col >= m.x0 * sw && col < m.x1 * sw) return kPartner;
-  return kOwn;
-}
-
-template <class A>
-__device__ __forceinline__ A own_coef(Mode m, A lam) {
-  return m == kOwn ? A(1) : (m == kPartner ? A(0) : lam);
-}
-template <class A>
-__device__ __forceinline__ A par_coef(Mode m, A rest) {
-  return m == kOwn ? A(0) : (m == kPartner ? A(1) : rest);
-}
+using sampling::kBlend;
+using sampling::kOwn;
+using sampling::kPartner;
+using sampling::MixMember;
+using sampling::MixMode;
 
 // Pairs (i, B-1-i) on grid y, N-element packs of the sample on grid x: each
 // thread reads both samples' pack and writes both (dst may be src). Forward:
@@ -136,12 +114,12 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t q = blockIdx.y; q < pairs; q += gridDim.y) {
     const int64_t i = q, p = B - 1 - q;
     const bool self = i == p;
-    const Member mi = member(params + i * sampling::kMixParamCols);
-    const Member mp = member(params + p * sampling::kMixParamCols);
+    const MixMember mi = MixMember::from_row(params + i * sampling::kMixParamCols);
+    const MixMember mp = MixMember::from_row(params + p * sampling::kMixParamCols);
     if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
     const bool cut = mi.kind == sampling::kMixCut || mp.kind == sampling::kMixCut;
-    const A li = static_cast<A>(mi.lam), ri = static_cast<A>(1.0 - mi.lam);
-    const A lp = static_cast<A>(mp.lam), rp = static_cast<A>(1.0 - mp.lam);
+    const A li = static_cast<A>(mi.lam), ri = static_cast<A>(mi.rest());
+    const A lp = static_cast<A>(mp.lam), rp = static_cast<A>(mp.rest());
     for (int64_t v = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; v < packs;
          v += static_cast<int64_t>(gridDim.x) * kBlock) {
       const int64_t e = v * N;
@@ -151,22 +129,26 @@ __global__ void __launch_bounds__(kBlock)
       bool wa = !inplace, wb = !inplace;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        Mode ma = mi.kind == sampling::kMixBlend ? kBlend : kOwn;
-        Mode mb = mp.kind == sampling::kMixBlend ? kBlend : kOwn;
+        MixMode ma = mi.base(), mb = mp.base();
         if (cut) {
           int64_t row, col;
           by_row(e + j, row, col);
           const int64_t y = row % H;
-          ma = mode_at(mi, y, col, sw);
-          mb = mode_at(mp, y, col, sw);
+          ma = mi.mode_at(y, col, sw);
+          mb = mp.mode_at(y, col, sw);
         }
         const A xa = static_cast<A>(a.v[j]), xb = static_cast<A>(b.v[j]);
         if (backward) {
-          oa.v[j] = static_cast<T>(add_rn(mul_rn(own_coef(ma, li), xa), mul_rn(par_coef(mb, rp), xb)));
-          ob.v[j] = static_cast<T>(add_rn(mul_rn(own_coef(mb, lp), xb), mul_rn(par_coef(ma, ri), xa)));
+          oa.v[j] = static_cast<T>(
+              add_rn(mul_rn(sampling::own_coef(ma, li), xa), mul_rn(sampling::partner_coef(mb, rp), xb)));
+          ob.v[j] = static_cast<T>(
+              add_rn(mul_rn(sampling::own_coef(mb, lp), xb), mul_rn(sampling::partner_coef(ma, ri), xa)));
         } else {
-          oa.v[j] = ma == kOwn ? a.v[j] : (ma == kPartner ? b.v[j] : static_cast<T>(add_rn(mul_rn(xa, li), mul_rn(xb, ri))));
-          ob.v[j] = mb == kOwn ? b.v[j] : (mb == kPartner ? a.v[j] : static_cast<T>(add_rn(mul_rn(xb, lp), mul_rn(xa, rp))));
+          // copied elements are selected, not blended with a 0 coefficient (0 * inf = NaN)
+          const T blend_a = static_cast<T>(add_rn(mul_rn(xa, li), mul_rn(xb, ri)));
+          const T blend_b = static_cast<T>(add_rn(mul_rn(xb, lp), mul_rn(xa, rp)));
+          oa.v[j] = ma == kOwn ? a.v[j] : (ma == kPartner ? b.v[j] : blend_a);
+          ob.v[j] = mb == kOwn ? b.v[j] : (mb == kPartner ? a.v[j] : blend_b);
           wa = wa || ma != kOwn;
           wb = wb || mb != kOwn;
         }
