@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <utility>
 
 #include "errors.h"
 #include "philox.h"
@@ -154,6 +155,25 @@ inline sampling::MixSpec mix_spec(const at::Tensor& images, const at::Tensor& ta
 // contiguous first (and the result copied into images' own layout).
 inline at::Tensor walkable(const at::Tensor& t) { return is_nchw(t) || is_nhwc(t) ? t : t.contiguous(); }
 
+// Checks, each sample's draw (params) and the soft targets: what mix and mix_ share.
+template <class Loops>
+std::pair<at::Tensor, at::Tensor> draw_mix(const at::Tensor& images, const at::Tensor& target,
+                                           const at::Tensor& seed, const MixArgs& a) {
+  const auto spec = mix_spec(images, target, seed, a);
+  at::Tensor params = Loops::mix_params(seed, images.size(0), static_cast<int>(a.mode), spec);
+  at::Tensor soft = Loops::mix_targets(target, params, a.num_classes, a.label_smoothing);
+  return {params, soft};
+}
+
+// The mixing pass out of place (forward, or backward on the gradient), in t's layout.
+template <class Loops>
+at::Tensor mixed(const at::Tensor& t, const at::Tensor& params, bool backward) {
+  const at::Tensor src = walkable(t);
+  at::Tensor out = at::empty_like(src);
+  if (out.numel() > 0) Loops::mix_images(src, out, params, row_layout(src), false, backward);
+  return src.is_same(t) ? out : at::empty_like(t).copy_(out);
+}
+
 template <class Loops>
 void register_batch_kernels(torch::Library& m) {
   m.impl("_sample_beta", &Loops::sample_beta);
@@ -193,22 +213,14 @@ void register_batch_kernels(torch::Library& m) {
                    double eps, double mixup_alpha, double cutmix_alpha, double cut_min, double cut_max,
                    double prob, double switch_prob, int64_t mode, bool correct_lam) {
     const MixArgs a{K, eps, mixup_alpha, cutmix_alpha, cut_min, cut_max, prob, switch_prob, mode, correct_lam};
-    const auto spec = mix_spec(images, target, seed, a);
-    at::Tensor params = Loops::mix_params(seed, images.size(0), static_cast<int>(mode), spec);
-    at::Tensor soft = Loops::mix_targets(target, params, K, eps);
-    const at::Tensor src = walkable(images);
-    at::Tensor out = at::empty_like(src);
-    if (out.numel() > 0) Loops::mix_images(src, out, params, row_layout(src), false, false);
-    if (!src.is_same(images)) out = at::empty_like(images).copy_(out);
-    return std::make_tuple(out, soft, params);
+    const auto [params, soft] = draw_mix<Loops>(images, target, seed, a);
+    return std::make_tuple(mixed<Loops>(images, params, false), soft, params);
   });
   m.impl("mix_", [](at::Tensor& images, const at::Tensor& target, const at::Tensor& seed, int64_t K, double eps,
                     double mixup_alpha, double cutmix_alpha, double cut_min, double cut_max, double prob,
                     double switch_prob, int64_t mode, bool correct_lam) {
     const MixArgs a{K, eps, mixup_alpha, cutmix_alpha, cut_min, cut_max, prob, switch_prob, mode, correct_lam};
-    const auto spec = mix_spec(images, target, seed, a);
-    at::Tensor params = Loops::mix_params(seed, images.size(0), static_cast<int>(mode), spec);
-    at::Tensor soft = Loops::mix_targets(target, params, K, eps);
+    const auto [params, soft] = draw_mix<Loops>(images, target, seed, a);
     if (images.numel() > 0) {
       if (is_nchw(images) || is_nhwc(images)) {
         Loops::mix_images(images, images, params, row_layout(images), true, false);
@@ -224,10 +236,7 @@ void register_batch_kernels(torch::Library& m) {
     FASTREG_CHECK_VALUE(grad.dim() == 4 && params.dim() == 2 && params.size(0) == grad.size(0),
                         "fastreg.mix_backward: grad must be (B, C, H, W) with params (B, ",
                         sampling::kMixParamCols, ")");
-    const at::Tensor src = walkable(grad);
-    at::Tensor out = at::empty_like(src);
-    if (out.numel() > 0) Loops::mix_images(src, out, params, row_layout(src), false, true);
-    return src.is_same(grad) ? out : at::empty_like(grad).copy_(out);
+    return mixed<Loops>(grad, params, true);
   });
 }
 
