@@ -197,11 +197,11 @@ def plot(rows, path, title, copy_gbps):
     plt.close(fig)
 
 
-def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, extra=None):
+def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, extra=None, tag=""):
     out_dir = out_dir or RESULTS
     os.makedirs(out_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-    base = os.path.join(out_dir, f"{device_slug(device)}-{stamp}")
+    base = os.path.join(out_dir, f"{device_slug(device)}-{stamp}" + (f"-{tag}" if tag else ""))
     info = {
         "device": device_name(device),
         "torch": torch.__version__,

@@ -36,6 +36,7 @@ def main():
     )
     p.add_argument("--compile-dtypes", default="all", help="dtypes also timed under torch.compile")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    p.add_argument("--tag", default="", help="suffix of the results' file name (<device>-<date>-<tag>)")
     p.add_argument(
         "--rounds", type=int, default=None, help="interleaved timing rounds, fastest kept (CPU 3, GPU 1)"
     )
@@ -62,7 +63,9 @@ def main():
                 case.impls.pop("compile", None)
             rows.append(harness.run_case(case, device, copy_gbps, rounds))
             print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
-    base = harness.write_results(rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel})
+    base = harness.write_results(
+        rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel}, args.tag
+    )
     print()
     print(harness.format_table(rows, copy_gbps))
     print(f"\nwrote {base}.json and {base}.png")
