@@ -106,7 +106,7 @@ if with_cuda:
     macros += [("FASTREG_WITH_CUDA", None)]
     ext = CUDAExtension(
         "fastreg._C",
-        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        sources + sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=cuda_wheel_includes(),
         define_macros=macros,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},

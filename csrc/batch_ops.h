@@ -176,7 +176,10 @@ at::Tensor mixed(const at::Tensor& t, const at::Tensor& params, bool backward) {
 
 template <class Loops>
 void register_batch_kernels(torch::Library& m) {
-  m.impl("_sample_beta", &Loops::sample_beta);
+  m.impl("_sample_beta", [](const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
+    check_sample_beta(seed, n, a, b);
+    return Loops::sample_beta(seed, n, a, b, stream);
+  });
 
   m.impl("cutout", [](const at::Tensor& images, const at::Tensor& seed, int64_t size, double p, double fill) {
     const auto rule = cutout_rule(images, seed, size, p);

@@ -3,8 +3,8 @@
 // and the tail, on the current stream, each launch checked.
 #include <ATen/Dispatch.h>
 
-#include "../activation_ops.h"
 #include "cuda_kernel.cuh"
+#include "loops.h"
 
 namespace fastreg::cuda {
 namespace {
@@ -205,113 +205,119 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t c = threadIdx.x; c < C; c += kBlock) partial[blockIdx.x * C + c] = sdw[c];
 }
 
-struct CudaLoops {
-  template <class Op>
-  static void forward(const Op& op, const at::Tensor& x, at::Tensor& y) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act", [&] {
-      launch_map<false>(ForwardFn<Op, scalar_t>{op}, y.mutable_data_ptr<scalar_t>(),
-                        x.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
-                        x.numel());
-    });
-  }
+}  // namespace
 
-  template <class Op>
-  static void backward(const Op& op, const at::Tensor& g, const at::Tensor& s, at::Tensor& dx) {
-    const c10::cuda::CUDAGuard guard(g.device());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_bwd", [&] {
-      launch_map<true>(BackwardFn<Op, scalar_t>{op}, dx.mutable_data_ptr<scalar_t>(),
-                       g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), g.numel());
-    });
-  }
+template <class Op>
+void ActivationLoops::forward(const Op& op, const at::Tensor& x, at::Tensor& y) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act", [&] {
+    launch_map<false>(ForwardFn<Op, scalar_t>{op}, y.mutable_data_ptr<scalar_t>(),
+                      x.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
+                      x.numel());
+  });
+}
 
-  template <class Op>
-  static void forward_mask(const Op& op, const at::Tensor& x, at::Tensor& y, uint8_t* mask) {
-    if (mask == nullptr) return forward(op, x, y);  // inference: the plain map kernel
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t n = x.numel();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-      const int64_t grid = grid_for((n + 7) / 8, kBlock);
-      mask_forward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          op, xp, yp, mask, n, aligned16(xp) && aligned16(yp));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+template <class Op>
+void ActivationLoops::backward(const Op& op, const at::Tensor& g, const at::Tensor& s, at::Tensor& dx) {
+  const c10::cuda::CUDAGuard guard(g.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_bwd", [&] {
+    launch_map<true>(BackwardFn<Op, scalar_t>{op}, dx.mutable_data_ptr<scalar_t>(),
+                     g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), g.numel());
+  });
+}
 
-  template <class Op>
-  static void backward_mask(const Op& op, const at::Tensor& g, const uint8_t* mask, at::Tensor& dx) {
-    const c10::cuda::CUDAGuard guard(g.device());
-    const int64_t n = g.numel();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-      const int64_t grid = grid_for((n + 7) / 8, kBlock);
-      mask_backward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          op, gp, mask, dp, n, aligned16(gp) && aligned16(dp));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+template <class Op>
+void ActivationLoops::forward_mask(const Op& op, const at::Tensor& x, at::Tensor& y, uint8_t* mask) {
+  if (mask == nullptr) return forward(op, x, y);  // inference: the plain map kernel
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const int64_t grid = grid_for((n + 7) / 8, kBlock);
+    mask_forward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        op, xp, yp, mask, n, aligned16(xp) && aligned16(yp));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
 
-  static void prelu_forward(const at::Tensor& x, const at::Tensor& w, at::Tensor& y,
-                            PreluShape shape) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t n = x.numel();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu", [&] {
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-      prelu_forward_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          xp, w.const_data_ptr<scalar_t>(), yp, n, shape.channels, shape.inner,
-          ChannelIndex(n, shape.channels, shape.inner), aligned16(xp) && aligned16(yp));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+template <class Op>
+void ActivationLoops::backward_mask(const Op& op, const at::Tensor& g, const uint8_t* mask, at::Tensor& dx) {
+  const c10::cuda::CUDAGuard guard(g.device());
+  const int64_t n = g.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    const int64_t grid = grid_for((n + 7) / 8, kBlock);
+    mask_backward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        op, gp, mask, dp, n, aligned16(gp) && aligned16(dp));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
 
-  static void prelu_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
-                             at::Tensor& dx, at::Tensor& dw, PreluShape shape) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t n = x.numel(), C = shape.channels;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu_bwd", [&] {
-      using A = opmath_t<scalar_t>;
-      const auto stream = at::cuda::getCurrentCUDAStream();
-      const int64_t smem = C * static_cast<int64_t>(sizeof(A));
-      const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
-      const ChannelIndex channel_of(n, C, shape.inner);
-      const bool aligned = aligned16(g.const_data_ptr<scalar_t>()) &&
-                           aligned16(x.const_data_ptr<scalar_t>()) &&
-                           aligned16(dx.const_data_ptr<scalar_t>());
-      if (smem > kMaxSharedPartials) {
-        // More channels than a block's shared memory holds: grad_input here,
-        // grad_weight by an ATen reduction (a second pass, only in this case).
-        prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
-            g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-            w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-            static_cast<A*>(nullptr), n, C, shape.inner, channel_of, aligned);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        const at::Tensor xa = x.to(c10::CppTypeToScalarType<A>::value);
-        std::vector<int64_t> dims;
-        for (int64_t d = 0; d < x.dim(); ++d)
-          if (d != 1) dims.push_back(d);
-        dw.copy_((g.to(xa.scalar_type()) * xa * (xa <= 0)).sum(dims));
-        return;
-      }
-      at::Tensor partial = at::empty({grid * C}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
-      prelu_backward_kernel<<<grid, kBlock, smem, stream>>>(
+void ActivationLoops::prelu_forward(const at::Tensor& x, const at::Tensor& w, at::Tensor& y,
+                          PreluShape shape) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    prelu_forward_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        xp, w.const_data_ptr<scalar_t>(), yp, n, shape.channels, shape.inner,
+        ChannelIndex(n, shape.channels, shape.inner), aligned16(xp) && aligned16(yp));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void ActivationLoops::prelu_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
+                           at::Tensor& dx, at::Tensor& dw, PreluShape shape) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel(), C = shape.channels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu_bwd", [&] {
+    using A = opmath_t<scalar_t>;
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    const int64_t smem = C * static_cast<int64_t>(sizeof(A));
+    const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
+    const ChannelIndex channel_of(n, C, shape.inner);
+    const bool aligned = aligned16(g.const_data_ptr<scalar_t>()) &&
+                         aligned16(x.const_data_ptr<scalar_t>()) &&
+                         aligned16(dx.const_data_ptr<scalar_t>());
+    if (smem > kMaxSharedPartials) {
+      // More channels than a block's shared memory holds: grad_input here,
+      // grad_weight by an ATen reduction (a second pass, only in this case).
+      prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
           g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
           w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-          partial.mutable_data_ptr<A>(), n, C, shape.inner, channel_of, aligned);
+          static_cast<A*>(nullptr), n, C, shape.inner, channel_of, aligned);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      reduce_partials_kernel<<<C, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
-                                                       dw.mutable_data_ptr<scalar_t>(), grid, C);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-};
-
-}  // namespace
-}  // namespace fastreg::cuda
-
-TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
-  fastreg::register_activation_kernels<fastreg::cuda::CudaLoops>(m);
+      const at::Tensor xa = x.to(c10::CppTypeToScalarType<A>::value);
+      std::vector<int64_t> dims;
+      for (int64_t d = 0; d < x.dim(); ++d)
+        if (d != 1) dims.push_back(d);
+      dw.copy_((g.to(xa.scalar_type()) * xa * (xa <= 0)).sum(dims));
+      return;
+    }
+    at::Tensor partial = at::empty({grid * C}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
+    prelu_backward_kernel<<<grid, kBlock, smem, stream>>>(
+        g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+        w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+        partial.mutable_data_ptr<A>(), n, C, shape.inner, channel_of, aligned);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    reduce_partials_kernel<<<C, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
+                                                     dw.mutable_data_ptr<scalar_t>(), grid, C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
+
+#define FASTREG_INSTANTIATE_MAP(Op)                                                            \
+  template void ActivationLoops::forward<Op>(const Op&, const at::Tensor&, at::Tensor&); \
+  template void ActivationLoops::backward<Op>(const Op&, const at::Tensor&, const at::Tensor&, at::Tensor&);
+#define FASTREG_INSTANTIATE_MASK(Op)                                                                 \
+  template void ActivationLoops::forward_mask<Op>(const Op&, const at::Tensor&, at::Tensor&, uint8_t*); \
+  template void ActivationLoops::backward_mask<Op>(const Op&, const at::Tensor&, const uint8_t*, at::Tensor&);
+FASTREG_CUDA_MAP_ACTIVATIONS(FASTREG_INSTANTIATE_MAP)
+FASTREG_CUDA_MASK_ACTIVATIONS(FASTREG_INSTANTIATE_MASK)
+#undef FASTREG_INSTANTIATE_MAP
+#undef FASTREG_INSTANTIATE_MASK
+
+}  // namespace fastreg::cuda

@@ -7,10 +7,8 @@
 
 #include <ATen/Dispatch.h>
 
-#include "../batch_ops.h"
-#include "../errors.h"
-#include "../sampling.h"
 #include "cuda_kernel.cuh"
+#include "loops.h"
 
 namespace fastreg::cuda {
 namespace {
@@ -159,95 +157,91 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-struct CudaLoops {
-  static at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
-    check_sample_beta(seed, n, a, b);
-    const c10::cuda::CUDAGuard guard(seed.device());
-    at::Tensor out = at::empty({n}, seed.options().dtype(at::kDouble));
-    if (n == 0) return out;
-    sample_beta_kernel<<<(n + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        seed.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(), n, static_cast<float>(a),
-        static_cast<float>(b), static_cast<uint32_t>(stream));
+}  // namespace
+
+at::Tensor BatchLoops::sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream) {
+  const c10::cuda::CUDAGuard guard(seed.device());
+  at::Tensor out = at::empty({n}, seed.options().dtype(at::kDouble));
+  if (n == 0) return out;
+  sample_beta_kernel<<<(n + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+      seed.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(), n, static_cast<float>(a),
+      static_cast<float>(b), static_cast<uint32_t>(stream));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+void BatchLoops::fill_boxes(at::Tensor& images, const at::Tensor& seed, const sampling::BoxRule& rule, double fill,
+                       bool random) {
+  const c10::cuda::CUDAGuard guard(images.device());
+  const int64_t B = images.size(0), C = images.size(1);
+  if (B * C == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_boxes", [&] {
+    boxes_kernel<<<B * C, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        images.mutable_data_ptr<scalar_t>(), seed.const_data_ptr<int64_t>(), C, images.size(2), images.size(3),
+        images.stride(0), images.stride(1), images.stride(2), images.stride(3), rule,
+        static_cast<scalar_t>(fill), random);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return out;
-  }
+  });
+}
 
-  static void fill_boxes(at::Tensor& images, const at::Tensor& seed, const sampling::BoxRule& rule, double fill,
-                         bool random) {
-    const c10::cuda::CUDAGuard guard(images.device());
-    const int64_t B = images.size(0), C = images.size(1);
-    if (B * C == 0) return;
-    AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_boxes", [&] {
-      boxes_kernel<<<B * C, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          images.mutable_data_ptr<scalar_t>(), seed.const_data_ptr<int64_t>(), C, images.size(2), images.size(3),
-          images.stride(0), images.stride(1), images.stride(2), images.stride(3), rule,
-          static_cast<scalar_t>(fill), random);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+at::Tensor BatchLoops::mix_params(const at::Tensor& seed, int64_t B, int mode, const sampling::MixSpec& spec) {
+  const c10::cuda::CUDAGuard guard(seed.device());
+  at::Tensor params = at::empty({B, sampling::kMixParamCols}, seed.options().dtype(at::kDouble));
+  if (B == 0) return params;
+  mix_params_kernel<<<(B + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+      seed.const_data_ptr<int64_t>(), params.mutable_data_ptr<double>(), B, mode, spec);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return params;
+}
 
-  static at::Tensor mix_params(const at::Tensor& seed, int64_t B, int mode, const sampling::MixSpec& spec) {
-    const c10::cuda::CUDAGuard guard(seed.device());
-    at::Tensor params = at::empty({B, sampling::kMixParamCols}, seed.options().dtype(at::kDouble));
-    if (B == 0) return params;
-    mix_params_kernel<<<(B + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        seed.const_data_ptr<int64_t>(), params.mutable_data_ptr<double>(), B, mode, spec);
+at::Tensor BatchLoops::mix_targets(const at::Tensor& target, const at::Tensor& params, int64_t K, double eps) {
+  const c10::cuda::CUDAGuard guard(target.device());
+  const int64_t B = target.size(0);
+  const at::Tensor t = target.contiguous();
+  at::Tensor soft = at::empty({B, K}, t.options().dtype(t.dim() == 1 ? at::kFloat : t.scalar_type()));
+  if (B * K == 0) return soft;
+  const int64_t blocks = grid_for(B * K, kBlock, 4);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (t.dim() == 1) {
+    mix_targets_index_kernel<<<blocks, kBlock, 0, stream>>>(
+        t.const_data_ptr<int64_t>(), params.const_data_ptr<double>(), soft.mutable_data_ptr<float>(), B, K,
+        static_cast<float>(1.0 - eps + eps / K), static_cast<float>(eps / K));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return params;
-  }
-
-  static at::Tensor mix_targets(const at::Tensor& target, const at::Tensor& params, int64_t K, double eps) {
-    const c10::cuda::CUDAGuard guard(target.device());
-    const int64_t B = target.size(0);
-    const at::Tensor t = target.contiguous();
-    at::Tensor soft = at::empty({B, K}, t.options().dtype(t.dim() == 1 ? at::kFloat : t.scalar_type()));
-    if (B * K == 0) return soft;
-    const int64_t blocks = grid_for(B * K, kBlock, 4);
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    if (t.dim() == 1) {
-      mix_targets_index_kernel<<<blocks, kBlock, 0, stream>>>(
-          t.const_data_ptr<int64_t>(), params.const_data_ptr<double>(), soft.mutable_data_ptr<float>(), B, K,
-          static_cast<float>(1.0 - eps + eps / K), static_cast<float>(eps / K));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return soft;
-    }
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "fastreg_mix_targets", [&] {
-      mix_targets_prob_kernel<<<blocks, kBlock, 0, stream>>>(t.const_data_ptr<scalar_t>(),
-                                                             params.const_data_ptr<double>(),
-                                                             soft.mutable_data_ptr<scalar_t>(), B, K, eps);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
     return soft;
   }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "fastreg_mix_targets", [&] {
+    mix_targets_prob_kernel<<<blocks, kBlock, 0, stream>>>(t.const_data_ptr<scalar_t>(),
+                                                           params.const_data_ptr<double>(),
+                                                           soft.mutable_data_ptr<scalar_t>(), B, K, eps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return soft;
+}
 
-  static void mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
-                         bool inplace, bool backward) {
-    const c10::cuda::CUDAGuard guard(src.device());
-    const int64_t B = src.size(0), pairs = (B + 1) / 2;
-    const FastDivmod by_row(L.row_len, L.sample);
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "fastreg_mix_images", [&] {
-      using T = scalar_t;
-      constexpr int N = kVec<T>;
-      const bool vec = L.sample % N == 0 && aligned16(src.const_data_ptr()) && aligned16(dst.const_data_ptr());
-      const int64_t packs = vec ? L.sample / N : L.sample;
-      const dim3 grid(static_cast<unsigned>(std::min<int64_t>((packs + kBlock - 1) / kBlock, 65535)),
-                      static_cast<unsigned>(std::min<int64_t>(pairs, 65535)));
-      if (vec) {
-        mix_images_kernel<T, N><<<grid, kBlock, 0, stream>>>(src.const_data_ptr<T>(), dst.mutable_data_ptr<T>(),
-                                                             params.const_data_ptr<double>(), B, L.sample, L.rows,
-                                                             L.sw, by_row, inplace, backward);
-      } else {
-        mix_images_kernel<T, 1><<<grid, kBlock, 0, stream>>>(src.const_data_ptr<T>(), dst.mutable_data_ptr<T>(),
-                                                             params.const_data_ptr<double>(), B, L.sample, L.rows,
-                                                             L.sw, by_row, inplace, backward);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-};
+void BatchLoops::mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
+                       bool inplace, bool backward) {
+  const c10::cuda::CUDAGuard guard(src.device());
+  const int64_t B = src.size(0), pairs = (B + 1) / 2;
+  const FastDivmod by_row(L.row_len, L.sample);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "fastreg_mix_images", [&] {
+    using T = scalar_t;
+    constexpr int N = kVec<T>;
+    const bool vec = L.sample % N == 0 && aligned16(src.const_data_ptr()) && aligned16(dst.const_data_ptr());
+    const int64_t packs = vec ? L.sample / N : L.sample;
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((packs + kBlock - 1) / kBlock, 65535)),
+                    static_cast<unsigned>(std::min<int64_t>(pairs, 65535)));
+    if (vec) {
+      mix_images_kernel<T, N><<<grid, kBlock, 0, stream>>>(src.const_data_ptr<T>(), dst.mutable_data_ptr<T>(),
+                                                           params.const_data_ptr<double>(), B, L.sample, L.rows,
+                                                           L.sw, by_row, inplace, backward);
+    } else {
+      mix_images_kernel<T, 1><<<grid, kBlock, 0, stream>>>(src.const_data_ptr<T>(), dst.mutable_data_ptr<T>(),
+                                                           params.const_data_ptr<double>(), B, L.sample, L.rows,
+                                                           L.sw, by_row, inplace, backward);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
 
-}  // namespace
 }  // namespace fastreg::cuda
-
-TORCH_LIBRARY_IMPL(fastreg, CUDA, m) { fastreg::register_batch_kernels<fastreg::cuda::CudaLoops>(m); }

@@ -4,8 +4,8 @@
 // CUDA graph draws fresh masks on every replay when the seed is redrawn.
 #include <ATen/Dispatch.h>
 
-#include "../dropout_ops.h"
 #include "cuda_kernel.cuh"
+#include "loops.h"
 
 namespace fastreg::cuda {
 namespace {
@@ -262,129 +262,135 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-struct CudaLoops {
-  static void dropout(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                      const at::Tensor& seed, DropoutParams prm, at::Tensor& y) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t n = x.numel();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
-      using A = opmath_t<scalar_t>;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-      const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
-      dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          xp, rp, yp, seed.const_data_ptr<int64_t>(), n, DeviceKeep(prm.threshold), A(prm.scale),
-          A(prm.keep_add), A(prm.drop_value), aligned);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-
-  static void drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                        const at::Tensor& seed, uint64_t threshold, double scale,
-                        SampleShape shape, at::Tensor& y) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t n = x.numel();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
-      using A = opmath_t<scalar_t>;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-      const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
-      drop_path_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          xp, rp, yp, seed.const_data_ptr<int64_t>(), n, ChannelIndex(n, shape.samples, shape.inner),
-          DeviceKeep(threshold), A(scale), aligned);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-
-  template <class Op>
-  static void bias_act_dropout(const Op& op, const at::Tensor& x, const at::Tensor& bias,
-                               const at::Tensor& seed, DropoutParams prm, BiasShape shape,
-                               at::Tensor& y, uint8_t* mask) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const int64_t n = x.numel();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_bad", [&] {
-      using A = opmath_t<scalar_t>;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-      bias_act_dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
-                                at::cuda::getCurrentCUDAStream()>>>(
-          op, xp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, yp, mask,
-          seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner,
-          ChannelIndex(n, shape.channels, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
-          aligned16(xp) && aligned16(yp));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-
-  template <class Op>
-  static void bias_act_dropout_backward(const Op& op, const at::Tensor& g, const at::Tensor& saved,
-                                        const at::Tensor& bias, const at::Tensor& seed,
-                                        DropoutParams prm, BiasShape shape, at::Tensor& dx,
-                                        at::Tensor* dbias) {
-    const c10::cuda::CUDAGuard guard(g.device());
-    const int64_t n = g.numel(), K = shape.channels;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_bad_bwd", [&] {
-      using A = opmath_t<scalar_t>;
-      const auto stream = at::cuda::getCurrentCUDAStream();
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* xp = Op::saved == Saved::Mask ? nullptr : saved.const_data_ptr<scalar_t>();
-      const uint8_t* mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
-      scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-      const bool aligned = aligned16(gp) && aligned16(dp) && (xp == nullptr || aligned16(xp));
-      if (dbias != nullptr && shape.inner == 1 && K % 8 == 0 && aligned) {
-        // bias on the contiguous last dim: the column kernel (no atomics)
-        const int64_t groups = K / 8, rows = n / K;
-        const int cols = static_cast<int>(std::min<int64_t>(groups, kBlock));
-        const int64_t gx = (groups + cols - 1) / cols;
-        const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-        const int64_t rows_per_block = kBlock / cols;
-        const int64_t gy = std::max<int64_t>(
-            1, std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block,
-                                 std::max<int64_t>(1, sms * 8 / gx)));
-        at::Tensor partial =
-            at::empty({gy * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
-        bias_act_dropout_backward_columns_kernel<<<dim3(gx, gy), kBlock, 0, stream>>>(
-            op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
-            partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(), rows, K, cols,
-            DeviceKeep(prm.threshold), A(prm.scale));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
-                                                         dbias->mutable_data_ptr<scalar_t>(), gy, K);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return;
-      }
-      const int64_t smem = K * static_cast<int64_t>(sizeof(A));
-      const bool shared_db = dbias != nullptr && smem <= kMaxSharedPartials;
-      const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
-      at::Tensor partial;
-      if (shared_db)
-        partial = at::empty({grid * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
-      bias_act_dropout_backward_kernel<<<grid, kBlock, shared_db ? smem : 0, stream>>>(
-          op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
-          shared_db ? partial.mutable_data_ptr<A>() : nullptr, seed.const_data_ptr<int64_t>(), n, K,
-          shape.inner, ChannelIndex(n, K, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
-          aligned);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (shared_db) {
-        reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
-                                                         dbias->mutable_data_ptr<scalar_t>(), grid, K);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      } else if (dbias != nullptr) {
-        // More channels than a block's shared memory holds: grad_bias is the
-        // sum of grad_input over all but the last dim (an ATen reduction).
-        std::vector<int64_t> dims;
-        for (int64_t d = 0; d + 1 < dx.dim(); ++d) dims.push_back(d);
-        dbias->copy_(dx.to(c10::CppTypeToScalarType<A>::value).sum(dims));
-      }
-    });
-  }
-};
-
 }  // namespace
-}  // namespace fastreg::cuda
 
-TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
-  fastreg::register_dropout_kernels<fastreg::cuda::CudaLoops>(m);
+void DropoutLoops::dropout(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                    const at::Tensor& seed, DropoutParams prm, at::Tensor& y) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
+    using A = opmath_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
+    dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        xp, rp, yp, seed.const_data_ptr<int64_t>(), n, DeviceKeep(prm.threshold), A(prm.scale),
+        A(prm.keep_add), A(prm.drop_value), aligned);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
+
+void DropoutLoops::drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                      const at::Tensor& seed, uint64_t threshold, double scale,
+                      SampleShape shape, at::Tensor& y) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
+    using A = opmath_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
+    drop_path_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        xp, rp, yp, seed.const_data_ptr<int64_t>(), n, ChannelIndex(n, shape.samples, shape.inner),
+        DeviceKeep(threshold), A(scale), aligned);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <class Op>
+void DropoutLoops::bias_act_dropout(const Op& op, const at::Tensor& x, const at::Tensor& bias,
+                             const at::Tensor& seed, DropoutParams prm, BiasShape shape,
+                             at::Tensor& y, uint8_t* mask) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_bad", [&] {
+    using A = opmath_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    bias_act_dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
+                              at::cuda::getCurrentCUDAStream()>>>(
+        op, xp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, yp, mask,
+        seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner,
+        ChannelIndex(n, shape.channels, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
+        aligned16(xp) && aligned16(yp));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <class Op>
+void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, const at::Tensor& saved,
+                                      const at::Tensor& bias, const at::Tensor& seed,
+                                      DropoutParams prm, BiasShape shape, at::Tensor& dx,
+                                      at::Tensor* dbias) {
+  const c10::cuda::CUDAGuard guard(g.device());
+  const int64_t n = g.numel(), K = shape.channels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_bad_bwd", [&] {
+    using A = opmath_t<scalar_t>;
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* xp = Op::saved == Saved::Mask ? nullptr : saved.const_data_ptr<scalar_t>();
+    const uint8_t* mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
+    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    const bool aligned = aligned16(gp) && aligned16(dp) && (xp == nullptr || aligned16(xp));
+    if (dbias != nullptr && shape.inner == 1 && K % 8 == 0 && aligned) {
+      // bias on the contiguous last dim: the column kernel (no atomics)
+      const int64_t groups = K / 8, rows = n / K;
+      const int cols = static_cast<int>(std::min<int64_t>(groups, kBlock));
+      const int64_t gx = (groups + cols - 1) / cols;
+      const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+      const int64_t rows_per_block = kBlock / cols;
+      const int64_t gy = std::max<int64_t>(
+          1, std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block,
+                               std::max<int64_t>(1, sms * 8 / gx)));
+      at::Tensor partial =
+          at::empty({gy * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
+      bias_act_dropout_backward_columns_kernel<<<dim3(gx, gy), kBlock, 0, stream>>>(
+          op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
+          partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(), rows, K, cols,
+          DeviceKeep(prm.threshold), A(prm.scale));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
+                                                       dbias->mutable_data_ptr<scalar_t>(), gy, K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const int64_t smem = K * static_cast<int64_t>(sizeof(A));
+    const bool shared_db = dbias != nullptr && smem <= kMaxSharedPartials;
+    const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
+    at::Tensor partial;
+    if (shared_db)
+      partial = at::empty({grid * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
+    bias_act_dropout_backward_kernel<<<grid, kBlock, shared_db ? smem : 0, stream>>>(
+        op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
+        shared_db ? partial.mutable_data_ptr<A>() : nullptr, seed.const_data_ptr<int64_t>(), n, K,
+        shape.inner, ChannelIndex(n, K, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
+        aligned);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (shared_db) {
+      reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
+                                                       dbias->mutable_data_ptr<scalar_t>(), grid, K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else if (dbias != nullptr) {
+      // More channels than a block's shared memory holds: grad_bias is the
+      // sum of grad_input over all but the last dim (an ATen reduction).
+      std::vector<int64_t> dims;
+      for (int64_t d = 0; d + 1 < dx.dim(); ++d) dims.push_back(d);
+      dbias->copy_(dx.to(c10::CppTypeToScalarType<A>::value).sum(dims));
+    }
+  });
+}
+
+#define FASTREG_INSTANTIATE(Op)                                                                                \
+  template void DropoutLoops::bias_act_dropout<Op>(const Op&, const at::Tensor&, const at::Tensor&,           \
+                                                   const at::Tensor&, DropoutParams, BiasShape, at::Tensor&,  \
+                                                   uint8_t*);                                                 \
+  template void DropoutLoops::bias_act_dropout_backward<Op>(const Op&, const at::Tensor&, const at::Tensor&,  \
+                                                            const at::Tensor&, const at::Tensor&,             \
+                                                            DropoutParams, BiasShape, at::Tensor&, at::Tensor*);
+FASTREG_CUDA_MAP_ACTIVATIONS(FASTREG_INSTANTIATE)
+FASTREG_CUDA_MASK_ACTIVATIONS(FASTREG_INSTANTIATE)
+#undef FASTREG_INSTANTIATE
+
+}  // namespace fastreg::cuda

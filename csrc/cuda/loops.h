@@ -1,0 +1,68 @@
+// The CUDA backend's raw kernels, as the op wrappers see them: declarations
+// only, compiled by the host compiler. The definitions (and the explicit
+// instantiations for every activation functor) are in the .cu files; the
+// wrappers that check arguments and register the ops are in register.cpp,
+// also compiled by the host compiler.
+//
+// Why the split: on the H200 image (torch 2.11, nvcc 13.0, gcc 13.3) a C++
+// exception that had to unwind through a frame compiled by nvcc killed the
+// process (SIGSEGV) instead of reaching Python, even when thrown from a
+// host-compiled function. With every check in host-compiled frames, bad input
+// raises before any nvcc-compiled code runs. These functions are called only
+// with checked arguments.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "../activation_ops.h"
+#include "../batch_ops.h"
+#include "../dropout_ops.h"
+#include "../sampling.h"
+
+namespace fastreg::cuda {
+
+struct ActivationLoops {
+  template <class Op>
+  static void forward(const Op& op, const at::Tensor& x, at::Tensor& y);
+  template <class Op>
+  static void backward(const Op& op, const at::Tensor& g, const at::Tensor& s, at::Tensor& dx);
+  template <class Op>
+  static void forward_mask(const Op& op, const at::Tensor& x, at::Tensor& y, uint8_t* mask);
+  template <class Op>
+  static void backward_mask(const Op& op, const at::Tensor& g, const uint8_t* mask, at::Tensor& dx);
+  static void prelu_forward(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, PreluShape shape);
+  static void prelu_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, at::Tensor& dx,
+                             at::Tensor& dw, PreluShape shape);
+};
+
+struct DropoutLoops {
+  static void dropout(const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& seed,
+                      DropoutParams prm, at::Tensor& y);
+  static void drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& seed,
+                        uint64_t threshold, double scale, SampleShape shape, at::Tensor& y);
+  template <class Op>
+  static void bias_act_dropout(const Op& op, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& seed,
+                               DropoutParams prm, BiasShape shape, at::Tensor& y, uint8_t* mask);
+  template <class Op>
+  static void bias_act_dropout_backward(const Op& op, const at::Tensor& g, const at::Tensor& saved,
+                                        const at::Tensor& bias, const at::Tensor& seed, DropoutParams prm,
+                                        BiasShape shape, at::Tensor& dx, at::Tensor* dbias);
+};
+
+struct BatchLoops {
+  static at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream);
+  static void fill_boxes(at::Tensor& images, const at::Tensor& seed, const sampling::BoxRule& rule, double fill,
+                         bool random);
+  static at::Tensor mix_params(const at::Tensor& seed, int64_t B, int mode, const sampling::MixSpec& spec);
+  static at::Tensor mix_targets(const at::Tensor& target, const at::Tensor& params, int64_t K, double eps);
+  static void mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
+                         bool inplace, bool backward);
+};
+
+// X(Op) for every activation functor a CUDA kernel is instantiated for.
+#define FASTREG_CUDA_MAP_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu)
+#define FASTREG_CUDA_MASK_ACTIVATIONS(X) X(Relu) X(LeakyRelu)
+
+}  // namespace fastreg::cuda
