@@ -365,5 +365,7 @@ def mix_draws(
     lam_target = lam
     if correct_lam or cutmix_minmax is not None:
         area = ((y1 - y0) * (x1 - x0)).double()
-        lam_target = torch.where(is_cut, 1.0 - area / float(H * W), lam)
+        # a tensor divisor: CUDA divides by a Python scalar as a multiply by its reciprocal,
+        # which is not the correctly rounded quotient the kernels compute
+        lam_target = torch.where(is_cut, 1.0 - area / torch.full_like(area, float(H * W)), lam)
     return tuple(v[keys] for v in (lam, lam_target, kind, y0, y1, x0, x1))

@@ -474,11 +474,16 @@ def test_cuda_unaligned_views():
     base = torch.randn(1 + 4099, device="cuda", dtype=torch.bfloat16)
     x = base[1:].requires_grad_()
     for name, (fr, tf, _, kw) in CASES.items():
-        torch.testing.assert_close(fr(x, **kw), tf(x, **kw), msg=name)
+        y = fr(x, **kw)
+        torch.testing.assert_close(y, tf(x, **kw), msg=lambda m: f"{name}: {m}")
         g = torch.randn_like(x)
-        torch.testing.assert_close(
-            torch.autograd.grad(fr(x, **kw), x, g)[0], torch.autograd.grad(tf(x, **kw), x, g)[0], msg=name
-        )
+        want = torch.autograd.grad(tf(x, **kw), x, g)[0]
+        if name in OUTPUT_BACKWARD:
+            # bfloat16 backward from the saved output: torch's formula on *our* y, as in
+            # test_backward_matches_torch (a one-ulp difference of two correct forwards
+            # near saturation is a large relative change of 1 - y^2)
+            want = OUTPUT_BACKWARD[name](g, y.detach(), kw)
+        torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], want, msg=lambda m: f"{name}: {m}")
 
 
 def test_python_m_fastreg_prints_build_info():
