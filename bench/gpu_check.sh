@@ -3,7 +3,7 @@
 # downloads): build against the installed torch, run the CUDA tests, the
 # benchmark at full size, then compute-sanitizer over a small CUDA subset.
 # Each step has a time box so the whole check ends inside BUDGET_S (400 s).
-#   STEPS     steps after the build (default "tests bench sanitizer")
+#   STEPS     steps after the build (default "errors tests bench sanitizer")
 #   FAMILIES  benchmark families, each its own JSON (default batch,dropout,activations)
 #   SANITIZE  sanitizer subsets (default "batch dropout activations racecheck")
 #   BUILD=0   reuse a fastreg/_C*.so already built on this machine
@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 START=$(date +%s)
 left() { echo $((${BUDGET_S:-400} - ($(date +%s) - START))); }
 status=0
-STEPS=${STEPS:-tests bench sanitizer}
+STEPS=${STEPS:-errors tests bench sanitizer}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 step() { echo "== $1 ($(($(date +%s) - START)) s)"; }
 
@@ -44,6 +44,13 @@ else
   fi
 fi
 $PY -m fastreg | tee -a "$OUT_DIR/env.txt"
+
+if want errors; then
+  step "error paths (a C++ exception from each backend reaches Python)"
+  timeout 150 $PY bench/error_paths.py --gdb > "$OUT_DIR/errors.log" 2>&1 || status=1
+  cat "$OUT_DIR/errors.log"
+  pack
+fi
 
 if want tests; then
   step "CUDA tests"
