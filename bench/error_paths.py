@@ -18,10 +18,16 @@ CASES = [
     ("CPU op, ValueError", "cpu", "ops.elu(torch.randn(4), -1.0)"),
     ("CUDA op, TypeError", "cuda", "ops.sigmoid(torch.arange(6, device='cuda'))"),
     ("CUDA op, ValueError", "cuda", "ops.elu(torch.randn(4, device='cuda'), -1.0)"),
-    ("CUDA dropout, ValueError", "cuda", "ops.dropout(torch.randn(4, device='cuda'), "
-     "torch.tensor([1], device='cuda'), 2.0, False)"),
-    ("CUDA batch op, ValueError", "cuda", "ops.cutout(torch.rand(2, 3, 8, 8, device='cuda'), "
-     "torch.tensor([1], device='cuda'), 0, 1.0, 0.0)"),
+    (
+        "CUDA dropout, ValueError",
+        "cuda",
+        "ops.dropout(torch.randn(4, device='cuda'), torch.tensor([1], device='cuda'), 2.0, False)",
+    ),
+    (
+        "CUDA batch op, ValueError",
+        "cuda",
+        "ops.cutout(torch.rand(2, 3, 8, 8, device='cuda'), torch.tensor([1], device='cuda'), 0, 1.0, 0.0)",
+    ),
 ]
 
 
@@ -48,7 +54,10 @@ def main():
                 print(f"{name:<36} skipped (no CUDA)")
                 continue
         res = subprocess.run(
-            [sys.executable, "-X", "faulthandler", "-c", script(expr)], capture_output=True, text=True, env=env
+            [sys.executable, "-X", "faulthandler", "-c", script(expr)],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         out = res.stdout.strip() or f"CRASHED rc {res.returncode}: {res.stderr.strip()[-300:]}"
         print(f"{name:<36} {out}", flush=True)
@@ -56,7 +65,18 @@ def main():
             crashed.append(expr)
     if crashed and "--gdb" in sys.argv and shutil.which("cuda-gdb"):
         print("== cuda-gdb backtrace of:", crashed[0], flush=True)
-        gdb = ["cuda-gdb", "-batch", "-ex", "run", "-ex", "bt 40", "--args", sys.executable, "-c", script(crashed[0])]
+        gdb = [
+            "cuda-gdb",
+            "-batch",
+            "-ex",
+            "run",
+            "-ex",
+            "bt 40",
+            "--args",
+            sys.executable,
+            "-c",
+            script(crashed[0]),
+        ]
         res = subprocess.run(gdb, capture_output=True, text=True, env=env, timeout=120)
         lines = (res.stdout + res.stderr).splitlines()
         keep = [ln for ln in lines if ln.startswith("#") or "signal" in ln.lower()]
