@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -27,8 +28,28 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# Host milliseconds per call of the last time_ms() on a GPU: the time to issue one
+# call (Python, checks, launches). When it is close to the device time, the device
+# waited for the host and the row measures the host path, not the kernels.
+last_host_ms = None
+
+
+def warm_up(device, seconds=0.5):
+    """Keeps a GPU busy for a while so its clocks have ramped up before the first row."""
+    if torch.device(device).type != "cuda":
+        return
+    a = torch.empty(1 << 28, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            b.copy_(a)
+        torch.cuda.synchronize()
+
+
 def time_ms(fn, device, reps=None):
     """Median milliseconds of fn() after warm-up."""
+    global last_host_ms
     if torch.device(device).type == "cuda":
         for _ in range(3):
             fn()
@@ -36,10 +57,12 @@ def time_ms(fn, device, reps=None):
         reps = reps or 30
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        t0 = time.perf_counter()
         for s, e in zip(starts, ends, strict=True):
             s.record()
             fn()
             e.record()
+        last_host_ms = (time.perf_counter() - t0) * 1e3 / reps
         torch.cuda.synchronize()
         return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
     fn()
@@ -111,13 +134,14 @@ class Row:
     pct_copy: float
     speedup: dict
     note: str = ""
+    host_ms: dict = field(default_factory=dict)  # GPU: host time to issue one call, per implementation
 
 
 def run_case(case, device, copy_gbps, rounds=1):
     """Times every implementation `rounds` times, interleaved (fastreg, eager, ..., fastreg,
     eager, ...), and keeps each one's fastest median: on a shared CPU the machine's speed
     drifts within seconds, and interleaving exposes every implementation to the same drift."""
-    times = {}
+    times, host = {}, {}
     for _ in range(rounds):
         for name, fn in case.impls.items():
             if name in times and times[name] is None:
@@ -125,6 +149,8 @@ def run_case(case, device, copy_gbps, rounds=1):
             try:
                 t = time_ms(fn, device)
                 times[name] = t if name not in times else min(times[name], t)
+                if last_host_ms is not None:
+                    host[name] = last_host_ms
             except Exception as exc:  # a baseline that fails (e.g. compile) is reported, not fatal
                 times[name] = None
                 what = f"{case.op} {case.direction} {case.dtype}"
@@ -148,13 +174,17 @@ def run_case(case, device, copy_gbps, rounds=1):
         100 * gbps / copy_gbps,
         speedup,
         case.note,
+        host,
     )
 
 
 def format_table(rows, copy_gbps):
     baselines = sorted({k for r in rows for k in r.speedup})
+    host = any(r.host_ms for r in rows)
     head = (
-        f"{'op':<22}{'dir':<8}{'dtype':<9}{'fastreg ms':>11}{'GB/s':>8}{'%copy':>7}"
+        f"{'op':<22}{'dir':<8}{'dtype':<9}{'fastreg ms':>11}"
+        + (f"{'host ms':>9}" if host else "")
+        + f"{'GB/s':>8}{'%copy':>7}"
         + "".join(f"{'x ' + b:>12}" for b in baselines)
         + f"{'saved B/el':>22}"
     )
@@ -165,7 +195,8 @@ def format_table(rows, copy_gbps):
         sv = " / ".join(f"{k} {v:.3g}" for k, v in r.saved_bytes_per_elem.items())
         lines.append(
             f"{r.op:<22}{r.direction:<8}{r.dtype:<9}{(f'{ours:.4f}' if ours else '-'):>11}"
-            f"{r.gbps:>8.0f}{r.pct_copy:>7.1f}{sp}  {sv}"
+            + (f"{r.host_ms.get('fastreg', 0):>9.4f}" if host else "")
+            + f"{r.gbps:>8.0f}{r.pct_copy:>7.1f}{sp}  {sv}"
         )
     return "\n".join(lines)
 

@@ -48,6 +48,7 @@ def main():
     rounds = args.rounds or (1 if on_gpu else 3)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     copy_bytes = 1 << 29 if on_gpu else 1 << 25
+    harness.warm_up(device)
     copy_gbps, copy_ms = harness.copy_bandwidth(device, copy_bytes)
     print(f"device {harness.device_name(device)}, {numel} elements, copy {copy_gbps:.0f} GB/s")
 
