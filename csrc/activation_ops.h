@@ -15,8 +15,7 @@
 
 namespace fastreg {
 
-// "(2, 3, 4)": built by hand rather than streaming an IntArrayRef, which
-// crashed in the nvcc-compiled translation units (seen on an H200 build).
+// "(2, 3, 4)": built with std::to_string, not an ostream (errors.h says why).
 inline std::string shape_str(const at::Tensor& t) {
   std::string s = "(";
   for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));

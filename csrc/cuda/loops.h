@@ -1,14 +1,9 @@
 // The CUDA backend's raw kernels, as the op wrappers see them: declarations
 // only, compiled by the host compiler. The definitions (and the explicit
-// instantiations for every activation functor) are in the .cu files; the
-// wrappers that check arguments and register the ops are in register.cpp,
-// also compiled by the host compiler.
-//
-// Why the split: on the H200 image (torch 2.11, nvcc 13.0, gcc 13.3) a C++
-// exception that had to unwind through a frame compiled by nvcc killed the
-// process (SIGSEGV) instead of reaching Python, even when thrown from a
-// host-compiled function. With every check in host-compiled frames, bad input
-// raises before any nvcc-compiled code runs. These functions are called only
+// instantiations for every activation functor) are in the .cu files; the op
+// wrappers (argument checks, error messages, allocation, registration) are in
+// register.cpp, host code compiled by the host compiler, so the nvcc
+// translation units hold only kernels and their launchers, which are called
 // with checked arguments.
 #pragma once
 
