@@ -68,7 +68,7 @@ fi
 if want bench; then
   for fam in $(echo "${FAMILIES:-batch,dropout,activations}" | tr , ' '); do
     step "benchmark $fam"
-    timeout $(( $(left) - ${AFTER_BENCH_S:-90} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \
+    timeout $(( $(left) - ${AFTER_BENCH_S:-140} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \
       --families $fam --compile-dtypes bfloat16 ${BENCH_OPS:+--ops $BENCH_OPS} \
       --compile-ops relu,gelu,bias_relu_dropout,bias_gelu_dropout,dropout_add \
       > "$OUT_DIR/bench-$fam.log" 2>&1

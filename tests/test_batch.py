@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CUDA, saved_bytes
+from conftest import CUDA, check_raw_op_errors, saved_bytes
 
 from fastreg import _random
 
@@ -299,6 +299,42 @@ def test_random_erasing_gradient_opcheck_compile_module(device):
     m = FN.RandomErasing(p=1.0, value=3.0)
     assert m.eval()(xf) is xf and "scale=(0.02, 0.33)" in repr(m)
     assert (m.train()(xf) == 3.0).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_raw_op_errors(device):
+    """The C++ checks of the batch ops, for callers of the raw ops, numbers in the
+    messages included (formatted without iostreams: csrc/errors.h)."""
+    seed = "torch.tensor([1], device=device)"
+    imgs = "torch.rand(2, 3, 8, 8, device=device)"
+    mix = "0.1, 1.0, 0.0, -1.0, -1.0, {prob}, 0.5, 0, True"
+    check_raw_op_errors(
+        device,
+        [
+            (f"ops.cutout({imgs}, {seed}, 0, 1.0, 0.0)", "ValueError", "size must be > 0, got 0"),
+            (
+                f"ops.cutout_(x, {seed}, 4, 1.0, 0.0)",
+                "ValueError",
+                "images must be 4-D (B, C, H, W), got 2-D",
+            ),
+            (
+                f"ops.random_erasing({imgs}, {seed}, 0.5, 0.1, 1.5, 0.0, 1.0, 0.0, False)",
+                "ValueError",
+                "got (0.1, 1.5)",
+            ),
+            (
+                f"ops.mix({imgs}, torch.tensor([1, 2], device=device), {seed}, 10, {mix.format(prob=1.5)})",
+                "ValueError",
+                "prob must be in [0, 1], got 1.5",
+            ),
+            (
+                f"ops.mix({imgs}, torch.rand(2, 5, device=device), {seed}, 10, {mix.format(prob=1.0)})",
+                "ValueError",
+                "got shape [2, 5]",
+            ),
+            (f"ops._sample_beta({seed}, 4, -1.0, 1.0, 8)", "ValueError", "alpha must be > 0, got -1, 1"),
+        ],
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -350,12 +350,16 @@ def test_bad_input(device):
     check_raw_op_errors(  # the C++ checks, for callers of the raw ops
         device,
         [
-            (f"ops.dropout(x, {seed}, 2.0, False)", "ValueError", "p"),
+            (
+                f"ops.dropout(x, {seed}, 2.0, False)",
+                "ValueError",
+                "p (dropout probability) must be in [0, 1], got 2",
+            ),
             ("ops.dropout(x, torch.tensor([1.0], device=device), 0.1, False)", "TypeError", "seed"),
             (f"ops.bias_act_dropout(x, {bad}, {seed}, 'relu', {act_args})", "ValueError", "bias"),
             (f"ops.bias_act_dropout(x, None, {seed}, 'swish', {act_args})", "ValueError", "activation"),
-            (f"ops.dropout_add(x, x[:2], {seed}, 0.1)", "ValueError", "residual"),
-            (f"ops.drop_path(x, None, {seed}, -0.5, True)", "ValueError", "p"),
+            (f"ops.dropout_add(x, x[:2], {seed}, 0.1)", "ValueError", "residual has shape (2, 6)"),
+            (f"ops.drop_path(x, None, {seed}, -0.5, True)", "ValueError", "got -0.5"),
         ],
     )
 
