@@ -66,6 +66,9 @@ if want tests; then
 fi
 
 if want bench; then
+  step "host path (microseconds to issue one small call)"
+  timeout 60 $PY bench/host_path.py --device cuda > "$OUT_DIR/host.log" 2>&1
+  cat "$OUT_DIR/host.log"
   for fam in $(echo "${FAMILIES:-batch,dropout,activations}" | tr , ' '); do
     step "benchmark $fam"
     timeout $(( $(left) - ${AFTER_BENCH_S:-140} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \

@@ -1,0 +1,68 @@
+"""Where the host time of one small call goes (microseconds per call, no sync in the loop).
+
+The batch rows of the GPU benchmark are host-bound on the H200 machine (run 5: the host
+needs as long to issue a mixup as the GPU to run it). This splits a call into its parts
+so that the next change goes where the time is: Python checks, the seed's randint,
+the op's dispatch, each kernel launch.
+
+python bench/host_path.py [--device cuda]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fastreg.functional as FR  # noqa: E402
+import fastreg.nn as FN  # noqa: E402
+
+ops = torch.ops.fastreg
+
+
+def per_call_us(fn, device, n=2000):
+    for _ in range(50):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t0) / n * 1e6
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return host
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    device = p.parse_args().device
+    # small tensors: the device work is negligible, what is timed is the host path
+    x = torch.rand(8, 3, 16, 16, device=device)
+    t = torch.randint(0, 10, (8,), device=device)
+    one = torch.zeros(1, device=device)
+    seed = torch.tensor([1], device=device)
+    m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    mix_args = (t, seed, 10, 0.1, 1.0, 0.0, -1.0, -1.0, 1.0, 0.5, 0, True)
+    rows = [
+        ("one tiny torch op (x.add_(0))", lambda: one.add_(0)),
+        ("torch.empty(8, 3, 16, 16)", lambda: torch.empty(8, 3, 16, 16, device=device)),
+        ("seed: torch.randint on device", lambda: torch.randint(-(2**63), 2**63 - 1, (1,), device=device)),
+        ("raw ops.cutout_ (1 launch)", lambda: ops.cutout_(x, seed, 4, 1.0, 0.0)),
+        ("FR.cutout(inplace=True)", lambda: FR.cutout(x, 4, inplace=True)),
+        ("raw ops.mix_ (draw, targets, pass)", lambda: ops.mix_(x, *mix_args)),
+        ("raw ops.mix (autograd kernel)", lambda: ops.mix(x, *mix_args)),
+        ("FR.mixup", lambda: FR.mixup(x, t, 1.0, num_classes=10, label_smoothing=0.1)),
+        ("nn.Mixup (timm recipe)", lambda: m(x, t)),
+    ]
+    print(f"host time per call on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'})")
+    for name, fn in rows:
+        print(f"  {name:<40} {per_call_us(fn, device):8.1f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()
