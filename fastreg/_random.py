@@ -20,13 +20,10 @@ def seed_tensor(like, generator=None, seed=None, fn="op"):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"fastreg.{fn}: seed must be an int or None, got {type(seed).__name__}")
         wrapped = (seed - INT64_MIN) % 2**64 + INT64_MIN  # any int, as 64 bits
-        if like.device.type == "cuda" and not torch.compiler.is_compiling():
-            # from pinned memory without blocking: a plain host-to-device copy would
-            # synchronize the stream on every call (the host allocator keeps the
-            # pinned block until the copy is done)
-            host = torch.tensor([wrapped], dtype=torch.int64).pin_memory()
-            return host.to(like.device, non_blocking=True)
-        return torch.tensor([wrapped], dtype=torch.int64, device=like.device)
+        # a fill on the device, the value a kernel argument: no host-to-device copy
+        # (torch.tensor(..., device=cuda) synchronizes the stream on every call), and a
+        # captured CUDA graph keeps the constant
+        return torch.full((1,), wrapped, dtype=torch.int64, device=like.device)
     return torch.randint(
         INT64_MIN, INT64_MAX, (1,), dtype=torch.int64, device=like.device, generator=generator
     )
