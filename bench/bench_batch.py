@@ -168,8 +168,7 @@ def cases(device, dtypes, numel, compile_ops):
             add(f"mixup {mode}", 2 * N * e, impls)
 
             # cutmix in place: the boxes (read from the partner, written)
-            cut_mode = {"batch": 0, "pair": 1, "elem": 2}[mode]
-            draws = _random.mix_draws(seed, B, H, W, cut_mode, 0.0, 1.0, None, 1.0, 0.5, True)
+            draws = _random.mix_draws(seed, B, H, W, _random.MIX_MODES[mode], 0.0, 1.0, None, 1.0, 0.5, True)
             boxes = (draws[2] == _random.KIND_CUT, *draws[3:])
             impls = {
                 "fastreg": lambda mode=mode: FR.cutmix(

@@ -28,12 +28,6 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-# Host milliseconds per call of the last time_ms() on a GPU: the time to issue one
-# call (Python, checks, launches). When it is close to the device time, the device
-# waited for the host and the row measures the host path, not the kernels.
-last_host_ms = None
-
-
 def warm_up(device, seconds=0.5):
     """Keeps a GPU busy for a while so its clocks have ramped up before the first row."""
     if torch.device(device).type != "cuda":
@@ -49,7 +43,13 @@ def warm_up(device, seconds=0.5):
 
 def time_ms(fn, device, reps=None):
     """Median milliseconds of fn() after warm-up."""
-    global last_host_ms
+    return time_calls(fn, device, reps)[0]
+
+
+def time_calls(fn, device, reps=None):
+    """(median ms of fn() after warm-up, host ms to issue one call or None). On a GPU the
+    host time says whether the device waited for the host: when it is close to the device
+    time, the row measures the host path (Python, checks, launches), not the kernels."""
     if torch.device(device).type == "cuda":
         for _ in range(3):
             fn()
@@ -62,12 +62,12 @@ def time_ms(fn, device, reps=None):
             s.record()
             fn()
             e.record()
-        last_host_ms = (time.perf_counter() - t0) * 1e3 / reps
+        host_ms = (time.perf_counter() - t0) * 1e3 / reps
         torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)), host_ms
     fn()
     timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.3).median * 1e3
+    return timer.blocked_autorange(min_run_time=0.3).median * 1e3, None
 
 
 def copy_bandwidth(device, nbytes):
@@ -147,10 +147,10 @@ def run_case(case, device, copy_gbps, rounds=1):
             if name in times and times[name] is None:
                 continue
             try:
-                t = time_ms(fn, device)
+                t, host_ms = time_calls(fn, device)
                 times[name] = t if name not in times else min(times[name], t)
-                if last_host_ms is not None:
-                    host[name] = last_host_ms
+                if host_ms is not None:
+                    host[name] = host_ms
             except Exception as exc:  # a baseline that fails (e.g. compile) is reported, not fatal
                 times[name] = None
                 what = f"{case.op} {case.direction} {case.dtype}"

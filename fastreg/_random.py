@@ -309,6 +309,8 @@ def mix_key_index(mode, B, device="cpu"):
 
 
 KIND_NONE, KIND_BLEND, KIND_CUT = 0, 1, 2
+# the mode codes of fastreg::mix (csrc/sampling.h mix_key_index)
+MIX_MODES = {"batch": 0, "pair": 1, "elem": 2}
 
 
 def mix_draws(

@@ -9,7 +9,7 @@ import numbers
 
 import torch
 
-from ._random import check_p, seed_tensor
+from ._random import MIX_MODES, check_p, seed_tensor
 
 ops = torch.ops.fastreg
 
@@ -334,9 +334,6 @@ def random_erasing(
     return _run_boxes(images, inplace, ops.random_erasing, ops.random_erasing_, args)
 
 
-MIX_MODES = {"batch": 0, "pair": 1, "elem": 2}
-
-
 def _check_alpha(alpha, fn, arg, allow_zero=False):
     alpha = _check_number(alpha, fn, arg)
     if not (alpha >= 0.0 if allow_zero else alpha > 0.0) or math.isinf(alpha):
@@ -426,12 +423,12 @@ def _mix(
         MIX_MODES[mode],
         bool(correct_lam),
     )
-    if inplace and not _needs_grad(images):
-        soft, _ = ops.mix_(images, *args)
-        return images, soft
     if _needs_grad(images):
         out, soft, _ = ops.mix(images, *args)
         return (images.copy_(out) if inplace else out), soft
+    if inplace:
+        soft, _ = ops.mix_(images, *args)
+        return images, soft
     out, soft, _ = _below_autograd(ops.mix, images, *args)
     return out, soft
 

@@ -11,6 +11,7 @@ import torch
 from ._random import (
     KIND_BLEND,
     KIND_CUT,
+    MIX_MODES,
     STREAM_ELEMENT,
     STREAM_ERASE_VALUE,
     STREAM_SAMPLE,
@@ -272,9 +273,8 @@ def mix(
     s = seed_tensor(images, generator, seed, "mixup")
     B, _, H, W = images.shape
     num_classes = target.shape[1] if num_classes is None else num_classes
-    modes = {"batch": 0, "pair": 1, "elem": 2}
     lam, lam_t, kind, y0, y1, x0, x1 = mix_draws(
-        int(s.item()), B, H, W, modes[mode], mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob,
+        int(s.item()), B, H, W, MIX_MODES[mode], mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob,
         correct_lam, images.device,
     )  # fmt: skip
     x = _opmath(images)
