@@ -130,43 +130,126 @@ FASTREG_HD double expm1(double x) { return ::expm1(x); }
 FASTREG_HD double tanh(double x) { return ::tanh(x); }
 FASTREG_HD double erf(double x) { return ::erf(x); }
 
+// Math policies of the functors. Precise: the functions above (libdevice on
+// the GPU, the host versions on the CPU) and IEEE division. Fast: what the
+// CUDA kernels use for float16/bfloat16 storage, whose rounding (2^-11 and
+// 2^-8 relative) hides errors of a few float32 ulps: the SFU's exp2 and
+// reciprocal (ex2.approx, rcp.approx) instead of libdevice's range-reduced
+// expf and the IEEE division's Newton steps and slow path. Errors against
+// float64 (PTX's bounds for the approximations): exp 2 + 1.2 |x| ulp (results
+// below 2^-126 flushed to zero), division 2 ulp, expm1 below 2e-6 relative,
+// erf 4e-7 absolute (tanh stays libdevice's): under a tenth of a float16
+// ulp, and both float16 and bfloat16 round once.
+// float32 and float64 storage keep Precise; the CPU kernels always do.
+struct Precise {
+  template <class T> static FASTREG_HD T exp(T x) { return math::exp(x); }
+  template <class T> static FASTREG_HD T expm1(T x) { return math::expm1(x); }
+  template <class T> static FASTREG_HD T tanh(T x) { return math::tanh(x); }
+  template <class T> static FASTREG_HD T erf(T x) { return math::erf(x); }
+  template <class T> static FASTREG_HD T div(T a, T b) { return a / b; }
+};
+
+struct Fast {
+#if defined(__CUDA_ARCH__)
+  // 2^(x log2 e) on the SFU, results below 2^-126 flushed to zero (__expf
+  // without the flush adds a rescaling guard for them).
+  static __device__ __forceinline__ float exp(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x * 1.4426950408889634f));
+    return r;
+  }
+  // Taylor polynomial of degree 6 where exp(x) - 1 cancels (|x| < 1/4:
+  // truncation below 6e-8 relative), else exp(x) - 1 (below 2e-6 relative).
+  static __device__ __forceinline__ float expm1(float x) {
+    float p = 1.0f / 720.0f;
+    p = fmaf(p, x, 1.0f / 120.0f);
+    p = fmaf(p, x, 1.0f / 24.0f);
+    p = fmaf(p, x, 1.0f / 6.0f);
+    p = fmaf(p, x, 0.5f);
+    p = fmaf(p, x, 1.0f);
+    const float small = p * x;
+    const float large = exp(x) - 1.0f;
+    return fabsf(x) < 0.25f ? small : large;
+  }
+  // libdevice's tanhf is already cheaper than an expm1-based form here.
+  static __device__ __forceinline__ float tanh(float x) { return ::tanhf(x); }
+  // Abramowitz & Stegun 7.1.28 (as erf_host) with the SFU's reciprocal.
+  static __device__ __forceinline__ float erf(float x) {
+    const float a = fabsf(x);
+    float p = 0.0000430638f;
+    p = fmaf(p, a, 0.0002765672f);
+    p = fmaf(p, a, 0.0001520143f);
+    p = fmaf(p, a, 0.0092705272f);
+    p = fmaf(p, a, 0.0422820123f);
+    p = fmaf(p, a, 0.0705230784f);
+    float q = fmaf(p, a, 1.0f);
+    q = q * q;
+    q = q * q;
+    q = q * q;
+    q = q * q;  // inf for large a: rcp(inf) = 0, erf = +-1
+    return copysignf(1.0f - rcp(q), x);
+  }
+  // The SFU's reciprocal alone (rcp.approx, 1 ulp): __fdividef adds a guard
+  // for tiny divisors that no caller here has (every divisor is >= 1). 1/inf = 0.
+  static __device__ __forceinline__ float rcp(float b) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+    return r;
+  }
+  static __device__ __forceinline__ float div(float a, float b) { return a * rcp(b); }
+#else
+  // Host code never selects Fast (the CPU kernels have their own float math);
+  // these keep the templates instantiable there.
+  template <class T> static FASTREG_HD T exp(T x) { return Precise::exp(x); }
+  template <class T> static FASTREG_HD T expm1(T x) { return Precise::expm1(x); }
+  template <class T> static FASTREG_HD T tanh(T x) { return Precise::tanh(x); }
+  template <class T> static FASTREG_HD T erf(T x) { return Precise::erf(x); }
+  template <class T> static FASTREG_HD T div(T a, T b) { return Precise::div(a, b); }
+#endif
+};
+
 }  // namespace math
+
+// The math policy of a storage type (see math::Fast).
+template <class T> struct MathFor { using type = math::Precise; };
+template <> struct MathFor<c10::Half> { using type = math::Fast; };
+template <> struct MathFor<c10::BFloat16> { using type = math::Fast; };
+template <class T> using math_for_t = typename MathFor<T>::type;
 
 // ---------------------------------------------------------------------------
 // Functors. forward(x) -> y. Saved::Input / Saved::Output ones have
 // backward(grad, saved) -> grad_input; Saved::Mask ones have keep(x) -> bool
-// (the bit stored for backward) and backward(grad, bit) -> grad_input.
+// (the bit stored for backward) and backward(grad, bit) -> grad_input. T is
+// the opmath type, M the math policy (math::Precise unless a CUDA kernel of a
+// half type picks math::Fast).
+#define FASTREG_FN template <class T, class M = math::Precise> FASTREG_HD
 
 struct Sigmoid {
   static constexpr Saved saved = Saved::Output;
-  template <class T> FASTREG_HD T forward(T x) const { return T(1) / (T(1) + math::exp(-x)); }
-  template <class T> FASTREG_HD T backward(T g, T y) const { return g * y * (T(1) - y); }
+  FASTREG_FN T forward(T x) const { return M::div(T(1), T(1) + M::exp(-x)); }
+  FASTREG_FN T backward(T g, T y) const { return g * y * (T(1) - y); }
 };
 
 struct Tanh {
   static constexpr Saved saved = Saved::Output;
-  template <class T> FASTREG_HD T forward(T x) const { return math::tanh(x); }
-  template <class T> FASTREG_HD T backward(T g, T y) const { return g * (T(1) - y * y); }
+  FASTREG_FN T forward(T x) const { return M::tanh(x); }
+  FASTREG_FN T backward(T g, T y) const { return g * (T(1) - y * y); }
 };
 
 struct Relu {
   static constexpr Saved saved = Saved::Mask;
   // NaN propagates like torch.relu (clamp_min) and counts as kept.
   template <class T> FASTREG_HD bool keep(T x) const { return !(x <= T(0)); }
-  template <class T> FASTREG_HD T forward(T x) const { return x <= T(0) ? T(0) : x; }
-  template <class T> FASTREG_HD T backward(T g, bool kept) const { return kept ? g : T(0); }
+  FASTREG_FN T forward(T x) const { return x <= T(0) ? T(0) : x; }
+  FASTREG_FN T backward(T g, bool kept) const { return kept ? g : T(0); }
 };
 
 struct LeakyRelu {
   static constexpr Saved saved = Saved::Mask;
   double negative_slope;
   template <class T> FASTREG_HD bool keep(T x) const { return x > T(0); }
-  template <class T> FASTREG_HD T forward(T x) const {
-    return x > T(0) ? x : x * T(negative_slope);
-  }
-  template <class T> FASTREG_HD T backward(T g, bool kept) const {
-    return kept ? g : g * T(negative_slope);
-  }
+  FASTREG_FN T forward(T x) const { return x > T(0) ? x : x * T(negative_slope); }
+  FASTREG_FN T backward(T g, bool kept) const { return kept ? g : g * T(negative_slope); }
 };
 
 // ELU with torch's (alpha, scale) parameterization; SELU is ELU with fixed
@@ -176,10 +259,10 @@ struct Elu {
   static constexpr Saved saved = Saved::Output;
   double alpha;
   double scale = 1.0;
-  template <class T> FASTREG_HD T forward(T x) const {
-    return x > T(0) ? T(scale) * x : T(alpha * scale) * math::expm1(x);
+  FASTREG_FN T forward(T x) const {
+    return x > T(0) ? T(scale) * x : T(alpha * scale) * M::expm1(x);
   }
-  template <class T> FASTREG_HD T backward(T g, T y) const {
+  FASTREG_FN T backward(T g, T y) const {
     return y <= T(0) ? g * (y + T(alpha * scale)) : g * T(scale);
   }
 };
@@ -193,23 +276,23 @@ struct Selu : Elu {
 template <bool kTanh>
 struct GeluOp {
   static constexpr Saved saved = Saved::Input;
-  template <class T> FASTREG_HD T forward(T x) const {
+  FASTREG_FN T forward(T x) const {
     if constexpr (kTanh) {
       const T inner = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
-      return T(0.5) * x * (T(1) + math::tanh(inner));
+      return T(0.5) * x * (T(1) + M::tanh(inner));
     } else {
-      return T(0.5) * x * (T(1) + math::erf(x * T(0.7071067811865476)));
+      return T(0.5) * x * (T(1) + M::erf(x * T(0.7071067811865476)));
     }
   }
-  template <class T> FASTREG_HD T backward(T g, T x) const {
+  FASTREG_FN T backward(T g, T x) const {
     if constexpr (kTanh) {
       const T x2 = x * x;
-      const T t = math::tanh(T(0.7978845608028654) * (x + T(0.044715) * x2 * x));
+      const T t = M::tanh(T(0.7978845608028654) * (x + T(0.044715) * x2 * x));
       const T dinner = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * x2);
       return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * dinner);
     } else {
-      const T cdf = T(0.5) * (T(1) + math::erf(x * T(0.7071067811865476)));
-      const T pdf = math::exp(T(-0.5) * x * x) * T(0.3989422804014327);
+      const T cdf = T(0.5) * (T(1) + M::erf(x * T(0.7071067811865476)));
+      const T pdf = M::exp(T(-0.5) * x * x) * T(0.3989422804014327);
       return g * (cdf + x * pdf);
     }
   }
@@ -219,9 +302,9 @@ using GeluTanh = GeluOp<true>;
 
 struct Silu {
   static constexpr Saved saved = Saved::Input;
-  template <class T> FASTREG_HD T forward(T x) const { return x / (T(1) + math::exp(-x)); }
-  template <class T> FASTREG_HD T backward(T g, T x) const {
-    const T s = T(1) / (T(1) + math::exp(-x));
+  FASTREG_FN T forward(T x) const { return M::div(x, T(1) + M::exp(-x)); }
+  FASTREG_FN T backward(T g, T x) const {
+    const T s = M::div(T(1), T(1) + M::exp(-x));
     return g * s * (T(1) + x * (T(1) - s));
   }
 };
@@ -233,5 +316,7 @@ struct Prelu {
   template <class T> FASTREG_HD T grad_input(T g, T x, T w) const { return x > T(0) ? g : w * g; }
   template <class T> FASTREG_HD T grad_weight(T g, T x) const { return x > T(0) ? T(0) : g * x; }
 };
+
+#undef FASTREG_FN
 
 }  // namespace fastreg

@@ -86,14 +86,14 @@ FASTREG_HD bool act_bit(const Op& op, T z) {
 // Backward of an activation from what bias_act_dropout saved: the 1-bit mask
 // for mask activations, else the pre-activation z = x + bias (output-saving
 // activations recompute their output from it).
-template <class Op, class T>
+template <class M = math::Precise, class Op, class T>
 FASTREG_HD T act_grad(const Op& op, T g, T z, bool bit) {
   if constexpr (Op::saved == Saved::Mask) {
-    return op.backward(g, bit);
+    return op.template backward<T, M>(g, bit);
   } else if constexpr (Op::saved == Saved::Output) {
-    return op.backward(g, op.forward(z));
+    return op.template backward<T, M>(g, op.template forward<T, M>(z));
   } else {
-    return op.backward(g, z);
+    return op.template backward<T, M>(g, z);
   }
 }
 

@@ -11,10 +11,12 @@ namespace {
 
 constexpr int kUnroll = 4;  // vectors each thread loads before it computes
 
+// Half types compute with math::Fast (activations.h), the others Precise.
 template <class Op, class T> struct ForwardFn {
   Op op;
   __device__ __forceinline__ T operator()(T x, T) const {
-    return static_cast<T>(op.forward(static_cast<opmath_t<T>>(x)));
+    using A = opmath_t<T>;
+    return static_cast<T>(op.template forward<A, math_for_t<T>>(static_cast<A>(x)));
   }
 };
 
@@ -22,7 +24,8 @@ template <class Op, class T> struct BackwardFn {
   Op op;
   __device__ __forceinline__ T operator()(T g, T s) const {
     using A = opmath_t<T>;
-    return static_cast<T>(op.backward(static_cast<A>(g), static_cast<A>(s)));
+    return static_cast<T>(
+        op.template backward<A, math_for_t<T>>(static_cast<A>(g), static_cast<A>(s)));
   }
 };
 
@@ -151,8 +154,9 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 // grad_input, and per-block partial sums of grad_weight in shared memory
-// (flushed when the channel changes), written to partial[block][C];
-// reduce_partials_kernel sums them in block order (deterministic).
+// (flushed when the channel changes; a warp whose 32 units all lie in one
+// channel adds one warp sum), written to partial[block][C];
+// reduce_partials_kernel sums them in block order.
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     prelu_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
@@ -167,39 +171,44 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t c = threadIdx.x; c < C; c += kBlock) sdw[c] = A(0);
   __syncthreads();
   const Prelu op;
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T gv[8];
-    alignas(16) T xv[8];
-    alignas(16) T dv[8];
-    load8(gv, g, 8 * u, n, vec);
-    load8(xv, x, 8 * u, n, vec);
-    int64_t c, pos;
-    channel_of(8 * u, c, pos);
-    int64_t run_c = c;
-    A run = A(0);
+  const T* const in[2] = {g, x};
+  for_units_prefetched(
+      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+      [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
+        int64_t c, pos;
+        channel_of(8 * u, c, pos);
+        int64_t run_c = c;
+        A run = A(0);
+        bool single = true;  // the unit lies in one channel
+        alignas(16) T dv[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const A gi = static_cast<A>(gv[k]), xi = static_cast<A>(xv[k]);
-      dv[k] = static_cast<T>(op.grad_input(gi, xi, static_cast<A>(w[c])));
-      if (want_dw && 8 * u + k < n) {
-        if (c != run_c) {
-          atomicAdd(&sdw[run_c], run);
-          run_c = c;
-          run = A(0);
+        for (int k = 0; k < 8; ++k) {
+          const A gi = static_cast<A>(v[0][k]), xi = static_cast<A>(v[1][k]);
+          dv[k] = static_cast<T>(op.grad_input(gi, xi, static_cast<A>(w[c])));
+          if (want_dw && 8 * u + k < n) {
+            if (c != run_c) {
+              atomicAdd(&sdw[run_c], run);
+              run_c = c;
+              run = A(0);
+              single = false;
+            }
+            run += op.grad_weight(gi, xi);
+          }
+          if (++pos == inner) {
+            pos = 0;
+            if (++c == C) c = 0;
+          }
         }
-        run += op.grad_weight(gi, xi);
-      }
-      if (++pos == inner) {
-        pos = 0;
-        if (++c == C) c = 0;
-      }
-    }
-    if (want_dw) atomicAdd(&sdw[run_c], run);
-    store8(dx, dv, 8 * u, n, vec);
-  }
+        if (want_dw) {
+          if (warp_sum_same_key(single ? run_c : -1 - static_cast<int64_t>(threadIdx.x), run)) {
+            if (threadIdx.x % 32 == 0) atomicAdd(&sdw[run_c], run);
+          } else {
+            atomicAdd(&sdw[run_c], run);
+          }
+        }
+        store8(dx, dv, 8 * u, n, vec);
+      });
   if (!want_dw) return;
   __syncthreads();
   for (int64_t c = threadIdx.x; c < C; c += kBlock) partial[blockIdx.x * C + c] = sdw[c];

@@ -114,6 +114,61 @@ __device__ __forceinline__ void store8(T* __restrict__ p, const T (&src)[8], int
   }
 }
 
+// Units of 8 elements u = u0, u0 + ustep, ... < units, with the loads running
+// one unit ahead: unit u's compute (the Philox rounds cost about as long as
+// the memory access on half types) overlaps the next unit's loads, which a
+// plain grid-stride loop leaves idle. `in` holds kIn input pointers (a null
+// one is not read), `mask` an optional byte per unit. body(u, vals, bits, vec)
+// computes and stores unit u; vals[j] holds in[j]'s 8 elements.
+template <int kIn, class T, class Body>
+__device__ __forceinline__ void for_units_prefetched(int64_t u0, int64_t ustep, int64_t units,
+                                                     const T* const (&in)[kIn],
+                                                     const uint8_t* __restrict__ mask, int64_t n,
+                                                     bool aligned, Body&& body) {
+  int64_t u = u0;
+  if (u >= units) return;
+  alignas(16) T cur[kIn][8];
+  uint32_t cur_bits = 0;
+#pragma unroll
+  for (int j = 0; j < kIn; ++j)
+    if (in[j] != nullptr) load8(cur[j], in[j], 8 * u, n, aligned && 8 * u + 8 <= n);
+  if (mask != nullptr) cur_bits = mask[u];
+  while (true) {
+    const int64_t next = u + ustep;
+    const bool more = next < units;
+    alignas(16) T nxt[kIn][8];
+    uint32_t nxt_bits = 0;
+    if (more) {
+#pragma unroll
+      for (int j = 0; j < kIn; ++j)
+        if (in[j] != nullptr) load8(nxt[j], in[j], 8 * next, n, aligned && 8 * next + 8 <= n);
+      if (mask != nullptr) nxt_bits = mask[next];
+    }
+    body(u, cur, cur_bits, aligned && 8 * u + 8 <= n);
+    if (!more) break;
+    u = next;
+    cur_bits = nxt_bits;
+#pragma unroll
+    for (int j = 0; j < kIn; ++j)
+#pragma unroll
+      for (int k = 0; k < 8; ++k) cur[j][k] = nxt[j][k];
+  }
+}
+
+// Sum of v over a full warp whose lanes all hold the same key (then lane 0
+// gets the sum and true), else false: callers fall back to per-lane atomics.
+// Collapses the 32 same-address shared-memory atomics of a warp (a CAS loop
+// for floats) into one where a channel spans whole warps (NCHW layouts).
+template <class A>
+__device__ __forceinline__ bool warp_sum_same_key(int64_t key, A& v) {
+  if (__activemask() != 0xffffffffu) return false;
+  const int64_t k0 = __shfl_sync(0xffffffffu, key, 0);
+  if (!__all_sync(0xffffffffu, key == k0)) return false;
+#pragma unroll
+  for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(0xffffffffu, v, d);
+  return true;
+}
+
 // out[c] = sum over blocks of partial[block][c], in block order (deterministic):
 // one block per channel.
 template <class T>

@@ -31,25 +31,22 @@ __global__ void __launch_bounds__(kBlock)
                    opmath_t<T> add, opmath_t<T> drop, bool aligned) {
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T xv[8];
-    alignas(16) T rv[8];
-    alignas(16) T yv[8];
-    load8(xv, x, 8 * u, n, vec);
-    if (r != nullptr) load8(rv, r, 8 * u, n, vec);
-    uint32_t w[8];
-    unit_words(key, philox::kStreamElement, u, w);
+  const T* const in[2] = {x, r};
+  for_units_prefetched(
+      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+      [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
+        uint32_t w[8];
+        unit_words(key, philox::kStreamElement, u, w);
+        alignas(16) T yv[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      A v = keep(w[k]) ? add_rn(mul_rn(static_cast<A>(xv[k]), scale), add) : drop;
-      if (r != nullptr) v = add_rn(static_cast<A>(rv[k]), v);
-      yv[k] = static_cast<T>(v);
-    }
-    store8(y, yv, 8 * u, n, vec);
-  }
+        for (int k = 0; k < 8; ++k) {
+          A o = keep(w[k]) ? add_rn(mul_rn(static_cast<A>(v[0][k]), scale), add) : drop;
+          if (r != nullptr) o = add_rn(static_cast<A>(v[1][k]), o);
+          yv[k] = static_cast<T>(o);
+        }
+        store8(y, yv, 8 * u, n, vec);
+      });
 }
 
 // Sample of element i: (i / inner) % B. One Philox call per unit when the
@@ -61,33 +58,30 @@ __global__ void __launch_bounds__(kBlock)
                      DeviceKeep keep, opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T xv[8];
-    alignas(16) T rv[8];
-    alignas(16) T yv[8];
-    load8(xv, x, 8 * u, n, vec);
-    if (r != nullptr) load8(rv, r, 8 * u, n, vec);
-    int64_t first, last, pos;
-    sample_of(8 * u, first, pos);
-    sample_of(min(8 * u + 7, n - 1), last, pos);
-    const A s_first = keep(philox::word(key, philox::kStreamSample, first)) ? scale : A(0);
+  const T* const in[2] = {x, r};
+  for_units_prefetched(
+      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+      [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
+        int64_t first, last, pos;
+        sample_of(8 * u, first, pos);
+        sample_of(min(8 * u + 7, n - 1), last, pos);
+        const A s_first = keep(philox::word(key, philox::kStreamSample, first)) ? scale : A(0);
+        alignas(16) T yv[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      A s = s_first;
-      if (first != last) {
-        int64_t b;
-        sample_of(8 * u + k, b, pos);
-        s = keep(philox::word(key, philox::kStreamSample, b)) ? scale : A(0);
-      }
-      A v = mul_rn(static_cast<A>(xv[k]), s);
-      if (r != nullptr) v = add_rn(static_cast<A>(rv[k]), v);
-      yv[k] = static_cast<T>(v);
-    }
-    store8(y, yv, 8 * u, n, vec);
-  }
+        for (int k = 0; k < 8; ++k) {
+          A s = s_first;
+          if (first != last) {
+            int64_t b;
+            sample_of(8 * u + k, b, pos);
+            s = keep(philox::word(key, philox::kStreamSample, b)) ? scale : A(0);
+          }
+          A o = mul_rn(static_cast<A>(v[0][k]), s);
+          if (r != nullptr) o = add_rn(static_cast<A>(v[1][k]), o);
+          yv[k] = static_cast<T>(o);
+        }
+        store8(y, yv, 8 * u, n, vec);
+      });
 }
 
 template <class Op, class T>
@@ -99,35 +93,77 @@ __global__ void __launch_bounds__(kBlock)
                             opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T xv[8];
-    alignas(16) T yv[8];
-    load8(xv, x, 8 * u, n, vec);
-    uint32_t w[8];
-    unit_words(key, philox::kStreamElement, u, w);
-    int64_t c, pos;
-    channel_of(8 * u, c, pos);
-    uint32_t bits = 0;
+  const T* const in[1] = {x};
+  for_units_prefetched(
+      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+      [&](int64_t u, const T(&v)[1][8], uint32_t, bool vec) {
+        uint32_t w[8];
+        unit_words(key, philox::kStreamElement, u, w);
+        int64_t c, pos;
+        channel_of(8 * u, c, pos);
+        uint32_t bits = 0;
+        alignas(16) T yv[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const A z = static_cast<A>(xv[k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
-      bits |= uint32_t(act_bit(op, z)) << k;
-      yv[k] = static_cast<T>(keep(w[k]) ? op.forward(z) * scale : A(0));
-      if (++pos == inner) {
-        pos = 0;
-        if (++c == K) c = 0;
-      }
-    }
-    store8(y, yv, 8 * u, n, vec);
-    if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
-  }
+        for (int k = 0; k < 8; ++k) {
+          const A z = static_cast<A>(v[0][k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
+          bits |= uint32_t(act_bit(op, z)) << k;
+          yv[k] = static_cast<T>(keep(w[k]) ? op.template forward<A, math_for_t<T>>(z) * scale : A(0));
+          if (++pos == inner) {
+            pos = 0;
+            if (++c == K) c = 0;
+          }
+        }
+        store8(y, yv, 8 * u, n, vec);
+        if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
+      });
+}
+
+// The usual layout: bias on the contiguous last dim (inner == 1), K % 8 == 0,
+// 16-byte aligned. A unit lies in one row, so its 8 bias values are one
+// vector load at channel (8u) % K, found once and then advanced by the
+// grid-stride step (no division, no per-element channel walk).
+template <class Op, class T>
+__global__ void __launch_bounds__(kBlock)
+    bias_act_dropout_rows_kernel(Op op, const T* __restrict__ x, const T* __restrict__ bias,
+                                 T* __restrict__ y, uint8_t* __restrict__ mask,
+                                 const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
+                                 DeviceKeep keep, opmath_t<T> scale) {
+  using A = opmath_t<T>;
+  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  const int64_t ustep = static_cast<int64_t>(gridDim.x) * kBlock;
+  const bool small = 8 * (u0 + ustep) < (int64_t(1) << 32) && K < (int64_t(1) << 32);
+  const auto mod = [&](int64_t a) {  // a 64-bit division costs ~100 instructions
+    return small ? static_cast<int64_t>(static_cast<uint32_t>(a) % static_cast<uint32_t>(K)) : a % K;
+  };
+  const int64_t cstep = mod(8 * ustep);
+  int64_t c = mod(8 * u0);
+  const T* const in[1] = {x};
+  for_units_prefetched(
+      u0, ustep, n / 8, in, nullptr, n, true, [&](int64_t u, const T(&v)[1][8], uint32_t, bool) {
+        alignas(16) T bv[8];
+        load8(bv, bias, c, K, true);
+        uint32_t w[8];
+        unit_words(key, philox::kStreamElement, u, w);
+        uint32_t bits = 0;
+        alignas(16) T yv[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const A z = static_cast<A>(v[0][k]) + static_cast<A>(bv[k]);
+          bits |= uint32_t(act_bit(op, z)) << k;
+          yv[k] = static_cast<T>(keep(w[k]) ? op.template forward<A, math_for_t<T>>(z) * scale : A(0));
+        }
+        store8(y, yv, 8 * u, n, true);
+        if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
+        c += cstep;
+        if (c >= K) c -= K;
+      });
 }
 
 // grad_input, and per-block partial sums of grad_bias in shared memory
-// (flushed when the channel changes), written to partial[block][K].
+// (flushed when the channel changes; a warp whose 32 units all lie in one
+// channel adds one warp sum), written to partial[block][K].
 template <class Op, class T>
 __global__ void __launch_bounds__(kBlock)
     bias_act_dropout_backward_kernel(Op op, const T* __restrict__ g, const T* __restrict__ xs,
@@ -144,50 +180,53 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t c = threadIdx.x; c < K; c += kBlock) sdb[c] = A(0);
   __syncthreads();
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T gv[8];
-    alignas(16) T xv[8];
-    alignas(16) T dv[8];
-    load8(gv, g, 8 * u, n, vec);
-    uint32_t bits = 0;
-    if constexpr (Op::saved == Saved::Mask) {
-      bits = mask[u];
-    } else {
-      load8(xv, xs, 8 * u, n, vec);
-    }
-    uint32_t w[8];
-    unit_words(key, philox::kStreamElement, u, w);
-    int64_t c, pos;
-    channel_of(8 * u, c, pos);
-    int64_t run_c = c;
-    A run = A(0);
+  const T* const in[2] = {g, Op::saved == Saved::Mask ? nullptr : xs};
+  for_units_prefetched(
+      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in,
+      Op::saved == Saved::Mask ? mask : nullptr, n, aligned,
+      [&](int64_t u, const T(&v)[2][8], uint32_t bits, bool vec) {
+        uint32_t w[8];
+        unit_words(key, philox::kStreamElement, u, w);
+        int64_t c, pos;
+        channel_of(8 * u, c, pos);
+        int64_t run_c = c;
+        A run = A(0);
+        bool single = true;  // the unit lies in one channel
+        alignas(16) T dv[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      A z = A(0);
-      if constexpr (Op::saved != Saved::Mask)
-        z = static_cast<A>(xv[k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
-      const A d = keep(w[k]) ? act_grad(op, static_cast<A>(gv[k]), z, bool((bits >> k) & 1u)) * scale
-                             : A(0);
-      dv[k] = static_cast<T>(d);
-      if (want_db && 8 * u + k < n) {
-        if (c != run_c) {
-          atomicAdd(&sdb[run_c], run);
-          run_c = c;
-          run = A(0);
+        for (int k = 0; k < 8; ++k) {
+          A z = A(0);
+          if constexpr (Op::saved != Saved::Mask)
+            z = static_cast<A>(v[1][k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
+          const A d =
+              keep(w[k]) ? act_grad<math_for_t<T>>(op, static_cast<A>(v[0][k]), z, bool((bits >> k) & 1u)) *
+                               scale
+                         : A(0);
+          dv[k] = static_cast<T>(d);
+          if (want_db && 8 * u + k < n) {
+            if (c != run_c) {
+              atomicAdd(&sdb[run_c], run);
+              run_c = c;
+              run = A(0);
+              single = false;
+            }
+            run += d;
+          }
+          if (++pos == inner) {
+            pos = 0;
+            if (++c == K) c = 0;
+          }
         }
-        run += d;
-      }
-      if (++pos == inner) {
-        pos = 0;
-        if (++c == K) c = 0;
-      }
-    }
-    if (want_db) atomicAdd(&sdb[run_c], run);
-    store8(dx, dv, 8 * u, n, vec);
-  }
+        if (want_db) {
+          if (warp_sum_same_key(single ? run_c : -1 - static_cast<int64_t>(threadIdx.x), run)) {
+            if (threadIdx.x % 32 == 0) atomicAdd(&sdb[run_c], run);
+          } else {
+            atomicAdd(&sdb[run_c], run);
+          }
+        }
+        store8(dx, dv, 8 * u, n, vec);
+      });
   if (!want_db) return;
   __syncthreads();
   for (int64_t c = threadIdx.x; c < K; c += kBlock) partial[blockIdx.x * K + c] = sdb[c];
@@ -222,32 +261,29 @@ __global__ void __launch_bounds__(kBlock)
   for (int k = 0; k < 8; ++k)
     bv[k] = (j < groups && bias != nullptr) ? static_cast<A>(bias[8 * j + k]) : A(0);
   if (j < groups && ty < rows_per_block) {  // kBlock % cols_per_block threads idle
-    for (int64_t r = static_cast<int64_t>(blockIdx.y) * rows_per_block + ty; r < rows;
-         r += static_cast<int64_t>(gridDim.y) * rows_per_block) {
-      const int64_t u = r * groups + j;
-      alignas(16) T gv[8];
-      alignas(16) T xv[8];
-      alignas(16) T dv[8];
-      load8(gv, g, 8 * u, 8 * u + 8, true);
-      uint32_t bits = 0;
-      if constexpr (Op::saved == Saved::Mask) {
-        bits = mask[u];
-      } else {
-        load8(xv, xs, 8 * u, 8 * u + 8, true);
-      }
-      uint32_t w[8];
-      unit_words(key, philox::kStreamElement, u, w);
+    const T* const in[2] = {g, Op::saved == Saved::Mask ? nullptr : xs};
+    // unit u = r * groups + j for rows r = blockIdx.y * rows_per_block + ty, ... < rows
+    for_units_prefetched(
+        (static_cast<int64_t>(blockIdx.y) * rows_per_block + ty) * groups + j,
+        static_cast<int64_t>(gridDim.y) * rows_per_block * groups, rows * groups, in,
+        Op::saved == Saved::Mask ? mask : nullptr, rows * K, true,
+        [&](int64_t u, const T(&v)[2][8], uint32_t bits, bool) {
+          uint32_t w[8];
+          unit_words(key, philox::kStreamElement, u, w);
+          alignas(16) T dv[8];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        A z = A(0);
-        if constexpr (Op::saved != Saved::Mask) z = static_cast<A>(xv[k]) + bv[k];
-        const A d =
-            keep(w[k]) ? act_grad(op, static_cast<A>(gv[k]), z, bool((bits >> k) & 1u)) * scale : A(0);
-        dv[k] = static_cast<T>(d);
-        acc[k] += d;
-      }
-      store8(dx, dv, 8 * u, 8 * u + 8, true);
-    }
+          for (int k = 0; k < 8; ++k) {
+            A z = A(0);
+            if constexpr (Op::saved != Saved::Mask) z = static_cast<A>(v[1][k]) + bv[k];
+            const A d = keep(w[k]) ? act_grad<math_for_t<T>>(op, static_cast<A>(v[0][k]), z,
+                                                             bool((bits >> k) & 1u)) *
+                                         scale
+                                   : A(0);
+            dv[k] = static_cast<T>(d);
+            acc[k] += d;
+          }
+          store8(dx, dv, 8 * u, rows * K, true);
+        });
   }
 #pragma unroll
   for (int k = 0; k < 8; ++k) sacc[threadIdx.x * 8 + k] = acc[k];
@@ -309,10 +345,19 @@ void DropoutLoops::bias_act_dropout(const Op& op, const at::Tensor& x, const at:
     using A = opmath_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const scalar_t* bp = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    if (bp != nullptr && shape.inner == 1 && shape.channels % 8 == 0 && aligned16(xp) &&
+        aligned16(yp) && aligned16(bp)) {
+      bias_act_dropout_rows_kernel<<<grid_for(n / 8, kBlock), kBlock, 0,
+                                     at::cuda::getCurrentCUDAStream()>>>(
+          op, xp, bp, yp, mask, seed.const_data_ptr<int64_t>(), n, shape.channels,
+          DeviceKeep(prm.threshold), A(prm.scale));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     bias_act_dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
                               at::cuda::getCurrentCUDAStream()>>>(
-        op, xp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, yp, mask,
-        seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner,
+        op, xp, bp, yp, mask, seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner,
         ChannelIndex(n, shape.channels, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
         aligned16(xp) && aligned16(yp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
