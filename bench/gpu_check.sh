@@ -4,7 +4,7 @@
 # benchmark at full size, then compute-sanitizer over a small CUDA subset.
 # Each step has a time box so the whole check ends inside BUDGET_S (400 s).
 #   STEPS     steps after the build (default "errors tests bench sanitizer")
-#   FAMILIES  benchmark families, each its own JSON (default batch,dropout,activations)
+#   FAMILIES  benchmark families, each its own JSON (default dropout,activations,batch)
 #   SANITIZE  sanitizer subsets (default "batch dropout activations"; "racecheck" adds one)
 #   BUILD=0   reuse a fastreg/_C*.so already built on this machine
 # Logs and results go to bench/results/ by default. When $OUT is set (the
@@ -69,7 +69,7 @@ if want bench; then
   step "host path (microseconds to issue one small call)"
   timeout 60 $PY bench/host_path.py --device cuda > "$OUT_DIR/host.log" 2>&1
   cat "$OUT_DIR/host.log"
-  for fam in $(echo "${FAMILIES:-batch,dropout,activations}" | tr , ' '); do
+  for fam in $(echo "${FAMILIES:-dropout,activations,batch}" | tr , ' '); do
     step "benchmark $fam"
     timeout $(( $(left) - ${AFTER_BENCH_S:-140} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \
       --families $fam --compile-dtypes bfloat16 ${BENCH_OPS:+--ops $BENCH_OPS} \
