@@ -394,3 +394,50 @@ def test_cuda_graph_draws_new_mask_each_replay():
         # backward regenerated the same mask as forward in that replay
         assert torch.equal(static_grad != 0, masks[-1])
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_grid_stride_loops_match_cpu(dtype):
+    """Tensors larger than one grid, so every CUDA thread runs several units: the loads
+    issued one unit ahead, the rows kernel's channel stepping and the warp sums of
+    grad_bias give the CPU's results (random bits equal, activations within tolerance)."""
+    check_large_against_cpu("cuda", dtype)
+
+
+def check_large_against_cpu(device, dtype):
+    rows, width = 8200, 4096  # 33.6M elements: ~4 units of 8 per thread on 132 SMs
+    gen = torch.Generator().manual_seed(0)
+    x, r, g = (torch.randn(rows, width, generator=gen).to(dtype) for _ in range(3))
+    b = torch.randn(width, generator=gen).to(dtype)
+
+    def run(dev, f, *ts):
+        leaves = [t.to(dev).requires_grad_() for t in ts]
+        y = f(*leaves)
+        return [y.cpu()] + [t.cpu() for t in torch.autograd.grad(y, leaves, g.to(dev))]
+
+    for f, args in (
+        (lambda t: FR.dropout(t, 0.3, seed=9), (x,)),
+        (lambda t, rr: FR.dropout_add(t, rr, 0.3, seed=9), (x, r)),
+        (lambda t, rr: FR.drop_path(t, 0.5, True, residual=rr, seed=9), (x, r)),
+    ):
+        for got, want in zip(run(device, f, *args), run("cpu", f, *args), strict=True):
+            assert torch.equal(got, want)
+    half = dtype == torch.bfloat16
+    tol = {"atol": 1e-2, "rtol": 1.6e-2} if half else {}
+    # grad_bias sums 8200 rows (|term| < ~5) in a different order on each device: float32
+    # roundings differ by at most ~8200 * 2^-24 * 5 ~ 2.5e-3
+    bias_tol = {"atol": 0.5, "rtol": 2e-2} if half else {"atol": 2.5e-3, "rtol": 1e-4}
+    for act in ("relu", "gelu"):
+        # bias on the contiguous last dim (the rows and column kernels), then inner = 8200
+        for name, xx in (("rows", x), ("permuted", x.t().contiguous().t())):
+
+            def f(t, bb, act=act):
+                return FR.bias_act_dropout(t, bb, act, 0.3, seed=9)
+
+            (y, gx, gb), (y_cpu, gx_cpu, gb_cpu) = run(device, f, xx, b), run("cpu", f, xx, b)
+            keep = R.keep_mask(xx.to(device), torch.tensor([9]), 0.3).cpu()
+            assert torch.equal(y[~keep], torch.zeros_like(y[~keep])), (act, name)
+            torch.testing.assert_close(y, y_cpu, **tol, msg=lambda m: f"{act} {name}: {m}")
+            torch.testing.assert_close(gx, gx_cpu, **tol, msg=lambda m: f"{act} {name}: {m}")
+            torch.testing.assert_close(gb, gb_cpu, **bias_tol, msg=lambda m: f"{act} {name}: {m}")
