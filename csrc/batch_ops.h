@@ -2,9 +2,9 @@
 // the backends: argument checks, the sample layout the kernels walk, and the
 // registration of every op. A backend supplies `Loops`:
 //   fill_boxes(images, seed, rule, fill, random)   writes each sample's box in place
-//   mix_params(seed, B, mode, spec)                 (B, kMixParamCols) float64 draws
+//   mix_draw(seed, target, mode, spec, num_classes, smoothing)
+//       -> {params: (B, kMixParamCols) float64 draws, soft targets}
 //   mix_images(src, dst, params, layout, inplace, backward)
-//   mix_targets(target, params, num_classes, smoothing) -> soft targets
 // and calls register_batch_kernels<Loops>(m).
 #pragma once
 
@@ -160,9 +160,7 @@ template <class Loops>
 std::pair<at::Tensor, at::Tensor> draw_mix(const at::Tensor& images, const at::Tensor& target,
                                            const at::Tensor& seed, const MixArgs& a) {
   const auto spec = mix_spec(images, target, seed, a);
-  at::Tensor params = Loops::mix_params(seed, images.size(0), static_cast<int>(a.mode), spec);
-  at::Tensor soft = Loops::mix_targets(target, params, a.num_classes, a.label_smoothing);
-  return {params, soft};
+  return Loops::mix_draw(seed, target, static_cast<int>(a.mode), spec, a.num_classes, a.label_smoothing);
 }
 
 // The mixing pass out of place (forward, or backward on the gradient), in t's layout.

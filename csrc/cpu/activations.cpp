@@ -18,8 +18,11 @@ struct CpuLoops {
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
-          const Op o = op;  // a local copy: parameters in registers, not re-read per element
-          for (int64_t i = begin; i < end; ++i) store(yp, i, o.forward(load(xp, i)));
+          // local copies: parameters and pointers in registers, not re-read per element
+          const Op o = op;
+          const scalar_t* __restrict x_ = xp;
+          scalar_t* __restrict y_ = yp;
+          for (int64_t i = begin; i < end; ++i) store(y_, i, o.forward(load(x_, i)));
         });
       });
     });
@@ -34,8 +37,10 @@ struct CpuLoops {
       at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
-          for (int64_t i = begin; i < end; ++i)
-            store(dp, i, o.backward(load(gp, i), load(sp, i)));
+          const scalar_t* __restrict g_ = gp;
+          const scalar_t* __restrict s_ = sp;
+          scalar_t* __restrict d_ = dp;
+          for (int64_t i = begin; i < end; ++i) store(d_, i, o.backward(load(g_, i), load(s_, i)));
         });
       });
     });

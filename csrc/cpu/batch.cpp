@@ -137,6 +137,12 @@ struct CpuLoops {
     return soft;
   }
 
+  static std::pair<at::Tensor, at::Tensor> mix_draw(const at::Tensor& seed, const at::Tensor& target, int mode,
+                                                     const sampling::MixSpec& spec, int64_t K, double eps) {
+    at::Tensor params = mix_params(seed, target.size(0), mode, spec);
+    return {params, mix_targets(target, params, K, eps)};
+  }
+
   // Forward: dst_i = own x_i, the partner's x_p, or lam_i x_i + (1 - lam_i) x_p per
   // element (Mode); pairs (i, B-1-i) are read together and written together, so
   // dst may be src (in place: elements whose mode is kOwn are not written).

@@ -7,6 +7,9 @@
 
 #include <ATen/Dispatch.h>
 
+#include <type_traits>
+#include <utility>
+
 #include "cuda_kernel.cuh"
 #include "loops.h"
 
@@ -50,45 +53,49 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-__global__ void mix_params_kernel(const int64_t* __restrict__ seed_p, double* __restrict__ params, int64_t B,
-                                  int mode, sampling::MixSpec spec) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
-  if (i >= B) return;
-  sampling::store_mix(params + i * sampling::kMixParamCols,
-                      sampling::mix_draw(seed_key(seed_p), sampling::mix_key_index(mode, i, B), spec));
-}
-
-__global__ void mix_targets_index_kernel(const int64_t* __restrict__ target, const double* __restrict__ params,
-                                         float* __restrict__ soft, int64_t B, int64_t K, float on, float off) {
-  const int64_t n = B * K;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * kBlock) {
-    const int64_t i = e / K, k = e - i * K;
+// One block per sample: thread 0 draws the sample's lambda and box (its params
+// row), then the block writes the sample's soft-target row, which needs only
+// its own target lambda: the draws and the targets are one launch.
+//   soft[i] = lam_i * smooth(y_i) + (1 - lam_i) * smooth(y_{B-1-i})
+// Index targets (TT = int64_t, soft float): one-hot with on / off; probability
+// targets (TT = soft type): p * (1 - eps) + eps / K.
+template <class TT, class ST>
+__global__ void __launch_bounds__(kBlock)
+    mix_draw_kernel(const int64_t* __restrict__ seed_p, double* __restrict__ params, int64_t B, int mode,
+                    sampling::MixSpec spec, const TT* __restrict__ target, ST* __restrict__ soft, int64_t K,
+                    double eps, float on, float off) {
+  const int64_t i = blockIdx.x;
+  __shared__ double lam_s;
+  if (threadIdx.x == 0) {
+    const sampling::MixDraw d = sampling::mix_draw(seed_key(seed_p), sampling::mix_key_index(mode, i, B), spec);
+    sampling::store_mix(params + i * sampling::kMixParamCols, d);
+    lam_s = d.lam_target;
+  }
+  __syncthreads();
+  const double lam = lam_s;
+  if constexpr (std::is_same_v<TT, int64_t>) {
     const int64_t a = target[i], b = target[B - 1 - i];
 #ifdef CUDA_KERNEL_ASSERT_MSG
     CUDA_KERNEL_ASSERT_MSG(a >= 0 && a < K, "fastreg.mixup: target holds a class index outside [0, num_classes)");
 #else
     CUDA_KERNEL_ASSERT(a >= 0 && a < K);  // fastreg.mixup: target class index outside [0, num_classes)
 #endif
-    const double lam = params[i * sampling::kMixParamCols + 1];
-    const float ya = k == a ? on : off, yb = k == b ? on : off;
-    soft[e] = add_rn(mul_rn(ya, static_cast<float>(lam)), mul_rn(yb, static_cast<float>(1.0 - lam)));
-  }
-}
-
-template <class T>
-__global__ void mix_targets_prob_kernel(const T* __restrict__ target, const double* __restrict__ params,
-                                        T* __restrict__ soft, int64_t B, int64_t K, double eps) {
-  using A = opmath_t<T>;
-  const int64_t n = B * K;
-  const A keep = static_cast<A>(1.0 - eps), off = static_cast<A>(eps / K);
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * kBlock) {
-    const int64_t i = e / K, k = e - i * K;
-    const double lam = params[i * sampling::kMixParamCols + 1];
-    const A a = add_rn(mul_rn(static_cast<A>(target[e]), keep), off);
-    const A b = add_rn(mul_rn(static_cast<A>(target[(B - 1 - i) * K + k]), keep), off);
-    soft[e] = static_cast<T>(add_rn(mul_rn(a, static_cast<A>(lam)), mul_rn(b, static_cast<A>(1.0 - lam))));
+    const float l = static_cast<float>(lam), r = static_cast<float>(1.0 - lam);
+    for (int64_t k = threadIdx.x; k < K; k += kBlock) {
+      const float ya = k == a ? on : off, yb = k == b ? on : off;
+      soft[i * K + k] = add_rn(mul_rn(ya, l), mul_rn(yb, r));
+    }
+  } else {
+    using A = opmath_t<ST>;
+    const A keep = static_cast<A>(1.0 - eps), offp = static_cast<A>(eps / K);
+    const A l = static_cast<A>(lam), r = static_cast<A>(1.0 - lam);
+    const TT* ya = target + i * K;
+    const TT* yb = target + (B - 1 - i) * K;
+    for (int64_t k = threadIdx.x; k < K; k += kBlock) {
+      const A a = add_rn(mul_rn(static_cast<A>(ya[k]), keep), offp);
+      const A b = add_rn(mul_rn(static_cast<A>(yb[k]), keep), offp);
+      soft[i * K + k] = static_cast<ST>(add_rn(mul_rn(a, l), mul_rn(b, r)));
+    }
   }
 }
 
@@ -101,7 +108,8 @@ using sampling::MixMode;
 // Pairs (i, B-1-i) on grid y, N-element packs of the sample on grid x: each
 // thread reads both samples' pack and writes both (dst may be src). Forward:
 // out_i = x_i, x_p or lam_i x_i + (1 - lam_i) x_p per element; in place, packs
-// with nothing to change are not written. Backward: g'_i = own_i g_i + partner_p g_p.
+// with nothing to change are neither read nor written (CutMix moves only its
+// boxes' bytes). Backward: g'_i = own_i g_i + partner_p g_p.
 template <class T, int N>
 __global__ void __launch_bounds__(kBlock)
     mix_images_kernel(const T* src, T* dst, const double* __restrict__ params, int64_t B, int64_t sample,
@@ -121,20 +129,31 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t v = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; v < packs;
          v += static_cast<int64_t>(gridDim.x) * kBlock) {
       const int64_t e = v * N;
+      // the modes first: in place, a pack that keeps both samples' own pixels
+      // (outside every CutMix box) is neither read nor written
+      MixMode mas[N], mbs[N];
+      bool any = !inplace;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        mas[j] = mi.base();
+        mbs[j] = mp.base();
+        if (cut) {
+          int64_t row, col;
+          by_row(e + j, row, col);
+          const int64_t y = row % H;
+          mas[j] = mi.mode_at(y, col, sw);
+          mbs[j] = mp.mode_at(y, col, sw);
+        }
+        any = any || mas[j] != kOwn || mbs[j] != kOwn;
+      }
+      if (!any) continue;
       const P a = *reinterpret_cast<const P*>(src + i * sample + e);
       const P b = *reinterpret_cast<const P*>(src + p * sample + e);
       P oa, ob;
       bool wa = !inplace, wb = !inplace;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        MixMode ma = mi.base(), mb = mp.base();
-        if (cut) {
-          int64_t row, col;
-          by_row(e + j, row, col);
-          const int64_t y = row % H;
-          ma = mi.mode_at(y, col, sw);
-          mb = mp.mode_at(y, col, sw);
-        }
+        const MixMode ma = mas[j], mb = mbs[j];
         const A xa = static_cast<A>(a.v[j]), xb = static_cast<A>(b.v[j]);
         if (backward) {
           oa.v[j] = static_cast<T>(
@@ -184,38 +203,30 @@ void BatchLoops::fill_boxes(at::Tensor& images, const at::Tensor& seed, const sa
   });
 }
 
-at::Tensor BatchLoops::mix_params(const at::Tensor& seed, int64_t B, int mode, const sampling::MixSpec& spec) {
+std::pair<at::Tensor, at::Tensor> BatchLoops::mix_draw(const at::Tensor& seed, const at::Tensor& target, int mode,
+                                                       const sampling::MixSpec& spec, int64_t K, double eps) {
   const c10::cuda::CUDAGuard guard(seed.device());
-  at::Tensor params = at::empty({B, sampling::kMixParamCols}, seed.options().dtype(at::kDouble));
-  if (B == 0) return params;
-  mix_params_kernel<<<(B + kBlock - 1) / kBlock, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-      seed.const_data_ptr<int64_t>(), params.mutable_data_ptr<double>(), B, mode, spec);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return params;
-}
-
-at::Tensor BatchLoops::mix_targets(const at::Tensor& target, const at::Tensor& params, int64_t K, double eps) {
-  const c10::cuda::CUDAGuard guard(target.device());
   const int64_t B = target.size(0);
   const at::Tensor t = target.contiguous();
+  at::Tensor params = at::empty({B, sampling::kMixParamCols}, seed.options().dtype(at::kDouble));
   at::Tensor soft = at::empty({B, K}, t.options().dtype(t.dim() == 1 ? at::kFloat : t.scalar_type()));
-  if (B * K == 0) return soft;
-  const int64_t blocks = grid_for(B * K, kBlock, 4);
+  if (B == 0) return {params, soft};
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t* sp = seed.const_data_ptr<int64_t>();
+  double* pp = params.mutable_data_ptr<double>();
   if (t.dim() == 1) {
-    mix_targets_index_kernel<<<blocks, kBlock, 0, stream>>>(
-        t.const_data_ptr<int64_t>(), params.const_data_ptr<double>(), soft.mutable_data_ptr<float>(), B, K,
-        static_cast<float>(1.0 - eps + eps / K), static_cast<float>(eps / K));
+    mix_draw_kernel<<<B, kBlock, 0, stream>>>(sp, pp, B, mode, spec, t.const_data_ptr<int64_t>(),
+                                              soft.mutable_data_ptr<float>(), K, eps,
+                                              static_cast<float>(1.0 - eps + eps / K), static_cast<float>(eps / K));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return soft;
+    return {params, soft};
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "fastreg_mix_targets", [&] {
-    mix_targets_prob_kernel<<<blocks, kBlock, 0, stream>>>(t.const_data_ptr<scalar_t>(),
-                                                           params.const_data_ptr<double>(),
-                                                           soft.mutable_data_ptr<scalar_t>(), B, K, eps);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "fastreg_mix_draw", [&] {
+    mix_draw_kernel<<<B, kBlock, 0, stream>>>(sp, pp, B, mode, spec, t.const_data_ptr<scalar_t>(),
+                                              soft.mutable_data_ptr<scalar_t>(), K, eps, 0.0f, 0.0f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return soft;
+  return {params, soft};
 }
 
 void BatchLoops::mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,

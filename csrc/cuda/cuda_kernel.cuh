@@ -150,8 +150,10 @@ __device__ __forceinline__ void for_units_prefetched(int64_t u0, int64_t ustep, 
     cur_bits = nxt_bits;
 #pragma unroll
     for (int j = 0; j < kIn; ++j)
+      if (in[j] != nullptr) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) cur[j][k] = nxt[j][k];
+        for (int k = 0; k < 8; ++k) cur[j][k] = nxt[j][k];
+      }
   }
 }
 

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <utility>
 
 #include "../activation_ops.h"
 #include "../batch_ops.h"
@@ -50,8 +51,8 @@ struct BatchLoops {
   static at::Tensor sample_beta(const at::Tensor& seed, int64_t n, double a, double b, int64_t stream);
   static void fill_boxes(at::Tensor& images, const at::Tensor& seed, const sampling::BoxRule& rule, double fill,
                          bool random);
-  static at::Tensor mix_params(const at::Tensor& seed, int64_t B, int mode, const sampling::MixSpec& spec);
-  static at::Tensor mix_targets(const at::Tensor& target, const at::Tensor& params, int64_t K, double eps);
+  static std::pair<at::Tensor, at::Tensor> mix_draw(const at::Tensor& seed, const at::Tensor& target, int mode,
+                                                     const sampling::MixSpec& spec, int64_t K, double eps);
   static void mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
                          bool inplace, bool backward);
 };
