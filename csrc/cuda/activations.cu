@@ -78,29 +78,27 @@ void launch_map(Fn fn, T* out, const T* a, const T* b, int64_t n) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// One thread handles units of 8 elements: 8 outputs and one mask byte.
+// Units of 8 elements: 8 outputs and one mask byte; kBatchUnits<T> units per
+// thread per pass, their loads issued together (for_units_batched).
 template <class Op, class T>
 __global__ void __launch_bounds__(kBlock)
     mask_forward_kernel(Op op, const T* __restrict__ x, T* __restrict__ y,
                         uint8_t* __restrict__ mask, int64_t n, bool aligned) {
   using A = opmath_t<T>;
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T xv[8];
-    alignas(16) T yv[8];
-    load8(xv, x, 8 * u, n, vec);
-    uint32_t bits = 0;
+  const T* const in[1] = {x};
+  for_units_batched<kBatchUnits<T>>(
+      (n + 7) / 8, in, nullptr, n, aligned, [&](int64_t u, const T(&v)[1][8], uint32_t, bool vec) {
+        alignas(16) T yv[8];
+        uint32_t bits = 0;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const A v = static_cast<A>(xv[k]);
-      yv[k] = static_cast<T>(op.forward(v));
-      bits |= uint32_t(op.keep(v)) << k;
-    }
-    store8(y, yv, 8 * u, n, vec);
-    if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
-  }
+        for (int k = 0; k < 8; ++k) {
+          const A a = static_cast<A>(v[0][k]);
+          yv[k] = static_cast<T>(op.forward(a));
+          bits |= uint32_t(op.keep(a)) << k;
+        }
+        store8(y, yv, 8 * u, n, vec);
+        if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
+      });
 }
 
 template <class Op, class T>
@@ -108,19 +106,15 @@ __global__ void __launch_bounds__(kBlock)
     mask_backward_kernel(Op op, const T* __restrict__ g, const uint8_t* __restrict__ mask,
                          T* __restrict__ dx, int64_t n, bool aligned) {
   using A = opmath_t<T>;
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T gv[8];
-    alignas(16) T dv[8];
-    load8(gv, g, 8 * u, n, vec);
-    const uint32_t bits = mask[u];
+  const T* const in[1] = {g};
+  for_units_batched<kBatchUnits<T>>(
+      (n + 7) / 8, in, mask, n, aligned, [&](int64_t u, const T(&v)[1][8], uint32_t bits, bool vec) {
+        alignas(16) T dv[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k)
-      dv[k] = static_cast<T>(op.backward(static_cast<A>(gv[k]), bool((bits >> k) & 1u)));
-    store8(dx, dv, 8 * u, n, vec);
-  }
+        for (int k = 0; k < 8; ++k)
+          dv[k] = static_cast<T>(op.backward(static_cast<A>(v[0][k]), bool((bits >> k) & 1u)));
+        store8(dx, dv, 8 * u, n, vec);
+      });
 }
 
 // PReLU: memory is [outer][C][inner]; units of 8 elements, channel found once
@@ -132,25 +126,22 @@ __global__ void __launch_bounds__(kBlock)
                          bool aligned) {
   using A = opmath_t<T>;
   const Prelu op;
-  const int64_t units = (n + 7) / 8;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units; u += step) {
-    const bool vec = aligned && 8 * u + 8 <= n;
-    alignas(16) T xv[8];
-    alignas(16) T yv[8];
-    load8(xv, x, 8 * u, n, vec);
-    int64_t c, pos;
-    channel_of(8 * u, c, pos);
+  const T* const in[1] = {x};
+  for_units_batched<kBatchUnits<T>>(
+      (n + 7) / 8, in, nullptr, n, aligned, [&](int64_t u, const T(&v)[1][8], uint32_t, bool vec) {
+        int64_t c, pos;
+        channel_of(8 * u, c, pos);
+        alignas(16) T yv[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      yv[k] = static_cast<T>(op.forward(static_cast<A>(xv[k]), static_cast<A>(w[c])));
-      if (++pos == inner) {
-        pos = 0;
-        if (++c == C) c = 0;
-      }
-    }
-    store8(y, yv, 8 * u, n, vec);
-  }
+        for (int k = 0; k < 8; ++k) {
+          yv[k] = static_cast<T>(op.forward(static_cast<A>(v[0][k]), static_cast<A>(w[c])));
+          if (++pos == inner) {
+            pos = 0;
+            if (++c == C) c = 0;
+          }
+        }
+        store8(y, yv, 8 * u, n, vec);
+      });
 }
 
 // grad_input, and per-block partial sums of grad_weight in shared memory
@@ -243,7 +234,7 @@ void ActivationLoops::forward_mask(const Op& op, const at::Tensor& x, at::Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const int64_t grid = grid_for((n + 7) / 8, kBlock);
+    const int64_t grid = grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>);
     mask_forward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
         op, xp, yp, mask, n, aligned16(xp) && aligned16(yp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -257,7 +248,7 @@ void ActivationLoops::backward_mask(const Op& op, const at::Tensor& g, const uin
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-    const int64_t grid = grid_for((n + 7) / 8, kBlock);
+    const int64_t grid = grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>);
     mask_backward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
         op, gp, mask, dp, n, aligned16(gp) && aligned16(dp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -271,7 +262,8 @@ void ActivationLoops::prelu_forward(const at::Tensor& x, const at::Tensor& w, at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    prelu_forward_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+    prelu_forward_kernel<<<grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>), kBlock, 0,
+                           at::cuda::getCurrentCUDAStream()>>>(
         xp, w.const_data_ptr<scalar_t>(), yp, n, shape.channels, shape.inner,
         ChannelIndex(n, shape.channels, shape.inner), aligned16(xp) && aligned16(yp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -157,6 +157,42 @@ __device__ __forceinline__ void for_units_prefetched(int64_t u0, int64_t ustep, 
   }
 }
 
+// For light per-unit work (streaming kernels): each thread loads kU units
+// (u = base + j * kBlock) before it computes any, so kU units' loads (64 bytes
+// per thread for kU = 64 / (8 sizeof(T))) are in flight, as in the map kernel.
+// body(u, vals, bits, vec) as for for_units_prefetched. Launch with
+// grid_for(units, kBlock * kU).
+template <int kU, int kIn, class T, class Body>
+__device__ __forceinline__ void for_units_batched(int64_t units, const T* const (&in)[kIn],
+                                                  const uint8_t* __restrict__ mask, int64_t n,
+                                                  bool aligned, Body&& body) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlock * kU;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kBlock * kU + threadIdx.x; base < units;
+       base += step) {
+    alignas(16) T v[kU][kIn][8];
+    uint32_t bits[kU];
+#pragma unroll
+    for (int j = 0; j < kU; ++j) {
+      const int64_t u = base + j * kBlock;
+      bits[j] = 0;
+      if (u < units) {
+#pragma unroll
+        for (int q = 0; q < kIn; ++q)
+          if (in[q] != nullptr) load8(v[j][q], in[q], 8 * u, n, aligned && 8 * u + 8 <= n);
+        if (mask != nullptr) bits[j] = mask[u];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kU; ++j) {
+      const int64_t u = base + j * kBlock;
+      if (u < units) body(u, v[j], bits[j], aligned && 8 * u + 8 <= n);
+    }
+  }
+}
+
+// Units per thread per pass of for_units_batched: 64 bytes of each input in flight.
+template <class T> constexpr int kBatchUnits = sizeof(T) >= 8 ? 1 : 8 / static_cast<int>(sizeof(T));
+
 // Sum of v over a full warp whose lanes all hold the same key (then lane 0
 // gets the sum and true), else false: callers fall back to per-lane atomics.
 // Collapses the 32 same-address shared-memory atomics of a warp (a CAS loop
