@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(kBlock)
 // grad_input, and per-block partial sums of grad_weight in shared memory
 // (flushed when the channel changes; a warp whose 32 units all lie in one
 // channel adds one warp sum), written to partial[block][C];
-// reduce_partials_kernel sums them in block order.
+// reduce_partials_kernel sums them in a fixed order.
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     prelu_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
@@ -304,8 +304,8 @@ void ActivationLoops::prelu_backward(const at::Tensor& g, const at::Tensor& x, c
         w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
         partial.mutable_data_ptr<A>(), n, C, shape.inner, channel_of, aligned);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    reduce_partials_kernel<<<C, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
-                                                     dw.mutable_data_ptr<scalar_t>(), grid, C);
+    reduce_partials_kernel<<<reduce_partials_grid(C), kBlock, 0, stream>>>(
+        partial.const_data_ptr<A>(), dw.mutable_data_ptr<scalar_t>(), grid, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

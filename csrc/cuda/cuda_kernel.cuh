@@ -207,24 +207,32 @@ __device__ __forceinline__ bool warp_sum_same_key(int64_t key, A& v) {
   return true;
 }
 
-// out[c] = sum over blocks of partial[block][c], in block order (deterministic):
-// one block per channel.
+// out[c] = sum over blocks of partial[block][c] in a fixed order (deterministic):
+// a block owns 32 consecutive channels, its 8 warps each sum every 8th partial
+// row (one 128-byte line per row and warp: coalesced), then one warp adds the 8
+// sums in order. Launch with reduce_partials_grid(C) blocks.
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     reduce_partials_kernel(const opmath_t<T>* __restrict__ partial, T* __restrict__ dw,
-                        int64_t blocks, int64_t C) {
+                           int64_t blocks, int64_t C) {
   using A = opmath_t<T>;
-  __shared__ A s[kBlock];
-  const int64_t c = blockIdx.x;
+  constexpr int kCols = 32, kSplit = kBlock / kCols;
+  __shared__ A s[kSplit][kCols];
+  const int x = threadIdx.x % kCols, y = threadIdx.x / kCols;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kCols + x;
   A sum = A(0);
-  for (int64_t b = threadIdx.x; b < blocks; b += kBlock) sum += partial[b * C + c];
-  s[threadIdx.x] = sum;
+  if (c < C)
+    for (int64_t b = y; b < blocks; b += kSplit) sum += partial[b * C + c];
+  s[y][x] = sum;
   __syncthreads();
-  for (int width = kBlock / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) s[threadIdx.x] += s[threadIdx.x + width];
-    __syncthreads();
+  if (y == 0 && c < C) {
+    A total = s[0][x];
+#pragma unroll
+    for (int q = 1; q < kSplit; ++q) total += s[q][x];
+    dw[c] = static_cast<T>(total);
   }
-  if (threadIdx.x == 0) dw[c] = static_cast<T>(s[0]);
 }
+
+inline int64_t reduce_partials_grid(int64_t C) { return (C + 31) / 32; }
 
 }  // namespace fastreg::cuda

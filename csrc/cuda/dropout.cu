@@ -396,8 +396,8 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, 
           partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(), rows, K, cols,
           DeviceKeep(prm.threshold), A(prm.scale));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
-                                                       dbias->mutable_data_ptr<scalar_t>(), gy, K);
+      reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
+          partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), gy, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
@@ -414,8 +414,8 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, 
         aligned);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (shared_db) {
-      reduce_partials_kernel<<<K, kBlock, 0, stream>>>(partial.const_data_ptr<A>(),
-                                                       dbias->mutable_data_ptr<scalar_t>(), grid, K);
+      reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
+          partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), grid, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else if (dbias != nullptr) {
       // More channels than a block's shared memory holds: grad_bias is the
