@@ -554,7 +554,8 @@ print("ISA OK")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_prelu_large_nchw_matches_cpu(dtype):
     """PReLU's backward over more units than one grid (several per thread, loads one unit
-    ahead), each channel spanning whole warps (the warp-sum path of grad_weight)."""
+    ahead), each channel spanning whole warps (the warp-sum path of grad_weight); relu and
+    leaky_relu's mask kernels (several units per thread per pass) bit for bit."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 64, 256, 256, generator=gen).to(dtype)
     g = torch.randn(x.shape, generator=gen).to(dtype)
@@ -565,6 +566,13 @@ def test_cuda_prelu_large_nchw_matches_cpu(dtype):
         y = FR.prelu(xx, ww)
         results.append([t.cpu() for t in (y, *torch.autograd.grad(y, (xx, ww), g.to(device)))])
     (y, gx, gw), (y_cpu, gx_cpu, gw_cpu) = results
+    for f in (FR.relu, lambda t: FR.leaky_relu(t, 0.1)):
+        got, want = [
+            [t.cpu() for t in (f(xx), *torch.autograd.grad(f(xx), xx, g.to(dev)))]
+            for dev in ("cuda", "cpu")
+            for xx in [x.to(dev).requires_grad_()]
+        ]
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     torch.testing.assert_close(y, y_cpu)
     torch.testing.assert_close(gx, gx_cpu)
     # grad_weight: sums of 2^19 products (|g x| mostly < 3) per channel, added in different
