@@ -234,6 +234,18 @@ def test_saved_bytes(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dropout_keeps_the_sign_of_zero(device, dtype):
+    """A kept -0 stays -0 (x * scale, as torch and the reference), dropped elements are +0:
+    the zeros' sign bits equal the reference's, on every backend (torch.equal cannot tell)."""
+    x = torch.tensor([-0.0, 0.0, -1.5, 2.0] * 64, dtype=dtype, device=device)
+    for p in (0.3, 0.0001):
+        y, want = FR.dropout(x, p, seed=5), R.dropout(x, p, seed=5)
+        assert torch.equal(torch.signbit(y), torch.signbit(want)), p
+        assert torch.signbit(y[0::4]).any()  # some kept -0
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_semantics(device):
     x = torch.randn(1000, device=device, requires_grad=True)
     assert FR.dropout(x, 0.0) is x and FR.dropout(x, 0.5, training=False) is x

@@ -72,6 +72,7 @@ struct CpuLoops {
       const scalar_t* __restrict rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       const A scale = A(prm.scale), add = A(prm.keep_add), drop = A(prm.drop_value);
+      const bool affine = prm.keep_add != 0.0 || prm.drop_value != 0.0;
       const Keep keep(prm.threshold);
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
@@ -85,15 +86,25 @@ struct CpuLoops {
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
             fill_words(seed, philox::kStreamElement, i0, len, words);
-            if (r_ != nullptr) {
+            if (affine && r_ != nullptr) {
               for (int64_t k = 0; k < len; ++k) {
                 const A v = load(x_, i0 + k);
                 store(y_, i0 + k, load(r_, i0 + k) + (kp(words[k]) ? v * sc + ad : dr));
               }
-            } else {
+            } else if (affine) {  // alpha dropout
               for (int64_t k = 0; k < len; ++k) {
                 const A v = load(x_, i0 + k);
                 store(y_, i0 + k, kp(words[k]) ? v * sc + ad : dr);
+              }
+            } else if (r_ != nullptr) {
+              for (int64_t k = 0; k < len; ++k) {
+                const A v = load(x_, i0 + k);
+                store(y_, i0 + k, load(r_, i0 + k) + (kp(words[k]) ? v * sc : A(0)));
+              }
+            } else {  // no + 0 (a kept -0 stays -0, as in torch)
+              for (int64_t k = 0; k < len; ++k) {
+                const A v = load(x_, i0 + k);
+                store(y_, i0 + k, kp(words[k]) ? v * sc : A(0));
               }
             }
           }

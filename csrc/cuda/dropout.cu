@@ -24,7 +24,10 @@ __device__ __forceinline__ void unit_words(const philox::Key& key, uint32_t stre
   }
 }
 
-template <class T>
+// kAffine: alpha dropout's kept x * scale + add, dropped `drop`; else plain
+// dropout's x * scale or 0 (no + 0 per element, which would also turn a kept
+// -0 into +0 where torch keeps -0).
+template <class T, bool kAffine>
 __global__ void __launch_bounds__(kBlock)
     dropout_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
                    const int64_t* __restrict__ seed_p, int64_t n, DeviceKeep keep, opmath_t<T> scale,
@@ -41,7 +44,12 @@ __global__ void __launch_bounds__(kBlock)
         alignas(16) T yv[8];
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          A o = keep(w[k]) ? add_rn(mul_rn(static_cast<A>(v[0][k]), scale), add) : drop;
+          A o;
+          if constexpr (kAffine) {
+            o = keep(w[k]) ? add_rn(mul_rn(static_cast<A>(v[0][k]), scale), add) : drop;
+          } else {
+            o = keep(w[k]) ? mul_rn(static_cast<A>(v[0][k]), scale) : A(0);
+          }
           if (r != nullptr) o = add_rn(static_cast<A>(v[1][k]), o);
           yv[k] = static_cast<T>(o);
         }
@@ -310,9 +318,17 @@ void DropoutLoops::dropout(const at::Tensor& x, const std::optional<at::Tensor>&
     const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
-    dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        xp, rp, yp, seed.const_data_ptr<int64_t>(), n, DeviceKeep(prm.threshold), A(prm.scale),
-        A(prm.keep_add), A(prm.drop_value), aligned);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    const int64_t grid = grid_for((n + 7) / 8, kBlock);
+    const int64_t* sp = seed.const_data_ptr<int64_t>();
+    if (prm.keep_add != 0.0 || prm.drop_value != 0.0) {
+      dropout_kernel<scalar_t, true><<<grid, kBlock, 0, stream>>>(xp, rp, yp, sp, n, DeviceKeep(prm.threshold),
+                                                                  A(prm.scale), A(prm.keep_add),
+                                                                  A(prm.drop_value), aligned);
+    } else {
+      dropout_kernel<scalar_t, false><<<grid, kBlock, 0, stream>>>(xp, rp, yp, sp, n, DeviceKeep(prm.threshold),
+                                                                   A(prm.scale), A(0), A(0), aligned);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
