@@ -268,7 +268,9 @@ struct Elu {
   double alpha;
   double scale = 1.0;
   FASTREG_FN T forward(T x) const {
-    return x > T(0) ? T(scale) * x : T(alpha * scale) * M::expm1(x);
+    // expm1 of min(x, 0), unconditionally: a select instead of a divergent branch
+    const T e = M::expm1(x > T(0) ? T(0) : x);
+    return x > T(0) ? T(scale) * x : T(alpha * scale) * e;
   }
   FASTREG_FN T backward(T g, T y) const {
     return y <= T(0) ? g * (y + T(alpha * scale)) : g * T(scale);
