@@ -156,11 +156,9 @@ __global__ void __launch_bounds__(kBlock)
                           ChannelIndex channel_of, bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
-  A* sdw = reinterpret_cast<A*>(smem_raw);
+  const ChannelSums<A> sums{reinterpret_cast<A*>(smem_raw)};
   const bool want_dw = partial != nullptr;
-  if (want_dw)
-    for (int64_t c = threadIdx.x; c < C; c += kBlock) sdw[c] = A(0);
-  __syncthreads();
+  if (want_dw) sums.begin(C);
   const Prelu op;
   const T* const in[2] = {g, x};
   for_units_prefetched(
@@ -169,40 +167,22 @@ __global__ void __launch_bounds__(kBlock)
       [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         int64_t c, pos;
         channel_of(8 * u, c, pos);
-        int64_t run_c = c;
-        A run = A(0);
-        bool single = true;  // the unit lies in one channel
+        auto run = sums.run(c);
         alignas(16) T dv[8];
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
           const A gi = static_cast<A>(v[0][k]), xi = static_cast<A>(v[1][k]);
           dv[k] = static_cast<T>(op.grad_input(gi, xi, static_cast<A>(w[c])));
-          if (want_dw && 8 * u + k < n) {
-            if (c != run_c) {
-              atomicAdd(&sdw[run_c], run);
-              run_c = c;
-              run = A(0);
-              single = false;
-            }
-            run += op.grad_weight(gi, xi);
-          }
+          if (want_dw && 8 * u + k < n) run.add(c, op.grad_weight(gi, xi));
           if (++pos == inner) {
             pos = 0;
             if (++c == C) c = 0;
           }
         }
-        if (want_dw) {
-          if (warp_sum_same_key(single ? run_c : -1 - static_cast<int64_t>(threadIdx.x), run)) {
-            if (threadIdx.x % 32 == 0) atomicAdd(&sdw[run_c], run);
-          } else {
-            atomicAdd(&sdw[run_c], run);
-          }
-        }
+        if (want_dw) run.finish();
         store8(dx, dv, 8 * u, n, vec);
       });
-  if (!want_dw) return;
-  __syncthreads();
-  for (int64_t c = threadIdx.x; c < C; c += kBlock) partial[blockIdx.x * C + c] = sdw[c];
+  if (want_dw) sums.end(partial, C);
 }
 
 }  // namespace

@@ -207,6 +207,47 @@ __device__ __forceinline__ bool warp_sum_same_key(int64_t key, A& v) {
   return true;
 }
 
+// Per-channel sums of a block (PReLU's grad_weight, bias_act_dropout's
+// grad_bias) in shared memory s[C]: begin() zeroes them; per unit, a thread
+// adds its elements in memory order into a run (flushed with an atomic when
+// the channel changes) and finish() adds the last run, one warp sum where the
+// warp's 32 units all lie in one channel; end() writes s to partial[block][C].
+template <class A>
+struct ChannelSums {
+  A* s;
+  __device__ __forceinline__ void begin(int64_t C) const {
+    for (int64_t c = threadIdx.x; c < C; c += kBlock) s[c] = A(0);
+    __syncthreads();
+  }
+  __device__ __forceinline__ void end(A* __restrict__ partial, int64_t C) const {
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < C; c += kBlock) partial[blockIdx.x * C + c] = s[c];
+  }
+  struct Run {
+    A* s;
+    int64_t c;
+    A sum = A(0);
+    bool single = true;  // the unit lies in one channel
+    __device__ __forceinline__ void add(int64_t ch, A v) {
+      if (ch != c) {
+        atomicAdd(&s[c], sum);
+        c = ch;
+        sum = A(0);
+        single = false;
+      }
+      sum += v;
+    }
+    __device__ __forceinline__ void finish() {
+      if (warp_sum_same_key(single ? c : -1 - static_cast<int64_t>(threadIdx.x), sum)) {
+        if (threadIdx.x % 32 == 0) atomicAdd(&s[c], sum);
+      } else {
+        atomicAdd(&s[c], sum);
+      }
+    }
+  };
+  __device__ __forceinline__ Run run(int64_t c) const { return Run{s, c}; }
+};
+
 // out[c] = sum over blocks of partial[block][c] in a fixed order (deterministic):
 // a block owns 32 consecutive channels, its 8 warps each sum every 8th partial
 // row (one 128-byte line per row and warp: coalesced), then one warp adds the 8

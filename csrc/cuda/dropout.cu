@@ -182,11 +182,9 @@ __global__ void __launch_bounds__(kBlock)
                                      opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
-  A* sdb = reinterpret_cast<A*>(smem_raw);
+  const ChannelSums<A> sums{reinterpret_cast<A*>(smem_raw)};
   const bool want_db = partial != nullptr;
-  if (want_db)
-    for (int64_t c = threadIdx.x; c < K; c += kBlock) sdb[c] = A(0);
-  __syncthreads();
+  if (want_db) sums.begin(K);
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[2] = {g, Op::saved == Saved::Mask ? nullptr : xs};
   for_units_prefetched(
@@ -198,9 +196,7 @@ __global__ void __launch_bounds__(kBlock)
         unit_words(key, philox::kStreamElement, u, w);
         int64_t c, pos;
         channel_of(8 * u, c, pos);
-        int64_t run_c = c;
-        A run = A(0);
-        bool single = true;  // the unit lies in one channel
+        auto run = sums.run(c);
         alignas(16) T dv[8];
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
@@ -212,32 +208,16 @@ __global__ void __launch_bounds__(kBlock)
                                scale
                          : A(0);
           dv[k] = static_cast<T>(d);
-          if (want_db && 8 * u + k < n) {
-            if (c != run_c) {
-              atomicAdd(&sdb[run_c], run);
-              run_c = c;
-              run = A(0);
-              single = false;
-            }
-            run += d;
-          }
+          if (want_db && 8 * u + k < n) run.add(c, d);
           if (++pos == inner) {
             pos = 0;
             if (++c == K) c = 0;
           }
         }
-        if (want_db) {
-          if (warp_sum_same_key(single ? run_c : -1 - static_cast<int64_t>(threadIdx.x), run)) {
-            if (threadIdx.x % 32 == 0) atomicAdd(&sdb[run_c], run);
-          } else {
-            atomicAdd(&sdb[run_c], run);
-          }
-        }
+        if (want_db) run.finish();
         store8(dx, dv, 8 * u, n, vec);
       });
-  if (!want_db) return;
-  __syncthreads();
-  for (int64_t c = threadIdx.x; c < K; c += kBlock) partial[blockIdx.x * K + c] = sdb[c];
+  if (want_db) sums.end(partial, K);
 }
 
 // grad_bias when the bias runs along the contiguous last dim (inner == 1) and
