@@ -436,7 +436,9 @@ def check_large_against_cpu(device, dtype):
         for got, want in zip(run(device, f, *args), run("cpu", f, *args), strict=True):
             assert torch.equal(got, want)
     half = dtype == torch.bfloat16
-    tol = {"atol": 1e-2, "rtol": 1.6e-2} if half else {}
+    # float32: the CPU's erf (A&S 7.1.28) is within 1.1e-6 of libdevice's, times |grad| up to
+    # ~6 over 20M normal samples and the 1/(1-p) scale: up to ~1e-5 apart, at the default atol
+    tol = {"atol": 1e-2, "rtol": 1.6e-2} if half else {"atol": 3e-5, "rtol": 1.3e-6}
     # grad_bias sums 8200 rows (|term| < ~5) in a different order on each device: float32
     # roundings differ by at most ~8200 * 2^-24 * 5 ~ 2.5e-3
     bias_tol = {"atol": 0.5, "rtol": 2e-2} if half else {"atol": 2.5e-3, "rtol": 1e-4}
