@@ -12,7 +12,7 @@ import fastreg.reference as R
 ops = torch.ops.fastreg
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "strided", "permuted", "channels_last"]
-SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 7), (3, 1000)]
+SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 7), (3, 1000), (4, 512)]  # 512: whole chunks per bias row
 TORCH_ACTS = {
     "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.silu,
     "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "selu": F.selu,

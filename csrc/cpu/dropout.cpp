@@ -4,6 +4,8 @@
 // time (vectorized), then one vectorized pass applies them.
 #include <ATen/Dispatch.h>
 
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../dropout_ops.h"
@@ -184,6 +186,8 @@ struct CpuLoops {
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       const A scale = A(prm.scale);
       const Keep keep(prm.threshold);
+      // bias along the contiguous last dim, whole chunks per row: no gather
+      const bool rows = bp != nullptr && inner == 1 && K % kChunk == 0;
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
@@ -198,12 +202,22 @@ struct CpuLoops {
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
             fill_words(seed, philox::kStreamElement, i0, len, words);
-            gather_bias(bp, i0, len, K, inner, bv);
-            for (int64_t k = 0; k < len; ++k) {
-              const A z = load(x_, i0 + k) + bv[k];
-              bits[k] = act_bit(o, z);
-              const A a = o.forward(z) * sc;
-              store(y_, i0 + k, kp(words[k]) ? a : A(0));
+            if (rows) {  // the chunk's channels are i0 % K + k: the bias read in place
+              const scalar_t* __restrict b_ = bp + i0 % K;
+              for (int64_t k = 0; k < len; ++k) {
+                const A z = load(x_, i0 + k) + load(b_, k);
+                bits[k] = act_bit(o, z);
+                const A a = o.forward(z) * sc;
+                store(y_, i0 + k, kp(words[k]) ? a : A(0));
+              }
+            } else {
+              gather_bias(bp, i0, len, K, inner, bv);
+              for (int64_t k = 0; k < len; ++k) {
+                const A z = load(x_, i0 + k) + bv[k];
+                bits[k] = act_bit(o, z);
+                const A a = o.forward(z) * sc;
+                store(y_, i0 + k, kp(words[k]) ? a : A(0));
+              }
             }
             if (m_ != nullptr) {
               for (int64_t k = len; k < (len + 7) / 8 * 8; ++k) bits[k] = 0;
@@ -240,6 +254,11 @@ struct CpuLoops {
       const A scale = A(prm.scale);
       const Keep keep(prm.threshold);
       std::vector<A> partial(dbias ? static_cast<size_t>(tasks * K) : 0, A(0));
+      // bias along the contiguous last dim, whole chunks per row: one fused loop (float32
+      // backward 15-18 % faster in interleaved single-thread timings; bfloat16, whose
+      // conversions dominate, was not faster, and keeps the buffered loops)
+      const bool rows = inner == 1 && K % kChunk == 0 && (Op::saved == Saved::Mask || bp != nullptr) &&
+                        std::is_same_v<scalar_t, A>;
       at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           A* __restrict part = dbias ? partial.data() + t * K : nullptr;
@@ -261,6 +280,34 @@ struct CpuLoops {
             for (int64_t ch = t * per_task; ch < ch1; ++ch) {
               const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
               fill_words(seed, philox::kStreamElement, i0, len, words);
+              if (rows && part_ != nullptr) {
+                // the chunk's channels are i0 % K + k: one loop reads the bias in place,
+                // writes grad_input and adds into the task's grad_bias row
+                A* __restrict pc = part_ + i0 % K;
+                if constexpr (Op::saved == Saved::Mask) {
+                  for (int64_t q = 0; q < (len + 7) / 8; ++q) {
+                    const uint64_t spread = (uint64_t(m_[i0 / 8 + q]) * 0x0101010101010101ull) &
+                                            0x8040201008040201ull;
+                    std::memcpy(bits + 8 * q, &spread, 8);
+                  }
+                  _Pragma("GCC ivdep")  // pc (the task's row) overlaps no tensor
+                  for (int64_t k = 0; k < len; ++k) {
+                    const A d = kp(words[k]) ? o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc : A(0);
+                    store(d_, i0 + k, d);
+                    pc[k] += d;
+                  }
+                } else {
+                  const scalar_t* __restrict b_ = bp + i0 % K;
+                  _Pragma("GCC ivdep")
+                  for (int64_t k = 0; k < len; ++k) {
+                    const A z = load(x_, i0 + k) + load(b_, k);
+                    const A d = kp(words[k]) ? act_grad(o, A(load(g_, i0 + k)), z, false) * sc : A(0);
+                    store(d_, i0 + k, d);
+                    pc[k] += d;
+                  }
+                }
+                continue;
+              }
               if constexpr (Op::saved == Saved::Mask) {
                 for (int64_t q = 0; q < (len + 7) / 8; ++q) {
                   // byte -> 8 bytes, bit t of the mask in byte t (non-zero when set)
