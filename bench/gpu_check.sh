@@ -71,7 +71,7 @@ if want bench; then
   cat "$OUT_DIR/host.log"
   for fam in $(echo "${FAMILIES:-dropout,activations,batch}" | tr , ' '); do
     step "benchmark $fam"
-    timeout $(( $(left) - ${AFTER_BENCH_S:-140} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \
+    timeout $(( $(left) - ${AFTER_BENCH_S:-150} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \
       --families $fam --compile-dtypes bfloat16 ${BENCH_OPS:+--ops $BENCH_OPS} \
       --compile-ops relu,gelu,bias_relu_dropout,bias_gelu_dropout,dropout_add \
       > "$OUT_DIR/bench-$fam.log" 2>&1
@@ -100,7 +100,8 @@ memcheck() {  # file, subset, seconds
   san dropout && memcheck tests/test_dropout.py \
     "cuda and float32 and ((bitwise and 0.3) or bias_act_dropout_matches)" ${SAN_DROPOUT_S:-45}
   san activations && memcheck tests/test_activations.py \
-    "cuda_unaligned or (prelu_matches_torch and cuda and float32)" ${SAN_ACT_S:-30}
+    "cuda_unaligned or (prelu_matches_torch and cuda and float32) \
+    or (backward_matches_torch and cuda and float32 and relu)" ${SAN_ACT_S:-40}
   if san racecheck; then
     timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --error-exitcode 99 \
       $PY -m pytest tests/test_dropout.py tests/test_activations.py -q -p no:cacheprovider \
