@@ -21,7 +21,7 @@ left() { echo $((${BUDGET_S:-400} - ($(date +%s) - START))); }
 status=0
 STEPS=${STEPS:-errors tests bench sanitizer}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
-step() { echo "== $1 ($(($(date +%s) - START)) s)"; }
+step() { echo "== $1 ($(($(date +%s) - START)) s)" | tee -a "$OUT_DIR/steps.log"; }
 
 step "device"
 {
