@@ -102,12 +102,7 @@ struct CpuLoops {
           alignas(64) uint8_t bits[kMaskChunk];
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kMaskChunk, len = std::min(kMaskChunk, n - i0);
-            for (int64_t q = 0; q < (len + 7) / 8; ++q) {
-              // byte -> 8 bytes, bit t of the mask in byte t (non-zero when set)
-              const uint64_t spread = (uint64_t(m_[i0 / 8 + q]) * 0x0101010101010101ull) &
-                                      0x8040201008040201ull;
-              std::memcpy(bits + 8 * q, &spread, 8);
-            }
+            unpack_bits8(m_ + i0 / 8, (len + 7) / 8, bits);
             for (int64_t k = 0; k < len; ++k)
               store(d_, i0 + k, o.backward(load(g_, i0 + k), bits[k] != 0));
           }

@@ -81,6 +81,15 @@ FASTREG_HOST uint8_t pack_bits8(const uint8_t* b) {
   return static_cast<uint8_t>((v * 0x0102040810204080ull) >> 56);
 }
 
+// The inverse for `bytes` mask bytes: bit t of byte q -> out[8q + t], non-zero
+// when set (one multiply spreads the byte over 8 bytes, a mask keeps bit t of each).
+FASTREG_HOST void unpack_bits8(const uint8_t* __restrict m, int64_t bytes, uint8_t* __restrict out) {
+  for (int64_t q = 0; q < bytes; ++q) {
+    const uint64_t spread = (uint64_t(m[q]) * 0x0101010101010101ull) & 0x8040201008040201ull;
+    std::memcpy(out + 8 * q, &spread, 8);
+  }
+}
+
 enum class Isa { Portable, Avx2, Avx512 };
 
 // FASTREG_CPU_ISA=portable|avx2|avx512 caps the choice (tests run every path;

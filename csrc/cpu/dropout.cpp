@@ -280,16 +280,12 @@ struct CpuLoops {
             for (int64_t ch = t * per_task; ch < ch1; ++ch) {
               const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
               fill_words(seed, philox::kStreamElement, i0, len, words);
+              if constexpr (Op::saved == Saved::Mask) unpack_bits8(m_ + i0 / 8, (len + 7) / 8, bits);
               if (rows && part_ != nullptr) {
                 // the chunk's channels are i0 % K + k: one loop reads the bias in place,
                 // writes grad_input and adds into the task's grad_bias row
                 A* __restrict pc = part_ + i0 % K;
                 if constexpr (Op::saved == Saved::Mask) {
-                  for (int64_t q = 0; q < (len + 7) / 8; ++q) {
-                    const uint64_t spread = (uint64_t(m_[i0 / 8 + q]) * 0x0101010101010101ull) &
-                                            0x8040201008040201ull;
-                    std::memcpy(bits + 8 * q, &spread, 8);
-                  }
                   _Pragma("GCC ivdep")  // pc (the task's row) overlaps no tensor
                   for (int64_t k = 0; k < len; ++k) {
                     const A d = kp(words[k]) ? o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc : A(0);
@@ -309,12 +305,6 @@ struct CpuLoops {
                 continue;
               }
               if constexpr (Op::saved == Saved::Mask) {
-                for (int64_t q = 0; q < (len + 7) / 8; ++q) {
-                  // byte -> 8 bytes, bit t of the mask in byte t (non-zero when set)
-                  const uint64_t spread = (uint64_t(m_[i0 / 8 + q]) * 0x0101010101010101ull) &
-                                          0x8040201008040201ull;
-                  std::memcpy(bits + 8 * q, &spread, 8);
-                }
                 for (int64_t k = 0; k < len; ++k) {
                   const A d = o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc;
                   dz[k] = kp(words[k]) ? d : A(0);

@@ -122,8 +122,7 @@ __global__ void __launch_bounds__(kBlock)
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     prelu_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                         int64_t n, int64_t C, int64_t inner, ChannelIndex channel_of,
-                         bool aligned) {
+                         int64_t n, ChannelIndex channel_of, bool aligned) {
   using A = opmath_t<T>;
   const Prelu op;
   const T* const in[1] = {x};
@@ -135,10 +134,7 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
           yv[k] = static_cast<T>(op.forward(static_cast<A>(v[0][k]), static_cast<A>(w[c])));
-          if (++pos == inner) {
-            pos = 0;
-            if (++c == C) c = 0;
-          }
+          channel_of.step(c, pos);
         }
         store8(y, yv, 8 * u, n, vec);
       });
@@ -152,7 +148,7 @@ template <class T>
 __global__ void __launch_bounds__(kBlock)
     prelu_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
                           const T* __restrict__ w, T* __restrict__ dx,
-                          opmath_t<T>* __restrict__ partial, int64_t n, int64_t C, int64_t inner,
+                          opmath_t<T>* __restrict__ partial, int64_t n, int64_t C,
                           ChannelIndex channel_of, bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
@@ -174,10 +170,7 @@ __global__ void __launch_bounds__(kBlock)
           const A gi = static_cast<A>(v[0][k]), xi = static_cast<A>(v[1][k]);
           dv[k] = static_cast<T>(op.grad_input(gi, xi, static_cast<A>(w[c])));
           if (want_dw && 8 * u + k < n) run.add(c, op.grad_weight(gi, xi));
-          if (++pos == inner) {
-            pos = 0;
-            if (++c == C) c = 0;
-          }
+          channel_of.step(c, pos);
         }
         if (want_dw) run.finish();
         store8(dx, dv, 8 * u, n, vec);
@@ -244,8 +237,8 @@ void ActivationLoops::prelu_forward(const at::Tensor& x, const at::Tensor& w, at
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     prelu_forward_kernel<<<grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>), kBlock, 0,
                            at::cuda::getCurrentCUDAStream()>>>(
-        xp, w.const_data_ptr<scalar_t>(), yp, n, shape.channels, shape.inner,
-        ChannelIndex(n, shape.channels, shape.inner), aligned16(xp) && aligned16(yp));
+        xp, w.const_data_ptr<scalar_t>(), yp, n, ChannelIndex(n, shape.channels, shape.inner),
+        aligned16(xp) && aligned16(yp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -269,7 +262,7 @@ void ActivationLoops::prelu_backward(const at::Tensor& g, const at::Tensor& x, c
       prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
           g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
           w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-          static_cast<A*>(nullptr), n, C, shape.inner, channel_of, aligned);
+          static_cast<A*>(nullptr), n, C, channel_of, aligned);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const at::Tensor xa = x.to(c10::CppTypeToScalarType<A>::value);
       std::vector<int64_t> dims;
@@ -282,7 +275,7 @@ void ActivationLoops::prelu_backward(const at::Tensor& g, const at::Tensor& x, c
     prelu_backward_kernel<<<grid, kBlock, smem, stream>>>(
         g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
         w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-        partial.mutable_data_ptr<A>(), n, C, shape.inner, channel_of, aligned);
+        partial.mutable_data_ptr<A>(), n, C, channel_of, aligned);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     reduce_partials_kernel<<<reduce_partials_grid(C), kBlock, 0, stream>>>(
         partial.const_data_ptr<A>(), dw.mutable_data_ptr<scalar_t>(), grid, C);

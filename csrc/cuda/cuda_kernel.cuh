@@ -71,6 +71,13 @@ struct ChannelIndex {
     by_inner(i, row, pos);
     by_channels(row, outer, c);
   }
+  // (c, pos) of element i -> those of element i + 1, without a division.
+  __device__ __forceinline__ void step(int64_t& c, int64_t& pos) const {
+    if (++pos == by_inner.d) {
+      pos = 0;
+      if (++c == by_channels.d) c = 0;
+    }
+  }
 };
 
 // Arithmetic that nvcc must not contract into an FMA: the random ops round

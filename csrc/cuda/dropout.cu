@@ -96,9 +96,9 @@ template <class Op, class T>
 __global__ void __launch_bounds__(kBlock)
     bias_act_dropout_kernel(Op op, const T* __restrict__ x, const T* __restrict__ bias,
                             T* __restrict__ y, uint8_t* __restrict__ mask,
-                            const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
-                            int64_t inner, ChannelIndex channel_of, DeviceKeep keep,
-                            opmath_t<T> scale, bool aligned) {
+                            const int64_t* __restrict__ seed_p, int64_t n,
+                            ChannelIndex channel_of, DeviceKeep keep, opmath_t<T> scale,
+                            bool aligned) {
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[1] = {x};
@@ -117,10 +117,7 @@ __global__ void __launch_bounds__(kBlock)
           const A z = static_cast<A>(v[0][k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
           bits |= uint32_t(act_bit(op, z)) << k;
           yv[k] = static_cast<T>(keep(w[k]) ? op.template forward<A, math_for_t<T>>(z) * scale : A(0));
-          if (++pos == inner) {
-            pos = 0;
-            if (++c == K) c = 0;
-          }
+          channel_of.step(c, pos);
         }
         store8(y, yv, 8 * u, n, vec);
         if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
@@ -178,7 +175,7 @@ __global__ void __launch_bounds__(kBlock)
                                      const uint8_t* __restrict__ mask, const T* __restrict__ bias,
                                      T* __restrict__ dx, opmath_t<T>* __restrict__ partial,
                                      const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
-                                     int64_t inner, ChannelIndex channel_of, DeviceKeep keep,
+                                     ChannelIndex channel_of, DeviceKeep keep,
                                      opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
@@ -209,10 +206,7 @@ __global__ void __launch_bounds__(kBlock)
                          : A(0);
           dv[k] = static_cast<T>(d);
           if (want_db && 8 * u + k < n) run.add(c, d);
-          if (++pos == inner) {
-            pos = 0;
-            if (++c == K) c = 0;
-          }
+          channel_of.step(c, pos);
         }
         if (want_db) run.finish();
         store8(dx, dv, 8 * u, n, vec);
@@ -301,14 +295,10 @@ void DropoutLoops::dropout(const at::Tensor& x, const std::optional<at::Tensor>&
     const auto stream = at::cuda::getCurrentCUDAStream();
     const int64_t grid = grid_for((n + 7) / 8, kBlock);
     const int64_t* sp = seed.const_data_ptr<int64_t>();
-    if (prm.keep_add != 0.0 || prm.drop_value != 0.0) {
-      dropout_kernel<scalar_t, true><<<grid, kBlock, 0, stream>>>(xp, rp, yp, sp, n, DeviceKeep(prm.threshold),
-                                                                  A(prm.scale), A(prm.keep_add),
-                                                                  A(prm.drop_value), aligned);
-    } else {
-      dropout_kernel<scalar_t, false><<<grid, kBlock, 0, stream>>>(xp, rp, yp, sp, n, DeviceKeep(prm.threshold),
-                                                                   A(prm.scale), A(0), A(0), aligned);
-    }
+    const auto kernel = prm.keep_add != 0.0 || prm.drop_value != 0.0 ? dropout_kernel<scalar_t, true>
+                                                                      : dropout_kernel<scalar_t, false>;
+    kernel<<<grid, kBlock, 0, stream>>>(xp, rp, yp, sp, n, DeviceKeep(prm.threshold), A(prm.scale),
+                                        A(prm.keep_add), A(prm.drop_value), aligned);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -353,7 +343,7 @@ void DropoutLoops::bias_act_dropout(const Op& op, const at::Tensor& x, const at:
     }
     bias_act_dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
                               at::cuda::getCurrentCUDAStream()>>>(
-        op, xp, bp, yp, mask, seed.const_data_ptr<int64_t>(), n, shape.channels, shape.inner,
+        op, xp, bp, yp, mask, seed.const_data_ptr<int64_t>(), n,
         ChannelIndex(n, shape.channels, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
         aligned16(xp) && aligned16(yp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -406,8 +396,7 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, 
     bias_act_dropout_backward_kernel<<<grid, kBlock, shared_db ? smem : 0, stream>>>(
         op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
         shared_db ? partial.mutable_data_ptr<A>() : nullptr, seed.const_data_ptr<int64_t>(), n, K,
-        shape.inner, ChannelIndex(n, K, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
-        aligned);
+        ChannelIndex(n, K, shape.inner), DeviceKeep(prm.threshold), A(prm.scale), aligned);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (shared_db) {
       reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
