@@ -1,7 +1,8 @@
 """The benchmark harness every family uses.
 
 It measures the device's copy bandwidth once, times each implementation of a
-case (CUDA events after warm-up on a GPU, torch.utils.benchmark on the CPU),
+case (CUDA events after warm-up on a GPU; on the CPU, torch.utils.benchmark timing
+the implementations in alternating batches of a few milliseconds),
 and reports per op, direction, dtype and size: median time, GB/s on the byte
 floor of DESIGN §5, percent of the copy bandwidth, speedups, and bytes saved
 for backward per element. Results go to bench/results/<device>-<date>.json and
@@ -68,6 +69,25 @@ def time_calls(fn, device, reps=None):
     fn()
     timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=0.3).median * 1e3, None
+
+
+def steady_cpu_allocator():
+    """Makes glibc's malloc keep freed blocks of up to 32 MiB in the heap (M_MMAP_THRESHOLD)
+    and never hand the heap's top back to the system (M_TRIM_THRESHOLD), so a benchmark loop
+    reuses its outputs' pages instead of faulting fresh ones in. By default glibc adapts both
+    thresholds as blocks come and go, and which mode a loop of 16 MiB tensors ends up in moved
+    the same call between 2.4 and 6 ms (fastreg and eager alike; 12k-46k page faults a second).
+    PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for the same reason. Applies to
+    every implementation alike; returns a description for the results, or None (not glibc)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):
+        return None
+    return "glibc mallopt M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=1 GiB" if ok else None
 
 
 def copy_bandwidth(device, nbytes):
@@ -137,11 +157,47 @@ class Row:
     host_ms: dict = field(default_factory=dict)  # GPU: host time to issue one call, per implementation
 
 
+def time_alternating(fns, seconds_each, batch_s=0.01):
+    """CPU: {name: median ms per call}, the implementations' calls alternating in batches of
+    about `batch_s` (fastreg, eager, compile, fastreg, ...) until each has run for about
+    `seconds_each`, and at least 15 batches each. This machine's speed drifts by +-30 %
+    within seconds (other tenants): per-implementation blocks of 0.3 s, even interleaved,
+    left ratios that moved by as much between runs; batches of a few milliseconds expose
+    every implementation to the same drift. A failing implementation maps to its exception."""
+    calls, out = {}, {}
+    for name, fn in fns.items():
+        try:
+            fn()  # warm-up (and a compile's first call)
+            t0 = time.perf_counter()
+            fn()
+            calls[name] = max(1, round(batch_s / max(time.perf_counter() - t0, 1e-7)))
+        except Exception as exc:
+            out[name] = exc
+    threads = torch.get_num_threads()
+    timers = {n: tbench.Timer(stmt="fn()", globals={"fn": fns[n]}, num_threads=threads) for n in calls}
+    samples = {name: [] for name in calls}
+    deadline = time.perf_counter() + seconds_each * len(calls)
+    while calls and (time.perf_counter() < deadline or min(len(v) for v in samples.values()) < 15):
+        for name, number in calls.items():
+            samples[name].append(timers[name].timeit(number).median * 1e3)
+    out.update({name: statistics.median(v) for name, v in samples.items()})
+    return out
+
+
 def run_case(case, device, copy_gbps, rounds=1):
-    """Times every implementation `rounds` times, interleaved (fastreg, eager, ..., fastreg,
-    eager, ...), and keeps each one's fastest median: on a shared CPU the machine's speed
-    drifts within seconds, and interleaving exposes every implementation to the same drift."""
+    """Times every implementation of a case. On a GPU: `rounds` rounds, interleaved
+    (fastreg, eager, ..., fastreg, eager, ...), keeping each one's fastest median. On the
+    CPU: calls alternate in batches of a few milliseconds (time_alternating) for about
+    0.3 s per round and implementation, and each reports its median."""
     times, host = {}, {}
+    if torch.device(device).type != "cuda":
+        for name, t in time_alternating(case.impls, 0.3 * rounds).items():
+            if isinstance(t, Exception):
+                times[name] = None
+                print(f"  {case.op} {case.direction} {case.dtype}: {name} failed: {type(t).__name__}: {t}")
+            else:
+                times[name] = t
+        rounds = 0
     for _ in range(rounds):
         for name, fn in case.impls.items():
             if name in times and times[name] is None:

@@ -340,6 +340,43 @@ def test_special_values(device):
         torch.testing.assert_close(y, expected, equal_nan=True, msg=name)
 
 
+INT_OF = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_relu_moves_input_bits(device, dtype):
+    """ReLU's forward is exactly x or +0 and its backward exactly g or +0, bit for bit (the
+    CPU loops select raw element bits instead of converting through float32): subnormals,
+    infinities and a NaN's payload pass unchanged (the payload on the CPU; CUDA kernels
+    round through float32), -0 and negatives become +0."""
+    tiny = torch.finfo(dtype).tiny
+    vals = [1.5, -2.0, 0.0, -0.0, tiny / 4, -tiny / 4, float("inf"), -float("inf"), 3e-3, 7.0]
+    x = torch.tensor(vals * 40, dtype=dtype)  # 400 elements: whole mask chunks and a tail
+    nan = torch.tensor([-1], dtype=INT_OF[dtype]).view(dtype)  # all ones: NaN, payload set
+    x = torch.cat([x, nan.repeat(3)]).to(device).requires_grad_()
+    y = FR.relu(x)
+    bits, xbits = y.detach().view(INT_OF[dtype]), x.detach().view(INT_OF[dtype])
+    kept = ~(x.detach() <= 0)
+    assert torch.equal(bits[kept & ~x.detach().isnan()], xbits[kept & ~x.detach().isnan()])
+    assert torch.equal(bits[~kept], torch.zeros_like(bits[~kept]))
+    assert y.detach()[-3:].isnan().all()
+    if device == "cpu":
+        assert torch.equal(bits[-3:], xbits[-3:])
+    g = torch.tensor(vals[::-1] * 40 + [1.0] * 3, dtype=dtype, device=device)
+    (dx,) = torch.autograd.grad(y, x, g)
+    gbits = g.view(INT_OF[dtype])
+    assert torch.equal(dx.view(INT_OF[dtype])[kept], gbits[kept])
+    assert torch.equal(dx.view(INT_OF[dtype])[~kept], torch.zeros_like(gbits[~kept]))
+    with torch.no_grad():  # the inference loop (no mask)
+        assert torch.equal(FR.relu(x.detach()).view(INT_OF[dtype])[kept], bits[kept])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_input(device):
     ints = torch.arange(6, device=device)
