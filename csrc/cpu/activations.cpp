@@ -31,8 +31,8 @@ struct CpuLoops {
           const scalar_t* __restrict x_ = xp;
           scalar_t* __restrict y_ = yp;
           if constexpr (kSelectsInput<Op>) {
-            const raw_t<scalar_t>* __restrict xr = raw(xp);
-            raw_t<scalar_t>* __restrict yr = raw(yp);
+            const raw_t<scalar_t>* __restrict xr = raw(x_);
+            raw_t<scalar_t>* __restrict yr = raw(y_);
             for (int64_t i = begin; i < end; ++i) yr[i] = o.keep(load(x_, i)) ? xr[i] : raw_t<scalar_t>(0);
           } else {
             for (int64_t i = begin; i < end; ++i) store(y_, i, o.forward(load(x_, i)));

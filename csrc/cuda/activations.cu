@@ -157,9 +157,8 @@ __global__ void __launch_bounds__(kBlock)
   if (want_dw) sums.begin(C);
   const Prelu op;
   const T* const in[2] = {g, x};
-  for_units_prefetched(
-      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
-      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+  for_grid_units_prefetched(
+      in, nullptr, n, aligned,
       [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         int64_t c, pos;
         channel_of(8 * u, c, pos);

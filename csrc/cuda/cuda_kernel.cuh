@@ -164,6 +164,18 @@ __device__ __forceinline__ void for_units_prefetched(int64_t u0, int64_t ustep, 
   }
 }
 
+// for_units_prefetched over the whole tensor's (n + 7) / 8 units, grid-stride
+// (thread t of the grid takes units t, t + threads, ...): the usual launch of
+// the elementwise kernels, grid_for(units, kBlock).
+template <int kIn, class T, class Body>
+__device__ __forceinline__ void for_grid_units_prefetched(const T* const (&in)[kIn],
+                                                          const uint8_t* __restrict__ mask, int64_t n,
+                                                          bool aligned, Body&& body) {
+  for_units_prefetched(static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
+                       static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, mask, n, aligned,
+                       static_cast<Body&&>(body));
+}
+
 // For light per-unit work (streaming kernels): each thread loads kU units
 // (u = base + j * kBlock) before it computes any, so kU units' loads (64 bytes
 // per thread for kU = 64 / (8 sizeof(T))) are in flight, as in the map kernel.

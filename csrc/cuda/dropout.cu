@@ -35,9 +35,8 @@ __global__ void __launch_bounds__(kBlock)
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[2] = {x, r};
-  for_units_prefetched(
-      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
-      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+  for_grid_units_prefetched(
+      in, nullptr, n, aligned,
       [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         uint32_t w[8];
         unit_words(key, philox::kStreamElement, u, w);
@@ -67,9 +66,8 @@ __global__ void __launch_bounds__(kBlock)
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[2] = {x, r};
-  for_units_prefetched(
-      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
-      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+  for_grid_units_prefetched(
+      in, nullptr, n, aligned,
       [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         int64_t first, last, pos;
         sample_of(8 * u, first, pos);
@@ -102,9 +100,8 @@ __global__ void __launch_bounds__(kBlock)
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[1] = {x};
-  for_units_prefetched(
-      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
-      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, nullptr, n, aligned,
+  for_grid_units_prefetched(
+      in, nullptr, n, aligned,
       [&](int64_t u, const T(&v)[1][8], uint32_t, bool vec) {
         uint32_t w[8];
         unit_words(key, philox::kStreamElement, u, w);
@@ -184,10 +181,8 @@ __global__ void __launch_bounds__(kBlock)
   if (want_db) sums.begin(K);
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[2] = {g, Op::saved == Saved::Mask ? nullptr : xs};
-  for_units_prefetched(
-      static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
-      static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in,
-      Op::saved == Saved::Mask ? mask : nullptr, n, aligned,
+  for_grid_units_prefetched(
+      in, Op::saved == Saved::Mask ? mask : nullptr, n, aligned,
       [&](int64_t u, const T(&v)[2][8], uint32_t bits, bool vec) {
         uint32_t w[8];
         unit_words(key, philox::kStreamElement, u, w);
