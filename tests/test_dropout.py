@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -243,6 +247,90 @@ def test_dropout_keeps_the_sign_of_zero(device, dtype):
         y, want = FR.dropout(x, p, seed=5), R.dropout(x, p, seed=5)
         assert torch.equal(torch.signbit(y), torch.signbit(want)), p
         assert torch.signbit(y[0::4]).any()  # some kept -0
+
+
+# Run in this process and in children capped to other CPU instruction sets: the
+# bfloat16 results of the dropout family and the activations, as raw bits, on values where a
+# conversion to bfloat16 can go wrong (NaN, infinities, signed zeros, float32
+# denormals, sums that overflow or land exactly halfway between two bfloat16s),
+# over lengths that leave vector tails.
+BF16_EDGE_SCRIPT = """
+import sys, torch, fastreg, fastreg.functional as FR
+def edge_inputs():
+    tiny = torch.finfo(torch.float32).tiny
+    vals = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-39, -1e-39, 3e-39, tiny,
+            -tiny, 2.0**-9, 3.0 * 2.0**-9, 1.0, -1.0, 3.3e38, -3.3e38, 1.5, 2.0**-140]
+    res = [1.0, 1.0 + 2.0**-7, -tiny, tiny / 2, 3.3e38, 0.0, -0.0, 1.0, 2.0, float("nan"), 5.0,
+           -1.0, 1e-39, 1.0, -3.3e38, 0.0, -1e-39, 7.0]
+    # the first 160 elements without NaN: a NaN sends its whole vector to the generic rounding
+    def fill(v, n):
+        return v * (n // len(v) + 1)
+    x = torch.tensor(fill(vals[1:], 160)[:160] + fill(vals, 133)[:133]).bfloat16()
+    r = torch.tensor(fill([v for v in res if v == v], 160)[:160] + fill(res, 133)[:133]).bfloat16()
+    return x, r
+x, r = edge_inputs()
+out = {}
+for p in (0.0, 0.5, 1.0):
+    out[f"dropout{p}"] = FR.dropout(x, p, seed=11)
+    out[f"dropout_add{p}"] = FR.dropout_add(x, r, p, seed=11)
+    out[f"dropout_add_rx{p}"] = FR.dropout_add(r, x, p, seed=11)
+    for act in ("relu", "gelu"):
+        xx = x.reshape(1, -1).clone().requires_grad_()
+        b = r[: xx.shape[1]].clone().requires_grad_()
+        y = FR.bias_act_dropout(xx, b, act, p, seed=11)
+        gx, gb = torch.autograd.grad(y, (xx, b), r.reshape(1, -1))
+        out[f"{act}{p}"], out[f"{act}_gx{p}"] = y, gx
+for name in ("sigmoid", "tanh", "gelu", "silu", "elu", "selu", "leaky_relu"):
+    xx = x.clone().requires_grad_()
+    y = getattr(FR, name)(xx)
+    (gx,) = torch.autograd.grad(y, xx, r)
+    with torch.no_grad():
+        plain = getattr(FR, name)(x)
+    out[name], out[name + "_gx"], out[name + "_nograd"] = y, gx, plain
+out["prelu"] = FR.prelu(x[:288].view(2, 4, 36), r[:4])
+torch.save({k: v.view(torch.int16) for k, v in out.items()}, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
+def test_bfloat16_results_identical_on_every_cpu_path(isa, tmp_path):
+    """The bfloat16 stores of the dropout family and the activations round as c10::BFloat16
+    does on every CPU path: AVX512_BF16's VCVTNE2PS2BF16 (where the CPU has it; it flushes float32 denormals
+    and keeps NaN payloads, so those vectors take the generic rounding), the generic
+    AVX-512, AVX2 and portable loops. Raw bits, edge values, vector tails."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    results = []
+    for cap in (None, isa):
+        e = dict(env)
+        e.pop("FASTREG_CPU_ISA", None)
+        if cap:
+            e["FASTREG_CPU_ISA"] = cap
+        path = tmp_path / f"{cap}.pt"
+        cmd = [sys.executable, "-c", BF16_EDGE_SCRIPT, str(path)]
+        res = subprocess.run(cmd, env=e, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        results.append(torch.load(path))
+    default, capped = results
+    for key, bits in default.items():
+        assert torch.equal(bits, capped[key]), key
+
+
+def test_bfloat16_edge_values_match_reference():
+    """The same edge values against fastreg.reference: bit for bit except NaN payloads
+    (torch's own vectorized and scalar bfloat16 roundings give different NaN bits)."""
+    namespace = {}
+    exec(BF16_EDGE_SCRIPT.split("x, r = edge_inputs()")[0], namespace)
+    x, r = namespace["edge_inputs"]()
+    for p in (0.0, 0.5, 1.0):
+        for ours, ref in (
+            (FR.dropout(x, p, seed=11), R.dropout(x, p, seed=11)),
+            (FR.dropout_add(x, r, p, seed=11), R.dropout_add(x, r, p, seed=11)),
+            (FR.dropout_add(r, x, p, seed=11), R.dropout_add(r, x, p, seed=11)),
+        ):
+            nan = torch.isnan(ref)
+            assert torch.equal(torch.isnan(ours), nan), p
+            assert torch.equal(ours.view(torch.int16)[~nan], ref.view(torch.int16)[~nan]), p
+    assert torch.isnan(x).any() and (x.float().abs() < torch.finfo(torch.float32).tiny).any()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -99,10 +99,12 @@ FASTREG_HOST void unpack_bits8(const uint8_t* __restrict m, int64_t bytes, uint8
   }
 }
 
-enum class Isa { Portable, Avx2, Avx512 };
+// Avx512Bf16: AVX-512 plus AVX512_BF16's float32 -> bfloat16 conversion
+// (bf16_simd.h), which the bfloat16 stores of the dropout family use.
+enum class Isa { Portable, Avx2, Avx512, Avx512Bf16 };
 
-// FASTREG_CPU_ISA=portable|avx2|avx512 caps the choice (tests run every path;
-// an unsupported request falls back to what the CPU has).
+// FASTREG_CPU_ISA=portable|avx2|avx512|avx512bf16 caps the choice (tests run
+// every path; an unsupported request falls back to what the CPU has).
 inline Isa detect_isa() {
   const char* cap = std::getenv("FASTREG_CPU_ISA");
   const std::string want = cap ? cap : "";
@@ -110,8 +112,9 @@ inline Isa detect_isa() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && want != "avx2")
-    return Isa::Avx512;
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && want != "avx2") {
+    return __builtin_cpu_supports("avx512bf16") && want != "avx512" ? Isa::Avx512Bf16 : Isa::Avx512;
+  }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
 #endif
   return Isa::Portable;
@@ -123,7 +126,12 @@ inline Isa cpu_isa() {
 }
 
 inline const char* isa_name(Isa isa) {
-  return isa == Isa::Avx512 ? "avx512" : isa == Isa::Avx2 ? "avx2" : "portable";
+  switch (isa) {
+    case Isa::Avx512Bf16: return "avx512bf16";
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "portable";
+  }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -155,6 +163,7 @@ template <class F> __attribute__((noinline)) void run_portable(const F& f) { f()
 template <bool kNarrow = false, class F> void run_isa(const F& f) {
   switch (cpu_isa()) {
     case Isa::Avx512:
+    case Isa::Avx512Bf16:
       if constexpr (kNarrow) {
         run_avx512_256(f);
       } else {

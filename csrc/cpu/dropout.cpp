@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../dropout_ops.h"
+#include "bf16_simd.h"
 #include "cpu_kernel.h"
 #include "philox_simd.h"
 
@@ -27,7 +28,7 @@ FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t
   const philox::Key key = philox::key_schedule(seed);
   int64_t b = 0;
 #ifdef FASTREG_HAVE_AVX512_PHILOX
-  if (cpu_isa() == Isa::Avx512) {  // 16 blocks per AVX-512 pass, the rest below
+  if (cpu_isa() >= Isa::Avx512) {  // 16 blocks per AVX-512 pass, the rest below
     const int64_t groups = nb / 16;
     philox_words_avx512(key, stream, static_cast<uint64_t>(b0), groups, words);
     b = groups * 16;
@@ -43,6 +44,56 @@ FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t
 }
 
 using Keep = philox::KeepRule;
+
+#ifdef FASTREG_HAVE_AVX512_BF16
+// One chunk of bfloat16 dropout (kResidual: + residual), 32 elements per step:
+// the same values as the generic loop below (float32 math, c10's rounding), with
+// the keep decision as the zeroing mask of the multiply and AVX512_BF16's
+// conversion (bf16_simd.h) in place of the generic rounding sequence.
+template <bool kResidual>
+FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) void dropout_bf16_chunk(
+    const uint16_t* __restrict x, const uint16_t* __restrict r, uint16_t* __restrict y,
+    const uint32_t* __restrict words, int64_t len, float scale, Keep keep) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  const __m512i thr = _mm512_set1_epi32(static_cast<int>(keep.threshold));
+  const __mmask16 any = keep.none ? 0 : 0xffff;
+  int64_t k = 0;
+  for (; k + 32 <= len; k += 32) {
+    const __m512i w0 = _mm512_loadu_si512(words + k), w1 = _mm512_loadu_si512(words + k + 16);
+    __m512 a0 = _mm512_maskz_mul_ps(_mm512_mask_cmpge_epu32_mask(any, w0, thr), bf16x16_load(x + k), sc);
+    __m512 a1 = _mm512_maskz_mul_ps(_mm512_mask_cmpge_epu32_mask(any, w1, thr), bf16x16_load(x + k + 16), sc);
+    if constexpr (kResidual) {
+      a0 = _mm512_add_ps(bf16x16_load(r + k), a0);
+      a1 = _mm512_add_ps(bf16x16_load(r + k + 16), a1);
+    }
+    bf16x32_store(y + k, a0, a1);
+  }
+  for (; k < len; ++k) {
+    const float a = keep(words[k]) ? bf16_to_float(x[k]) * scale : 0.0f;
+    y[k] = float_to_bf16(kResidual ? bf16_to_float(r[k]) + a : a);
+  }
+}
+#endif
+
+// The bfloat16 chunk with AVX512_BF16 (the caller checked the CPU has it); false
+// for the other types, which take the generic loops.
+template <class T>
+bool dropout_chunk_bf16(const T*, const T*, T*, const uint32_t*, int64_t, opmath_t<T>, Keep) {
+  return false;
+}
+inline bool dropout_chunk_bf16(const c10::BFloat16* x, const c10::BFloat16* r, c10::BFloat16* y,
+                               const uint32_t* words, int64_t len, float scale, Keep keep) {
+#ifdef FASTREG_HAVE_AVX512_BF16
+  if (r != nullptr) {
+    dropout_bf16_chunk<true>(raw(x), raw(r), raw(y), words, len, scale, keep);
+  } else {
+    dropout_bf16_chunk<false>(raw(x), nullptr, raw(y), words, len, scale, keep);
+  }
+  return true;
+#else
+  return false;
+#endif
+}
 
 // Splits [i, end) into segments where the channel of element start+j is
 // c + j (kStep, inner == 1) or c (inner > 1), and calls seg(start, len, c).
@@ -76,6 +127,10 @@ struct CpuLoops {
       const A scale = A(prm.scale), add = A(prm.keep_add), drop = A(prm.drop_value);
       const bool affine = prm.keep_add != 0.0 || prm.drop_value != 0.0;
       const Keep keep(prm.threshold);
+      // AVX512_BF16's conversion for bfloat16 (plain and residual dropout; alpha dropout
+      // takes the generic loops): bfloat16 forward 13-15 % faster on this project's Zen 4,
+      // and 7 % faster than computing the chunk into a float32 buffer for map_store
+      const bool bf16_convert = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           // locals, not captures: the loops must not re-read them after each store
@@ -88,6 +143,10 @@ struct CpuLoops {
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
             fill_words(seed, philox::kStreamElement, i0, len, words);
+            if (bf16_convert && !affine &&
+                dropout_chunk_bf16(x_ + i0, r_ ? r_ + i0 : nullptr, y_ + i0, words, len, sc, kp)) {
+              continue;
+            }
             if (affine && r_ != nullptr) {
               for (int64_t k = 0; k < len; ++k) {
                 const A v = load(x_, i0 + k);
@@ -188,6 +247,8 @@ struct CpuLoops {
       const Keep keep(prm.threshold);
       // bias along the contiguous last dim, whole chunks per row: no gather
       const bool rows = bp != nullptr && inner == 1 && K % kChunk == 0;
+      // bfloat16 output through AVX512_BF16's conversion (map_store: a float32 buffer)
+      const bool bf16_convert = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
@@ -204,20 +265,20 @@ struct CpuLoops {
             fill_words(seed, philox::kStreamElement, i0, len, words);
             if (rows) {  // the chunk's channels are i0 % K + k: the bias read in place
               const scalar_t* __restrict b_ = bp + i0 % K;
-              for (int64_t k = 0; k < len; ++k) {
+              map_store(y_ + i0, 0, len, bf16_convert, [&](int64_t k) FASTREG_INLINE_LAMBDA {
                 const A z = load(x_, i0 + k) + load(b_, k);
                 bits[k] = act_bit(o, z);
                 const A a = o.forward(z) * sc;
-                store(y_, i0 + k, kp(words[k]) ? a : A(0));
-              }
+                return kp(words[k]) ? a : A(0);
+              });
             } else {
               gather_bias(bp, i0, len, K, inner, bv);
-              for (int64_t k = 0; k < len; ++k) {
+              map_store(y_ + i0, 0, len, bf16_convert, [&](int64_t k) FASTREG_INLINE_LAMBDA {
                 const A z = load(x_, i0 + k) + bv[k];
                 bits[k] = act_bit(o, z);
                 const A a = o.forward(z) * sc;
-                store(y_, i0 + k, kp(words[k]) ? a : A(0));
-              }
+                return kp(words[k]) ? a : A(0);
+              });
             }
             if (m_ != nullptr) {
               for (int64_t k = len; k < (len + 7) / 8 * 8; ++k) bits[k] = 0;
@@ -259,6 +320,7 @@ struct CpuLoops {
       // conversions dominate, was not faster, and keeps the buffered loops)
       const bool rows = inner == 1 && K % kChunk == 0 && (Op::saved == Saved::Mask || bp != nullptr) &&
                         std::is_same_v<scalar_t, A>;
+      const bool bf16_convert = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           A* __restrict part = dbias ? partial.data() + t * K : nullptr;
@@ -317,7 +379,7 @@ struct CpuLoops {
                   dz[k] = kp(words[k]) ? d : A(0);
                 }
               }
-              for (int64_t k = 0; k < len; ++k) store(d_, i0 + k, dz[k]);
+              store_row(d_ + i0, dz, len, bf16_convert);
               if (part_ == nullptr) continue;
               if (inner == 1) {  // runs of consecutive channels, added into the task's row
                 for (int64_t k = 0, c = i0 % K; k < len; c = 0) {
