@@ -6,9 +6,11 @@
 // product >> 32, lo = the product itself, whose high half the next multiply
 // ignores), and each round's two XORs are one ternary-logic op. Two groups of 16
 // blocks (four independent chains) per pass keep the multipliers busy: 0.42 ns per
-// word on one core of the development machine (0.36 with the permutes below), against
-// 0.58 for 16 lanes of 32 bits with even/odd multiplies and blends. The four words
-// of every 8 blocks are then permuted into element order (block b's words at 4b .. 4b+3).
+// word on one core of the development machine, against 0.58 for 16 lanes of 32 bits
+// with even/odd multiplies and blends; 0.33 since the counters are made as 64-bit
+// indices and the words leave through permutes (below). The four words of every 8
+// blocks are permuted into element order (block b's words at 4b .. 4b+3). Three or
+// four groups per pass (six or eight chains) ran at less than half the speed.
 #pragma once
 
 #include <cstdint>
@@ -41,22 +43,17 @@ __attribute__((target("avx512f"), always_inline)) inline void philox_round8(Lane
   a.c3 = p0;
 }
 
-// The counters of blocks first .. first + 15 as two Lanes8 (the low 32 bits of the
-// block index wrap into the high word within the group when they overflow).
-__attribute__((target("avx512f"), always_inline)) inline void philox_counters16(uint64_t first, uint32_t stream,
-                                                                                Lanes8& a, Lanes8& b) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i base = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first)));
-  const __m512i lo32 = _mm512_add_epi32(base, lane);
-  const __mmask16 wrapped = _mm512_cmplt_epu32_mask(lo32, base);
-  const __m512i hi = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
-  const __m512i hi32 = _mm512_mask_add_epi32(hi, wrapped, hi, _mm512_set1_epi32(1));
-  a.c0 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(lo32));
-  b.c0 = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(lo32, 1));
-  a.c1 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(hi32));
-  b.c1 = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(hi32, 1));
-  a.c2 = b.c2 = _mm512_set1_epi64(stream);
-  a.c3 = b.c3 = _mm512_setzero_si512();
+// The counters of blocks first .. first + 7: block first + j in lane j as a 64-bit
+// index, whose low half is counter word 0 and, shifted down, word 1 (the rounds
+// ignore the lanes' high halves).
+__attribute__((target("avx512f"), always_inline)) inline void philox_counters8(uint64_t first, __m512i stream,
+                                                                               Lanes8& a) {
+  const __m512i index = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first)),
+                                         _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+  a.c0 = index;
+  a.c1 = _mm512_srli_epi64(index, 32);
+  a.c2 = stream;
+  a.c3 = _mm512_setzero_si512();
 }
 
 // 8 blocks' words (one Lanes8, each word in its lane's low half) -> 32 words in
@@ -80,7 +77,8 @@ __attribute__((target("avx512f"), always_inline)) inline void philox_groups(cons
                                                                             uint64_t first, uint32_t* out) {
   const __m512i m0 = _mm512_set1_epi64(philox::kM0), m1 = _mm512_set1_epi64(philox::kM1);
   Lanes8 s[2 * G];
-  for (int h = 0; h < G; ++h) philox_counters16(first + 16 * static_cast<uint64_t>(h), stream, s[2 * h], s[2 * h + 1]);
+  const __m512i st = _mm512_set1_epi64(stream);
+  for (int q = 0; q < 2 * G; ++q) philox_counters8(first + 8 * static_cast<uint64_t>(q), st, s[q]);
 #pragma GCC unroll 10
   for (int r = 0; r < 10; ++r) {
     const __m512i k0 = _mm512_set1_epi32(static_cast<int>(key.k0[r]));
