@@ -38,11 +38,18 @@ FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) __m512 bf16x16_
 }
 
 // 32 float32 values (lo: elements 0-15, hi: 16-31) -> 32 bfloat16 at p, as c10 rounds.
+// kStream: a non-temporal store (p 64-byte aligned).
+template <bool kStream = false>
 FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) void bf16x32_store(uint16_t* p, __m512 lo,
                                                                                      __m512 hi) {
   const __mmask16 s = _mm512_fpclass_ps_mask(lo, kBf16Special) | _mm512_fpclass_ps_mask(hi, kBf16Special);
   if (__builtin_expect(s == 0, 1)) {
-    _mm512_storeu_si512(p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    if constexpr (kStream) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+    } else {
+      _mm512_storeu_si512(p, v);
+    }
     return;
   }
   alignas(64) float v[32];

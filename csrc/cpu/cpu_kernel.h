@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -190,6 +191,40 @@ void sum_partials(const A* partial, int64_t tasks, int64_t C, scalar_t* out) {
     for (int64_t c = 0; c < C; ++c) a[c] += row[c];
   }
   for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(a[c]);
+}
+
+// The last-level cache's size in bytes, as Linux reports it for CPU 0
+// (/sys/devices/system/cpu/cpu0/cache/index3/size; glibc's sysconf can report
+// the host's, ten times the guest's 32 MiB on this project's VM), else 32 MiB.
+inline int64_t read_llc_bytes() {
+  if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {
+    long long v = 0;
+    char unit = 0;
+    const int got = std::fscanf(f, "%lld%c", &v, &unit);
+    std::fclose(f);
+    if (got >= 1 && v > 0) return unit == 'M' ? v << 20 : unit == 'K' ? v << 10 : v;
+  }
+  return int64_t(32) << 20;
+}
+
+// Streaming (non-temporal) stores pay when an op's bytes read and written
+// together exceed the last-level cache: its output cannot stay cached anyway,
+// and without a read-for-ownership of each line the stores drain while the
+// kernel computes. FASTREG_CPU_STREAM_MIN_BYTES overrides the threshold (tests).
+inline int64_t stream_min_bytes() {
+  static const int64_t v = [] {
+    const char* env = std::getenv("FASTREG_CPU_STREAM_MIN_BYTES");
+    return env ? std::atoll(env) : read_llc_bytes();
+  }();
+  return v;
+}
+
+// Orders a task's non-temporal stores before whatever follows it (they are
+// weakly ordered on x86).
+inline void store_fence() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_ia32_sfence();
+#endif
 }
 
 // Elements per task: large enough to amortize a thread hand-off, small enough
