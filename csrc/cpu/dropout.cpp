@@ -46,23 +46,32 @@ FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t
 using Keep = philox::KeepRule;
 
 #ifdef FASTREG_HAVE_AVX512_BF16
-// One chunk of bfloat16 dropout (kResidual: + residual), 32 elements per step:
-// the same values as the generic loop below (float32 math, c10's rounding), with
-// the keep decision as the zeroing mask of the multiply and AVX512_BF16's
-// conversion (bf16_simd.h) in place of the generic rounding sequence. kStream:
-// non-temporal stores (y 64-byte aligned).
+// Dropout of 16 float32 values by their words: kept ? v * scale : +0 (the keep
+// decision is the zeroing mask of the multiply), as the generic loops compute it.
+struct KeepScale16 {
+  __m512 scale;
+  __m512i threshold;
+  __mmask16 any;  // 0 when p = 1 drops everything
+  FASTREG_TARGET_AVX512 __attribute__((always_inline)) KeepScale16(float s, Keep keep)
+      : scale(_mm512_set1_ps(s)),
+        threshold(_mm512_set1_epi32(static_cast<int>(keep.threshold))),
+        any(keep.none ? 0 : 0xffff) {}
+  FASTREG_TARGET_AVX512 __attribute__((always_inline)) __m512 operator()(const uint32_t* words, __m512 v) const {
+    return _mm512_maskz_mul_ps(_mm512_mask_cmpge_epu32_mask(any, _mm512_loadu_si512(words), threshold), v, scale);
+  }
+};
+
+// One chunk of bfloat16 dropout (kResidual: + residual), 32 elements per step,
+// with AVX512_BF16's conversion (bf16_simd.h) in place of the generic rounding.
+// kStream: non-temporal stores (y 64-byte aligned).
 template <bool kResidual, bool kStream>
 FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) void dropout_bf16_chunk(
     const uint16_t* __restrict x, const uint16_t* __restrict r, uint16_t* __restrict y,
     const uint32_t* __restrict words, int64_t len, float scale, Keep keep) {
-  const __m512 sc = _mm512_set1_ps(scale);
-  const __m512i thr = _mm512_set1_epi32(static_cast<int>(keep.threshold));
-  const __mmask16 any = keep.none ? 0 : 0xffff;
+  const KeepScale16 drop(scale, keep);
   int64_t k = 0;
   for (; k + 32 <= len; k += 32) {
-    const __m512i w0 = _mm512_loadu_si512(words + k), w1 = _mm512_loadu_si512(words + k + 16);
-    __m512 a0 = _mm512_maskz_mul_ps(_mm512_mask_cmpge_epu32_mask(any, w0, thr), bf16x16_load(x + k), sc);
-    __m512 a1 = _mm512_maskz_mul_ps(_mm512_mask_cmpge_epu32_mask(any, w1, thr), bf16x16_load(x + k + 16), sc);
+    __m512 a0 = drop(words + k, bf16x16_load(x + k)), a1 = drop(words + k + 16, bf16x16_load(x + k + 16));
     if constexpr (kResidual) {
       a0 = _mm512_add_ps(bf16x16_load(r + k), a0);
       a1 = _mm512_add_ps(bf16x16_load(r + k + 16), a1);
@@ -75,19 +84,15 @@ FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) void dropout_bf16_chunk(
   }
 }
 
-// One chunk of float32 dropout with non-temporal stores (y 64-byte aligned): the
-// generic loop's values, 16 elements per step.
+// One chunk of float32 dropout with non-temporal stores (y 64-byte aligned).
 template <bool kResidual>
 FASTREG_TARGET_AVX512 __attribute__((noinline)) void dropout_f32_stream_chunk(
     const float* __restrict x, const float* __restrict r, float* __restrict y,
     const uint32_t* __restrict words, int64_t len, float scale, Keep keep) {
-  const __m512 sc = _mm512_set1_ps(scale);
-  const __m512i thr = _mm512_set1_epi32(static_cast<int>(keep.threshold));
-  const __mmask16 any = keep.none ? 0 : 0xffff;
+  const KeepScale16 drop(scale, keep);
   int64_t k = 0;
   for (; k + 16 <= len; k += 16) {
-    const __mmask16 kept = _mm512_mask_cmpge_epu32_mask(any, _mm512_loadu_si512(words + k), thr);
-    __m512 a = _mm512_maskz_mul_ps(kept, _mm512_loadu_ps(x + k), sc);
+    __m512 a = drop(words + k, _mm512_loadu_ps(x + k));
     if constexpr (kResidual) a = _mm512_add_ps(_mm512_loadu_ps(r + k), a);
     _mm512_stream_ps(y + k, a);
   }
