@@ -101,7 +101,8 @@ FASTREG_HOST void unpack_bits8(const uint8_t* __restrict m, int64_t bytes, uint8
 }
 
 // Avx512Bf16: AVX-512 plus AVX512_BF16's float32 -> bfloat16 conversion
-// (bf16_simd.h), which the bfloat16 stores of the dropout family use.
+// (bf16_simd.h), which the bfloat16 stores of the dropout family and of the
+// activation maps use.
 enum class Isa { Portable, Avx2, Avx512, Avx512Bf16 };
 
 // FASTREG_CPU_ISA=portable|avx2|avx512|avx512bf16 caps the choice (tests run
