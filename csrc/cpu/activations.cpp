@@ -25,7 +25,6 @@ struct CpuLoops {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act", [&] {
       const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
-      const bool hw = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
         run_isa<Op::saved == Saved::Mask && kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
           // local copies: parameters and pointers in registers, not re-read per element
@@ -37,7 +36,7 @@ struct CpuLoops {
             raw_t<scalar_t>* __restrict yr = raw(y_);
             for (int64_t i = begin; i < end; ++i) yr[i] = o.keep(load(x_, i)) ? xr[i] : raw_t<scalar_t>(0);
           } else {
-            map_store(y_, begin, end, hw, [&](int64_t i) FASTREG_INLINE_LAMBDA { return o.forward(load(x_, i)); });
+            map_store(y_, begin, end, [&](int64_t i) FASTREG_INLINE_LAMBDA { return o.forward(load(x_, i)); });
           }
         });
       });
@@ -50,14 +49,13 @@ struct CpuLoops {
       const scalar_t* __restrict gp = g.const_data_ptr<scalar_t>();
       const scalar_t* __restrict sp = s.const_data_ptr<scalar_t>();
       scalar_t* __restrict dp = dx.mutable_data_ptr<scalar_t>();
-      const bool hw = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
           const scalar_t* __restrict g_ = gp;
           const scalar_t* __restrict s_ = sp;
           scalar_t* __restrict d_ = dp;
-          map_store(d_, begin, end, hw,
+          map_store(d_, begin, end,
                     [&](int64_t i) FASTREG_INLINE_LAMBDA { return o.backward(load(g_, i), load(s_, i)); });
         });
       });
@@ -79,7 +77,6 @@ struct CpuLoops {
       }
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-      const bool hw = cpu_isa() == Isa::Avx512Bf16;
       const int64_t chunks = (n + kMaskChunk - 1) / kMaskChunk;
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
@@ -99,7 +96,7 @@ struct CpuLoops {
                 bits[k] = kp;
               }
             } else {
-              map_store(y_ + i0, 0, len, hw, [&](int64_t k) FASTREG_INLINE_LAMBDA {
+              map_store(y_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
                 const auto v = load(x_, i0 + k);
                 bits[k] = o.keep(v);
                 return o.forward(v);
@@ -121,7 +118,6 @@ struct CpuLoops {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-      const bool hw = cpu_isa() == Isa::Avx512Bf16;
       const int64_t chunks = (n + kMaskChunk - 1) / kMaskChunk;
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
@@ -138,7 +134,7 @@ struct CpuLoops {
               raw_t<scalar_t>* __restrict dr = raw(d_) + i0;
               for (int64_t k = 0; k < len; ++k) dr[k] = bits[k] != 0 ? gr[k] : raw_t<scalar_t>(0);
             } else {
-              map_store(d_ + i0, 0, len, hw, [&](int64_t k) FASTREG_INLINE_LAMBDA {
+              map_store(d_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
                 return o.backward(load(g_, i0 + k), bits[k] != 0);
               });
             }
@@ -158,13 +154,12 @@ struct CpuLoops {
       const scalar_t* __restrict wp = w.const_data_ptr<scalar_t>();
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       const Prelu op;
-      const bool hw = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
         run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
           for (int64_t r = r0, c = r0 % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
             const auto wc = load(wp, c);
             const int64_t base = r * inner;
-            map_store(yp + base, 0, inner, hw,
+            map_store(yp + base, 0, inner,
                       [&](int64_t i) FASTREG_INLINE_LAMBDA { return op.forward(load(xp, base + i), wc); });
           }
         });

@@ -75,34 +75,45 @@ FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) inline void bf16_store_row(
 
 namespace fastreg::cpu {
 
-// dst[0 .. n) = src[0 .. n) in scalar_t (buffered loops' row stores): with
-// AVX512_BF16's conversion for bfloat16 when `hw` (the CPU has it).
-template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n, bool) {
-  for (int64_t k = 0; k < n; ++k) store(dst, k, src[k]);
-}
-FASTREG_HOST void store_row(c10::BFloat16* __restrict dst, const float* __restrict src, int64_t n, bool hw) {
+// Whether bfloat16 stores go through AVX512_BF16's conversion (the CPU has it and
+// FASTREG_CPU_ISA does not cap it off).
+inline bool bf16_convert() {
 #ifdef FASTREG_HAVE_AVX512_BF16
-  if (hw) return bf16_store_row(raw(dst), src, n);
+  return cpu_isa() == Isa::Avx512Bf16;
+#else
+  return false;
+#endif
+}
+
+// dst[0 .. n) = src[0 .. n) in scalar_t (buffered loops' row stores), bfloat16
+// through AVX512_BF16's conversion where bf16_convert().
+template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n) {
+#ifdef FASTREG_HAVE_AVX512_BF16
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (bf16_convert()) return bf16_store_row(raw(dst), src, n);
+  }
 #endif
   for (int64_t k = 0; k < n; ++k) store(dst, k, src[k]);
 }
 
-// y[i] = f(i) for i in [begin, end), f giving opmath values. For bfloat16 with `hw`,
-// 256 values at a time go through a float32 buffer and AVX512_BF16's conversion;
-// otherwise each is stored (rounded) as it is computed.
+// y[i] = f(i) for i in [begin, end), f giving opmath values. For bfloat16 where
+// bf16_convert(), 256 values at a time go through a float32 buffer and
+// AVX512_BF16's conversion; otherwise each is stored (rounded) as it is computed.
 template <class T, class F>
-FASTREG_HOST void map_store(T* __restrict y, int64_t begin, int64_t end, bool hw, const F& f) {
+FASTREG_HOST void map_store(T* __restrict y, int64_t begin, int64_t end, const F& f) {
+#ifdef FASTREG_HAVE_AVX512_BF16
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    if (hw) {
+    if (bf16_convert()) {
       alignas(64) float buf[256];
       for (int64_t i0 = begin; i0 < end; i0 += 256) {
         const int64_t len = std::min<int64_t>(256, end - i0);
         for (int64_t k = 0; k < len; ++k) buf[k] = f(i0 + k);
-        store_row(y + i0, buf, len, true);
+        bf16_store_row(raw(y + i0), buf, len);
       }
       return;
     }
   }
+#endif
   for (int64_t i = begin; i < end; ++i) store(y, i, f(i));
 }
 

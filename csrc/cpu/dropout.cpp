@@ -104,17 +104,16 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void dropout_f32_stream_chunk(
 #endif
 
 // Plain or residual dropout of one chunk by an intrinsics loop: bfloat16 with
-// AVX512_BF16's conversion (`bf16`), streaming stores or not (`stream`); float32
-// with streaming stores. False where the generic loops apply.
+// AVX512_BF16's conversion (where bf16_convert()), streaming stores or not
+// (`stream`); float32 with streaming stores. False where the generic loops apply.
 template <class T>
-bool dropout_chunk_fast(const T*, const T*, T*, const uint32_t*, int64_t, opmath_t<T>, Keep, bool, bool) {
+bool dropout_chunk_fast(const T*, const T*, T*, const uint32_t*, int64_t, opmath_t<T>, Keep, bool) {
   return false;
 }
 inline bool dropout_chunk_fast(const c10::BFloat16* x, const c10::BFloat16* r, c10::BFloat16* y,
-                               const uint32_t* words, int64_t len, float scale, Keep keep, bool bf16,
-                               bool stream) {
+                               const uint32_t* words, int64_t len, float scale, Keep keep, bool stream) {
 #ifdef FASTREG_HAVE_AVX512_BF16
-  if (!bf16) return false;
+  if (!bf16_convert()) return false;
   const auto f = r != nullptr ? (stream ? dropout_bf16_chunk<true, true> : dropout_bf16_chunk<true, false>)
                               : (stream ? dropout_bf16_chunk<false, true> : dropout_bf16_chunk<false, false>);
   f(raw(x), raw(r), raw(y), words, len, scale, keep);
@@ -124,7 +123,7 @@ inline bool dropout_chunk_fast(const c10::BFloat16* x, const c10::BFloat16* r, c
 #endif
 }
 inline bool dropout_chunk_fast(const float* x, const float* r, float* y, const uint32_t* words, int64_t len,
-                               float scale, Keep keep, bool, bool stream) {
+                               float scale, Keep keep, bool stream) {
 #ifdef FASTREG_HAVE_AVX512_BF16
   if (!stream) return false;
   (r != nullptr ? dropout_f32_stream_chunk<true> : dropout_f32_stream_chunk<false>)(x, r, y, words, len, scale,
@@ -172,7 +171,6 @@ struct CpuLoops {
       // and 7 % faster than a float32 buffer for map_store); non-temporal stores when the
       // op's bytes exceed the last-level cache (float32 forward+backward of 2^22 elements
       // 16-26 % faster; bfloat16 at that size, half the bytes, was not)
-      const bool bf16_convert = cpu_isa() == Isa::Avx512Bf16;
       const int64_t bytes = n * static_cast<int64_t>(sizeof(scalar_t)) * (residual ? 3 : 2);
       const bool stream = !affine && cpu_isa() >= Isa::Avx512 && bytes >= stream_min_bytes() &&
                           reinterpret_cast<uintptr_t>(yp) % 64 == 0;
@@ -188,8 +186,7 @@ struct CpuLoops {
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
             fill_words(seed, philox::kStreamElement, i0, len, words);
-            if (!affine && dropout_chunk_fast(x_ + i0, r_ ? r_ + i0 : nullptr, y_ + i0, words, len, sc, kp,
-                                              bf16_convert, stream)) {
+            if (!affine && dropout_chunk_fast(x_ + i0, r_ ? r_ + i0 : nullptr, y_ + i0, words, len, sc, kp, stream)) {
               continue;
             }
             if (affine && r_ != nullptr) {
@@ -293,8 +290,6 @@ struct CpuLoops {
       const Keep keep(prm.threshold);
       // bias along the contiguous last dim, whole chunks per row: no gather
       const bool rows = bp != nullptr && inner == 1 && K % kChunk == 0;
-      // bfloat16 output through AVX512_BF16's conversion (map_store: a float32 buffer)
-      const bool bf16_convert = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
@@ -311,7 +306,7 @@ struct CpuLoops {
             fill_words(seed, philox::kStreamElement, i0, len, words);
             if (rows) {  // the chunk's channels are i0 % K + k: the bias read in place
               const scalar_t* __restrict b_ = bp + i0 % K;
-              map_store(y_ + i0, 0, len, bf16_convert, [&](int64_t k) FASTREG_INLINE_LAMBDA {
+              map_store(y_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
                 const A z = load(x_, i0 + k) + load(b_, k);
                 bits[k] = act_bit(o, z);
                 const A a = o.forward(z) * sc;
@@ -319,7 +314,7 @@ struct CpuLoops {
               });
             } else {
               gather_bias(bp, i0, len, K, inner, bv);
-              map_store(y_ + i0, 0, len, bf16_convert, [&](int64_t k) FASTREG_INLINE_LAMBDA {
+              map_store(y_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
                 const A z = load(x_, i0 + k) + bv[k];
                 bits[k] = act_bit(o, z);
                 const A a = o.forward(z) * sc;
@@ -366,7 +361,6 @@ struct CpuLoops {
       // conversions dominate, was not faster, and keeps the buffered loops)
       const bool rows = inner == 1 && K % kChunk == 0 && (Op::saved == Saved::Mask || bp != nullptr) &&
                         std::is_same_v<scalar_t, A>;
-      const bool bf16_convert = cpu_isa() == Isa::Avx512Bf16;
       at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           A* __restrict part = dbias ? partial.data() + t * K : nullptr;
@@ -425,7 +419,7 @@ struct CpuLoops {
                   dz[k] = kp(words[k]) ? d : A(0);
                 }
               }
-              store_row(d_ + i0, dz, len, bf16_convert);
+              store_row(d_ + i0, dz, len);
               if (part_ == nullptr) continue;
               if (inner == 1) {  // runs of consecutive channels, added into the task's row
                 for (int64_t k = 0, c = i0 % K; k < len; c = 0) {
