@@ -555,6 +555,58 @@ def test_import_without_extension_says_how_to_build(tmp_path):
     assert "ImportError" in res.stderr and "make build" in res.stderr
 
 
+STREAM_BACKWARD_SCRIPT = """
+import sys, torch, fastreg.functional as FR
+def bits(t):
+    return t.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+out = []
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    for n in (1, 15, 16, 17, 255, 256, 1000, 4099, 70001):
+        base = (torch.randn(n + 1) * 3).to(dtype)
+        g = torch.randn(n + 1).to(dtype)
+        for x, gv in ((base[:n].clone(), g[:n]), (base[1:], g[1:])):  # the second pair unaligned
+            x = x.detach().requires_grad_()
+            for f in (FR.relu, FR.leaky_relu, FR.sigmoid, FR.tanh, FR.elu, FR.selu, FR.gelu):
+                out.append(bits(torch.autograd.grad(f(x), x, gv)[0]).clone())
+if sys.argv[1] == "save":
+    torch.save(out, sys.argv[2])
+else:
+    want = torch.load(sys.argv[2])
+    assert len(want) == len(out)
+    for k, (a, b) in enumerate(zip(out, want)):
+        assert torch.equal(a, b), k
+    print("STREAM OK")
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx512"])
+def test_streaming_backward_gives_the_same_bits(isa, tmp_path):
+    """Backward loops of relu, leaky_relu, sigmoid, tanh, elu and selu write with
+    non-temporal stores when the op's bytes reach the last-level cache;
+    FASTREG_CPU_STREAM_MIN_BYTES=0 sends every call down that path, which must give the
+    same bits as the ordinary stores (gelu, which never streams, is the control): every
+    dtype, unaligned views, lengths that leave partial lines and buffers. Under the
+    avx512 cap the half types take the generic rounding into the streamed buffer."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env.pop("FASTREG_CPU_STREAM_MIN_BYTES", None)
+    if isa != "default":
+        env["FASTREG_CPU_ISA"] = isa
+    saved = str(tmp_path / "ordinary.pt")
+    res = subprocess.run(
+        [sys.executable, "-c", STREAM_BACKWARD_SCRIPT, "save", saved], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    env["FASTREG_CPU_STREAM_MIN_BYTES"] = "0"
+    res = subprocess.run(
+        [sys.executable, "-c", STREAM_BACKWARD_SCRIPT, "check", saved],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 0 and "STREAM OK" in res.stdout, res.stderr[-3000:]
+
+
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
 def test_other_cpu_instruction_sets(isa):
     # The CPU loops are compiled for AVX-512, AVX2 and a portable path (and use

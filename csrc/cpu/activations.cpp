@@ -19,6 +19,18 @@ namespace {
 template <class Op> constexpr bool kSelectsInput = false;
 template <> constexpr bool kSelectsInput<Relu> = true;
 
+// Backward loops that write their result with non-temporal stores once the op's
+// bytes reach the last-level cache (stream_stores): those of the mask (relu,
+// leaky_relu) and of the output (sigmoid, tanh, elu, selu), a few arithmetic
+// operations per element, which the stores' read-for-ownership made slower. Same-
+// process alternating timings on this project's Zen 4, float32, 2^22 elements:
+// backward 1.29x (relu), 1.34x (leaky_relu), 1.45x (sigmoid) faster. The backward
+// of gelu and silu (exp, erf of the input) ran 0.83x: stores streamed in bursts
+// wait on each other, where cached stores drain under the math. Forward loops do
+// not stream: a training forward that streamed ran 0.70-0.83x, its output being
+// in cache for the next op.
+template <class Op> constexpr bool kStreamsBackward = Op::saved == Saved::Output;
+
 struct CpuLoops {
   template <class Op>
   static void forward(const Op& op, const at::Tensor& x, at::Tensor& y) {
@@ -49,15 +61,18 @@ struct CpuLoops {
       const scalar_t* __restrict gp = g.const_data_ptr<scalar_t>();
       const scalar_t* __restrict sp = s.const_data_ptr<scalar_t>();
       scalar_t* __restrict dp = dx.mutable_data_ptr<scalar_t>();
+      const bool stream = kStreamsBackward<Op> && stream_stores(3 * g.nbytes());
       at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
           const scalar_t* __restrict g_ = gp;
           const scalar_t* __restrict s_ = sp;
           scalar_t* __restrict d_ = dp;
-          map_store(d_, begin, end,
-                    [&](int64_t i) FASTREG_INLINE_LAMBDA { return o.backward(load(g_, i), load(s_, i)); });
+          map_store(
+              d_, begin, end, [&](int64_t i) FASTREG_INLINE_LAMBDA { return o.backward(load(g_, i), load(s_, i)); },
+              stream);
         });
+        if (stream) store_fence();
       });
     });
   }
@@ -119,6 +134,7 @@ struct CpuLoops {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
       const int64_t chunks = (n + kMaskChunk - 1) / kMaskChunk;
+      const bool stream = stream_stores(2 * g.nbytes());
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
           const Op o = op;
@@ -131,15 +147,19 @@ struct CpuLoops {
             unpack_bits8(m_ + i0 / 8, (len + 7) / 8, bits);
             if constexpr (kSelectsInput<Op>) {
               const raw_t<scalar_t>* __restrict gr = raw(g_) + i0;
-              raw_t<scalar_t>* __restrict dr = raw(d_) + i0;
-              for (int64_t k = 0; k < len; ++k) dr[k] = bits[k] != 0 ? gr[k] : raw_t<scalar_t>(0);
+              map_store(
+                  raw(d_) + i0, 0, len,
+                  [&](int64_t k) FASTREG_INLINE_LAMBDA { return bits[k] != 0 ? gr[k] : raw_t<scalar_t>(0); },
+                  stream);
             } else {
-              map_store(d_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
-                return o.backward(load(g_, i0 + k), bits[k] != 0);
-              });
+              map_store(
+                  d_ + i0, 0, len,
+                  [&](int64_t k) FASTREG_INLINE_LAMBDA { return o.backward(load(g_, i0 + k), bits[k] != 0); },
+                  stream);
             }
           }
         });
+        if (stream) store_fence();
       });
     });
   }

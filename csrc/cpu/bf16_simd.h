@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <type_traits>
 
@@ -67,6 +68,31 @@ FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) inline void bf16_store_row(
   for (; k < n; ++k) dst[k] = float_to_bf16(src[k]);
 }
 
+// bfloat16 with non-temporal stores: dst 64-byte aligned.
+FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) inline void bf16_stream_row(uint16_t* __restrict dst,
+                                                                                 const float* __restrict src,
+                                                                                 int64_t n) {
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    bf16x32_store<true>(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
+  }
+  for (; k < n; ++k) dst[k] = float_to_bf16(src[k]);
+}
+
+// dst[0 .. bytes) = src[0 .. bytes), whole 64-byte lines with non-temporal stores
+// (dst 64-byte aligned), the rest with ordinary ones.
+FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void stream_copy(void* __restrict dst,
+                                                                        const void* __restrict src,
+                                                                        int64_t bytes) {
+  char* __restrict d = static_cast<char*>(dst);
+  const char* __restrict s = static_cast<const char*>(src);
+  int64_t k = 0;
+  for (; k + 64 <= bytes; k += 64) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + k), _mm512_loadu_si512(s + k));
+  }
+  if (k < bytes) std::memcpy(d + k, s + k, static_cast<size_t>(bytes - k));
+}
+
 }  // namespace fastreg::cpu
 
 #pragma GCC diagnostic pop
@@ -85,6 +111,55 @@ inline bool bf16_convert() {
 #endif
 }
 
+// Whether an op whose reads and writes come to `bytes` writes its output with
+// non-temporal stores (stream_min_bytes(): the output cannot stay cached; AVX-512
+// CPUs only). The loops that do end each task with store_fence().
+inline bool stream_stores(int64_t bytes) {
+#ifdef FASTREG_HAVE_AVX512_BF16
+  return cpu_isa() >= Isa::Avx512 && bytes >= stream_min_bytes();
+#else
+  (void)bytes;
+  return false;
+#endif
+}
+
+// dst[0 .. n) = src[0 .. n) in T with non-temporal stores (stream_stores() said
+// yes): ordinary stores up to the first 64-byte boundary of dst, then whole lines
+// streamed, bfloat16 through AVX512_BF16's conversion where bf16_convert().
+template <class T> FASTREG_HOST void stream_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n) {
+  int64_t k = 0;
+#ifdef FASTREG_HAVE_AVX512_BF16
+  using A = opmath_t<T>;
+  for (; k < n && reinterpret_cast<uintptr_t>(dst + k) % 64 != 0; ++k) store(dst, k, src[k]);
+  if constexpr (std::is_same_v<raw_t<T>, A>) {  // float, double and raw bits: no rounding
+    return stream_copy(dst + k, src + k, (n - k) * static_cast<int64_t>(sizeof(T)));
+  } else {
+    if (std::is_same_v<T, c10::BFloat16> && bf16_convert()) return bf16_stream_row(raw(dst + k), src + k, n - k);
+    alignas(64) raw_t<T> out[256];
+    for (; k < n; k += 256) {
+      const int64_t len = std::min<int64_t>(256, n - k);
+      for (int64_t j = 0; j < len; ++j) store(reinterpret_cast<T*>(out), j, src[k + j]);
+      stream_copy(dst + k, out, len * static_cast<int64_t>(sizeof(T)));
+    }
+  }
+#endif
+  for (; k < n; ++k) store(dst, k, src[k]);
+}
+
+// The streaming form of map_store: 256 values at a time computed into an L1
+// buffer, then stream_row. (The functor stays in this inlined loop: handing it to a
+// non-inlined AVX-512 function made its captures escape, and GCC stopped
+// vectorizing the ordinary loop of map_store beside it.)
+template <class T, class F>
+FASTREG_HOST void map_stream(T* __restrict y, int64_t begin, int64_t end, const F& f) {
+  alignas(64) opmath_t<T> buf[256];
+  for (int64_t i = begin; i < end; i += 256) {
+    const int64_t len = std::min<int64_t>(256, end - i);
+    for (int64_t k = 0; k < len; ++k) buf[k] = f(i + k);
+    stream_row(y + i, buf, len);
+  }
+}
+
 // dst[0 .. n) = src[0 .. n) in scalar_t (buffered loops' row stores), bfloat16
 // through AVX512_BF16's conversion where bf16_convert().
 template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n) {
@@ -99,8 +174,10 @@ template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t
 // y[i] = f(i) for i in [begin, end), f giving opmath values. For bfloat16 where
 // bf16_convert(), 256 values at a time go through a float32 buffer and
 // AVX512_BF16's conversion; otherwise each is stored (rounded) as it is computed.
+// stream: map_stream's non-temporal stores (from stream_stores()).
 template <class T, class F>
-FASTREG_HOST void map_store(T* __restrict y, int64_t begin, int64_t end, const F& f) {
+FASTREG_HOST void map_store(T* __restrict y, int64_t begin, int64_t end, const F& f, bool stream = false) {
+  if (stream) return map_stream(y, begin, end, f);
 #ifdef FASTREG_HAVE_AVX512_BF16
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (bf16_convert()) {

@@ -172,8 +172,7 @@ struct CpuLoops {
       // op's bytes exceed the last-level cache (float32 forward+backward of 2^22 elements
       // 16-26 % faster; bfloat16 at that size, half the bytes, was not)
       const int64_t bytes = n * static_cast<int64_t>(sizeof(scalar_t)) * (residual ? 3 : 2);
-      const bool stream = !affine && cpu_isa() >= Isa::Avx512 && bytes >= stream_min_bytes() &&
-                          reinterpret_cast<uintptr_t>(yp) % 64 == 0;
+      const bool stream = !affine && stream_stores(bytes) && reinterpret_cast<uintptr_t>(yp) % 64 == 0;
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&]() FASTREG_INLINE_LAMBDA {
           // locals, not captures: the loops must not re-read them after each store
