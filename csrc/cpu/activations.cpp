@@ -23,12 +23,13 @@ template <> constexpr bool kSelectsInput<Relu> = true;
 // bytes reach the last-level cache (stream_stores): those of the mask (relu,
 // leaky_relu) and of the output (sigmoid, tanh, elu, selu), a few arithmetic
 // operations per element, which the stores' read-for-ownership made slower. Same-
-// process alternating timings on this project's Zen 4, float32, 2^22 elements:
-// backward 1.29x (relu), 1.34x (leaky_relu), 1.45x (sigmoid) faster. The backward
-// of gelu and silu (exp, erf of the input) ran 0.83x: stores streamed in bursts
-// wait on each other, where cached stores drain under the math. Forward loops do
-// not stream: a training forward that streamed ran 0.70-0.83x, its output being
-// in cache for the next op.
+// process alternating timings on this project's Zen 4, float32, 2^22 elements,
+// three sessions of each: backward 1.08-1.29x (relu), 1.08-1.34x (leaky_relu),
+// 1.44-1.52x (sigmoid), 1.40-1.52x (tanh), 1.48-1.67x (elu) faster. The backward
+// of gelu and silu (exp, erf of the input) ran 0.83x: the buffered stores leave in
+// bursts that wait on each other, where cached stores drain under the math. Forward
+// loops do not stream: a training forward that streamed ran 0.70-0.83x, its output
+// staying in cache for the next op.
 template <class Op> constexpr bool kStreamsBackward = Op::saved == Saved::Output;
 
 struct CpuLoops {
