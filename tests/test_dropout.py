@@ -254,21 +254,27 @@ def test_dropout_keeps_the_sign_of_zero(device, dtype):
 # conversion to bfloat16 can go wrong (NaN, infinities, signed zeros, float32
 # denormals, sums that overflow or land exactly halfway between two bfloat16s),
 # over lengths that leave vector tails.
-BF16_EDGE_SCRIPT = """
+EDGE_SCRIPT = """
 import sys, torch, fastreg, fastreg.functional as FR
-def edge_inputs():
+def edge_inputs(dtype):
     tiny = torch.finfo(torch.float32).tiny
     vals = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-39, -1e-39, 3e-39, tiny,
             -tiny, 2.0**-9, 3.0 * 2.0**-9, 1.0, -1.0, 3.3e38, -3.3e38, 1.5, 2.0**-140]
     res = [1.0, 1.0 + 2.0**-7, -tiny, tiny / 2, 3.3e38, 0.0, -0.0, 1.0, 2.0, float("nan"), 5.0,
            -1.0, 1e-39, 1.0, -3.3e38, 0.0, -1e-39, 7.0]
+    if dtype == torch.float16:  # its overflow, subnormals and ties
+        vals += [65504.0, -65504.0, 40000.0, 2.0**-24, -2.0**-24, 3.0 * 2.0**-25, 2.0**-14, 1.0 + 2.0**-10]
+        res += [32.0, 2.0**-25, -2.0**-25, 2.0**-11, 65504.0, 30000.0, -2.0**-24, 1.0]
     # the first 160 elements without NaN: a NaN sends its whole vector to the generic rounding
     def fill(v, n):
         return v * (n // len(v) + 1)
-    x = torch.tensor(fill(vals[1:], 160)[:160] + fill(vals, 133)[:133]).bfloat16()
-    r = torch.tensor(fill([v for v in res if v == v], 160)[:160] + fill(res, 133)[:133]).bfloat16()
+    x = torch.tensor(fill(vals[1:], 160)[:160] + fill(vals, 133)[:133]).to(dtype)
+    r = torch.tensor(fill([v for v in res if v == v], 160)[:160] + fill(res, 133)[:133]).to(dtype)
+    if dtype == torch.float16:  # NaNs with payloads (c10 rounds any NaN to 0x7e00 and the sign)
+        nans = torch.tensor([0x7D00, 0x7C01, -0x0300, 0x7C40], dtype=torch.int16)
+        x.view(torch.int16)[[170, 201, 230, 289]] = nans
     return x, r
-x, r = edge_inputs()
+x, r = edge_inputs(getattr(torch, sys.argv[2]))
 out = {}
 for p in (0.0, 0.5, 1.0):
     out[f"dropout{p}"] = FR.dropout(x, p, seed=11)
@@ -293,11 +299,16 @@ torch.save({k: v.view(torch.int16) for k, v in out.items()}, sys.argv[1])
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
-def test_bfloat16_results_identical_on_every_cpu_path(isa, tmp_path):
-    """The bfloat16 stores of the dropout family and the activations round as c10::BFloat16
-    does on every CPU path: AVX512_BF16's VCVTNE2PS2BF16 (where the CPU has it; it flushes float32 denormals
-    and keeps NaN payloads, so those vectors take the generic rounding), the generic
-    AVX-512, AVX2 and portable loops. Raw bits, edge values, vector tails."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_types_identical_on_every_cpu_path(dtype, isa, tmp_path):
+    """The bfloat16 and float16 loads and stores of the dropout family and the activations
+    convert as c10 does on every CPU path: bfloat16 by AVX512_BF16's VCVTNE2PS2BF16 (where
+    the CPU has it; it flushes float32 denormals and keeps NaN payloads, so those vectors
+    take the generic rounding), float16 by AVX-512F's VCVTPH2PS/VCVTPS2PH (NaN payloads
+    likewise), and the generic AVX-512, AVX2 and portable loops. Raw bits, edge values
+    (overflow, subnormals, ties), vector tails. A float16 NaN's sign is left out: c10 keeps
+    the float's sign there, and which operand's NaN an x86 instruction passes on (IEEE leaves
+    the sign of a NaN result unspecified) differs between the paths' codegen."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     results = []
     for cap in (None, isa):
@@ -306,21 +317,26 @@ def test_bfloat16_results_identical_on_every_cpu_path(isa, tmp_path):
         if cap:
             e["FASTREG_CPU_ISA"] = cap
         path = tmp_path / f"{cap}.pt"
-        cmd = [sys.executable, "-c", BF16_EDGE_SCRIPT, str(path)]
+        cmd = [sys.executable, "-c", EDGE_SCRIPT, str(path), dtype]
         res = subprocess.run(cmd, env=e, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-3000:]
         results.append(torch.load(path))
     default, capped = results
+
+    def nan_sign_cleared(b):  # float16 only: bfloat16 NaNs (c10: 0x7fc0) have no sign
+        return torch.where((b & 0x7FFF) > 0x7C00, b & 0x7FFF, b) if dtype == "float16" else b
+
     for key, bits in default.items():
-        assert torch.equal(bits, capped[key]), key
+        assert torch.equal(nan_sign_cleared(bits), nan_sign_cleared(capped[key])), key
 
 
-def test_bfloat16_edge_values_match_reference():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_type_edge_values_match_reference(dtype):
     """The same edge values against fastreg.reference: bit for bit except NaN payloads
-    (torch's own vectorized and scalar bfloat16 roundings give different NaN bits)."""
+    (torch's own vectorized and scalar roundings give different NaN bits)."""
     namespace = {}
-    exec(BF16_EDGE_SCRIPT.split("x, r = edge_inputs()")[0], namespace)
-    x, r = namespace["edge_inputs"]()
+    exec(EDGE_SCRIPT.split("x, r = edge_inputs(")[0], namespace)
+    x, r = namespace["edge_inputs"](dtype)
     for p in (0.0, 0.5, 1.0):
         for ours, ref in (
             (FR.dropout(x, p, seed=11), R.dropout(x, p, seed=11)),

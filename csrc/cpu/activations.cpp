@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "../activation_ops.h"
-#include "bf16_simd.h"
+#include "convert_simd.h"
 #include "cpu_kernel.h"
 
 namespace fastreg::cpu {
@@ -18,6 +18,19 @@ namespace {
 // with its payload.
 template <class Op> constexpr bool kSelectsInput = false;
 template <> constexpr bool kSelectsInput<Relu> = true;
+
+// Relu's keep bit !(x <= 0) (NaN keeps) read off the element's bits: for the 2-byte
+// types, not +-0 and either positive or a NaN, in 16-bit integer lanes (the generic
+// float16 -> float32 conversion was most of the float16 forward).
+template <class T> FASTREG_HOST bool relu_keep(const Relu& o, const T* p, int64_t i) {
+  if constexpr (sizeof(T) == 2) {
+    constexpr uint16_t inf = std::is_same_v<T, c10::Half> ? 0x7c00 : 0x7f80;
+    const uint16_t h = raw(p)[i], a = h & 0x7fff;
+    return a != 0 && ((h & 0x8000) == 0 || a > inf);
+  } else {
+    return o.keep(p[i]);
+  }
+}
 
 // Backward loops that write their result with non-temporal stores once the op's
 // bytes reach the last-level cache (stream_stores): those of the mask (relu,
@@ -47,9 +60,9 @@ struct CpuLoops {
           if constexpr (kSelectsInput<Op>) {
             const raw_t<scalar_t>* __restrict xr = raw(x_);
             raw_t<scalar_t>* __restrict yr = raw(y_);
-            for (int64_t i = begin; i < end; ++i) yr[i] = o.keep(load(x_, i)) ? xr[i] : raw_t<scalar_t>(0);
+            for (int64_t i = begin; i < end; ++i) yr[i] = relu_keep(o, x_, i) ? xr[i] : raw_t<scalar_t>(0);
           } else {
-            map_store(y_, begin, end, [&](int64_t i) FASTREG_INLINE_LAMBDA { return o.forward(load(x_, i)); });
+            map1(y_, x_, begin, end, [&](int64_t, auto v) FASTREG_INLINE_LAMBDA { return o.forward(v); });
           }
         });
       });
@@ -69,8 +82,8 @@ struct CpuLoops {
           const scalar_t* __restrict g_ = gp;
           const scalar_t* __restrict s_ = sp;
           scalar_t* __restrict d_ = dp;
-          map_store(
-              d_, begin, end, [&](int64_t i) FASTREG_INLINE_LAMBDA { return o.backward(load(g_, i), load(s_, i)); },
+          map2(
+              d_, g_, s_, begin, end, [&](int64_t, auto gv, auto sv) FASTREG_INLINE_LAMBDA { return o.backward(gv, sv); },
               stream);
         });
         if (stream) store_fence();
@@ -107,13 +120,12 @@ struct CpuLoops {
               const raw_t<scalar_t>* __restrict xr = raw(x_) + i0;
               raw_t<scalar_t>* __restrict yr = raw(y_) + i0;
               for (int64_t k = 0; k < len; ++k) {
-                const bool kp = o.keep(load(x_, i0 + k));
+                const bool kp = relu_keep(o, x_, i0 + k);
                 yr[k] = kp ? xr[k] : raw_t<scalar_t>(0);
                 bits[k] = kp;
               }
             } else {
-              map_store(y_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
-                const auto v = load(x_, i0 + k);
+              map1(y_ + i0, x_ + i0, 0, len, [&](int64_t k, auto v) FASTREG_INLINE_LAMBDA {
                 bits[k] = o.keep(v);
                 return o.forward(v);
               });
@@ -153,10 +165,9 @@ struct CpuLoops {
                   [&](int64_t k) FASTREG_INLINE_LAMBDA { return bits[k] != 0 ? gr[k] : raw_t<scalar_t>(0); },
                   stream);
             } else {
-              map_store(
-                  d_ + i0, 0, len,
-                  [&](int64_t k) FASTREG_INLINE_LAMBDA { return o.backward(load(g_, i0 + k), bits[k] != 0); },
-                  stream);
+              map1(
+                  d_ + i0, g_ + i0, 0, len,
+                  [&](int64_t k, auto gv) FASTREG_INLINE_LAMBDA { return o.backward(gv, bits[k] != 0); }, stream);
             }
           }
         });
@@ -180,8 +191,8 @@ struct CpuLoops {
           for (int64_t r = r0, c = r0 % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
             const auto wc = load(wp, c);
             const int64_t base = r * inner;
-            map_store(yp + base, 0, inner,
-                      [&](int64_t i) FASTREG_INLINE_LAMBDA { return op.forward(load(xp, base + i), wc); });
+            map1(yp + base, xp + base, 0, inner,
+                 [&](int64_t, auto v) FASTREG_INLINE_LAMBDA { return op.forward(v, wc); });
           }
         });
       });

@@ -25,7 +25,9 @@ using math::bits_to_float;
 using math::float_to_bits;
 
 // float16 <-> float32 with integer ops and selects (exact, round to nearest
-// even), so that the loops vectorize without F16C intrinsics.
+// even), so that the loops vectorize without F16C intrinsics: the AVX2 and
+// portable paths, and tails (AVX-512 loops convert whole rows by instruction,
+// convert_simd.h).
 FASTREG_HOST float half_to_float(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16;
   const uint32_t em = uint32_t(h & 0x7fffu) << 13;
@@ -101,7 +103,7 @@ FASTREG_HOST void unpack_bits8(const uint8_t* __restrict m, int64_t bytes, uint8
 }
 
 // Avx512Bf16: AVX-512 plus AVX512_BF16's float32 -> bfloat16 conversion
-// (bf16_simd.h), which the bfloat16 stores of the dropout family and of the
+// (convert_simd.h), which the bfloat16 stores of the dropout family and of the
 // activation maps use.
 enum class Isa { Portable, Avx2, Avx512, Avx512Bf16 };
 

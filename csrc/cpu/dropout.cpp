@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../dropout_ops.h"
-#include "bf16_simd.h"
+#include "convert_simd.h"
 #include "cpu_kernel.h"
 #include "philox_simd.h"
 
@@ -62,7 +62,7 @@ struct KeepScale16 {
 };
 
 // One chunk of bfloat16 dropout (kResidual: + residual), 32 elements per step,
-// with AVX512_BF16's conversion (bf16_simd.h) in place of the generic rounding.
+// with AVX512_BF16's conversion (convert_simd.h) in place of the generic rounding.
 // kStream: non-temporal stores (y 64-byte aligned).
 template <bool kResidual, bool kStream>
 FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) void dropout_bf16_chunk(
@@ -165,6 +165,7 @@ struct CpuLoops {
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       const A scale = A(prm.scale), add = A(prm.keep_add), drop = A(prm.drop_value);
       const bool affine = prm.keep_add != 0.0 || prm.drop_value != 0.0;
+      FASTREG_CHECK(!(affine && residual), "internal: alpha dropout takes no residual");
       const Keep keep(prm.threshold);
       // Plain and residual dropout (alpha dropout takes the generic loops): bfloat16
       // through AVX512_BF16's conversion (forward 13-15 % faster on this project's Zen 4,
@@ -188,26 +189,17 @@ struct CpuLoops {
             if (!affine && dropout_chunk_fast(x_ + i0, r_ ? r_ + i0 : nullptr, y_ + i0, words, len, sc, kp, stream)) {
               continue;
             }
-            if (affine && r_ != nullptr) {
-              for (int64_t k = 0; k < len; ++k) {
-                const A v = load(x_, i0 + k);
-                store(y_, i0 + k, load(r_, i0 + k) + (kp(words[k]) ? v * sc + ad : dr));
-              }
-            } else if (affine) {  // alpha dropout
-              for (int64_t k = 0; k < len; ++k) {
-                const A v = load(x_, i0 + k);
-                store(y_, i0 + k, kp(words[k]) ? v * sc + ad : dr);
-              }
+            // (map1/map2: float16 converted by AVX-512F rows where the CPU has them)
+            if (affine) {  // alpha dropout (never with a residual)
+              map1(y_ + i0, x_ + i0, 0, len,
+                   [&](int64_t k, A v) FASTREG_INLINE_LAMBDA { return kp(words[k]) ? v * sc + ad : dr; });
             } else if (r_ != nullptr) {
-              for (int64_t k = 0; k < len; ++k) {
-                const A v = load(x_, i0 + k);
-                store(y_, i0 + k, load(r_, i0 + k) + (kp(words[k]) ? v * sc : A(0)));
-              }
+              map2(y_ + i0, x_ + i0, r_ + i0, 0, len, [&](int64_t k, A v, A r) FASTREG_INLINE_LAMBDA {
+                return r + (kp(words[k]) ? v * sc : A(0));
+              });
             } else {  // no + 0 (a kept -0 stays -0, as in torch)
-              for (int64_t k = 0; k < len; ++k) {
-                const A v = load(x_, i0 + k);
-                store(y_, i0 + k, kp(words[k]) ? v * sc : A(0));
-              }
+              map1(y_ + i0, x_ + i0, 0, len,
+                   [&](int64_t k, A v) FASTREG_INLINE_LAMBDA { return kp(words[k]) ? v * sc : A(0); });
             }
           }
           if (stream) store_fence();
@@ -305,16 +297,16 @@ struct CpuLoops {
             fill_words(seed, philox::kStreamElement, i0, len, words);
             if (rows) {  // the chunk's channels are i0 % K + k: the bias read in place
               const scalar_t* __restrict b_ = bp + i0 % K;
-              map_store(y_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
-                const A z = load(x_, i0 + k) + load(b_, k);
+              map1(y_ + i0, x_ + i0, 0, len, [&](int64_t k, A xv) FASTREG_INLINE_LAMBDA {
+                const A z = xv + load(b_, k);
                 bits[k] = act_bit(o, z);
                 const A a = o.forward(z) * sc;
                 return kp(words[k]) ? a : A(0);
               });
             } else {
               gather_bias(bp, i0, len, K, inner, bv);
-              map_store(y_ + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA {
-                const A z = load(x_, i0 + k) + bv[k];
+              map1(y_ + i0, x_ + i0, 0, len, [&](int64_t k, A xv) FASTREG_INLINE_LAMBDA {
+                const A z = xv + bv[k];
                 bits[k] = act_bit(o, z);
                 const A a = o.forward(z) * sc;
                 return kp(words[k]) ? a : A(0);
