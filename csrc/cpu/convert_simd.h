@@ -48,43 +48,44 @@ FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) __m512 bf16x16_
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
+// One 64-byte line at p (kStream: a non-temporal store, p 64-byte aligned).
+template <bool kStream>
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void line_store(uint16_t* p, __m512i v) {
+  if constexpr (kStream) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+  } else {
+    _mm512_storeu_si512(p, v);
+  }
+}
+
+// The fallback of the vector stores below: 32 float32 values rounded one by one
+// by the generic conversion (round(float) -> uint16_t bits).
+template <class Round>
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void generic32_store(uint16_t* p, __m512 lo, __m512 hi,
+                                                                                 Round round) {
+  alignas(64) float v[32];
+  _mm512_store_ps(v, lo);
+  _mm512_store_ps(v + 16, hi);
+  for (int k = 0; k < 32; ++k) p[k] = round(v[k]);
+}
+
 // 32 float32 values (lo: elements 0-15, hi: 16-31) -> 32 bfloat16 at p, as c10 rounds.
-// kStream: a non-temporal store (p 64-byte aligned).
 template <bool kStream = false>
 FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) void bf16x32_store(uint16_t* p, __m512 lo,
                                                                                      __m512 hi) {
   const __mmask16 s = _mm512_fpclass_ps_mask(lo, kBf16Special) | _mm512_fpclass_ps_mask(hi, kBf16Special);
-  if (__builtin_expect(s == 0, 1)) {
-    const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-    if constexpr (kStream) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
-    } else {
-      _mm512_storeu_si512(p, v);
-    }
-    return;
-  }
-  alignas(64) float v[32];
-  _mm512_store_ps(v, lo);
-  _mm512_store_ps(v + 16, hi);
-  for (int k = 0; k < 32; ++k) p[k] = float_to_bf16(v[k]);
+  if (__builtin_expect(s == 0, 1)) return line_store<kStream>(p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  generic32_store(p, lo, hi, float_to_bf16);
 }
 
-// dst[0 .. n) = src[0 .. n) rounded to bfloat16 (the row stores of buffered loops).
-FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) inline void bf16_store_row(uint16_t* __restrict dst,
-                                                                                const float* __restrict src,
-                                                                                int64_t n) {
-  int64_t k = 0;
-  for (; k + 32 <= n; k += 32) bf16x32_store(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
-  for (; k < n; ++k) dst[k] = float_to_bf16(src[k]);
-}
-
-// bfloat16 with non-temporal stores: dst 64-byte aligned.
-FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) inline void bf16_stream_row(uint16_t* __restrict dst,
-                                                                                 const float* __restrict src,
-                                                                                 int64_t n) {
+// dst[0 .. n) = src[0 .. n) rounded to bfloat16 (the row stores of buffered loops);
+// kStream: non-temporal stores (dst 64-byte aligned).
+template <bool kStream = false>
+FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) void bf16_store_row(uint16_t* __restrict dst,
+                                                                         const float* __restrict src, int64_t n) {
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
-    bf16x32_store<true>(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
+    bf16x32_store<kStream>(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
   }
   for (; k < n; ++k) dst[k] = float_to_bf16(src[k]);
 }
@@ -95,25 +96,15 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 half16_load(c
 }
 
 // 32 float32 values (lo: elements 0-15, hi: 16-31) -> 32 float16 at p, as c10 rounds.
-// kStream: a non-temporal store (p 64-byte aligned).
 template <bool kStream = false>
 FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(uint16_t* p, __m512 lo, __m512 hi) {
   const __mmask16 nan = _mm512_cmp_ps_mask(lo, lo, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(hi, hi, _CMP_UNORD_Q);
   if (__builtin_expect(nan == 0, 1)) {
     const __m256i a = _mm512_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256i b = _mm512_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    if constexpr (kStream) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
-    } else {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 16), b);
-    }
-    return;
+    return line_store<kStream>(p, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
   }
-  alignas(64) float v[32];
-  _mm512_store_ps(v, lo);
-  _mm512_store_ps(v + 16, hi);
-  for (int k = 0; k < 32; ++k) p[k] = float_to_half(v[k]);
+  generic32_store(p, lo, hi, float_to_half);
 }
 
 // dst[0 .. n) = the float16 values src[0 .. n) as float32.
@@ -202,7 +193,7 @@ template <class T> FASTREG_HOST void stream_row(T* __restrict dst, const opmath_
   if constexpr (std::is_same_v<raw_t<T>, A>) {  // float, double and raw bits: no rounding
     return stream_copy(dst + k, src + k, (n - k) * static_cast<int64_t>(sizeof(T)));
   } else {
-    if (std::is_same_v<T, c10::BFloat16> && bf16_convert()) return bf16_stream_row(raw(dst + k), src + k, n - k);
+    if (std::is_same_v<T, c10::BFloat16> && bf16_convert()) return bf16_store_row<true>(raw(dst + k), src + k, n - k);
     if (std::is_same_v<T, c10::Half>) return half_store_row<true>(raw(dst + k), src + k, n - k);  // AVX-512 here
     alignas(64) raw_t<T> out[256];
     for (; k < n; k += 256) {
