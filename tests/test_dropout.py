@@ -304,8 +304,8 @@ def test_half_types_identical_on_every_cpu_path(dtype, isa, tmp_path):
     """The bfloat16 and float16 loads and stores of the dropout family and the activations
     convert as c10 does on every CPU path: bfloat16 by AVX512_BF16's VCVTNE2PS2BF16 (where
     the CPU has it; it flushes float32 denormals and keeps NaN payloads, so those vectors
-    take the generic rounding), float16 by AVX-512F's VCVTPH2PS/VCVTPS2PH (NaN payloads
-    likewise), and the generic AVX-512, AVX2 and portable loops. Raw bits, edge values
+    take the generic rounding), float16 by AVX-512F's VCVTPH2PS/VCVTPS2PH or F16C's 8-lane
+    forms on the AVX2 path (NaN payloads likewise), and the generic loops (portable). Raw bits, edge values
     (overflow, subnormals, ties), vector tails. A float16 NaN's sign is left out: c10 keeps
     the float's sign there, and which operand's NaN an x86 instruction passes on (IEEE leaves
     the sign of a NaN result unspecified) differs between the paths' codegen."""

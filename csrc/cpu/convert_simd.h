@@ -11,8 +11,8 @@
 // than the rounding sequence it replaces: on this project's Zen 4 the generic
 // sequence is ~8 vector instructions per 16 elements.
 //
-// float16: AVX-512F's VCVTPH2PS / VCVTPS2PH (F16C's, 16 lanes), exact and round to
-// nearest even. They differ from c10 only on NaN (the instructions keep the
+// float16: AVX-512F's VCVTPH2PS / VCVTPS2PH (16 lanes; F16C's 8-lane forms on AVX2
+// CPUs), exact and round to nearest even. They differ from c10 only on NaN (the instructions keep the
 // payload, c10 gives 0x7e00 with the sign), again detected per vector. The
 // generic conversions are ~10 (load) and ~15 (store) vector instructions per 16
 // elements, which made float16 loops 1.2-2x slower than float32 ones; GCC 12
@@ -108,9 +108,9 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(ui
 }
 
 // dst[0 .. n) = the float16 values src[0 .. n) as float32.
-FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void half_load_row(float* __restrict dst,
-                                                                          const uint16_t* __restrict src,
-                                                                          int64_t n) {
+FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void half_load_row512(float* __restrict dst,
+                                                                             const uint16_t* __restrict src,
+                                                                             int64_t n) {
   int64_t k = 0;
   for (; k + 16 <= n; k += 16) _mm512_storeu_ps(dst + k, half16_load(src + k));
   for (; k < n; ++k) dst[k] = half_to_float(src[k]);
@@ -119,13 +119,51 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void half_load_row(float*
 // dst[0 .. n) = src[0 .. n) rounded to float16; kStream: non-temporal stores (dst
 // 64-byte aligned).
 template <bool kStream>
-FASTREG_TARGET_AVX512 __attribute__((noinline)) void half_store_row(uint16_t* __restrict dst,
-                                                                    const float* __restrict src, int64_t n) {
+FASTREG_TARGET_AVX512 __attribute__((noinline)) void half_store_row512(uint16_t* __restrict dst,
+                                                                       const float* __restrict src, int64_t n) {
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
     half32_store<kStream>(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
   }
   for (; k < n; ++k) dst[k] = float_to_half(src[k]);
+}
+
+// The same two rows with F16C's 8-lane forms, for AVX2 CPUs (every AVX2 CPU has
+// F16C; it is checked anyway).
+#define FASTREG_TARGET_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+
+FASTREG_TARGET_AVX2_F16C __attribute__((noinline)) inline void half_load_row256(float* __restrict dst,
+                                                                                const uint16_t* __restrict src,
+                                                                                int64_t n) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+  }
+  for (; k < n; ++k) dst[k] = half_to_float(src[k]);
+}
+
+FASTREG_TARGET_AVX2_F16C __attribute__((noinline)) inline void half_store_row256(uint16_t* __restrict dst,
+                                                                                 const float* __restrict src,
+                                                                                 int64_t n) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 v = _mm256_loadu_ps(src + k);
+    if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) == 0, 1)) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k),
+                       _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    } else {
+      for (int j = 0; j < 8; ++j) dst[k + j] = float_to_half(src[k + j]);
+    }
+  }
+  for (; k < n; ++k) dst[k] = float_to_half(src[k]);
+}
+
+// The rows of the CPU's width (half_convert() said yes).
+inline void half_load_row(float* __restrict dst, const uint16_t* __restrict src, int64_t n) {
+  return cpu_isa() >= Isa::Avx512 ? half_load_row512(dst, src, n) : half_load_row256(dst, src, n);
+}
+inline void half_store_row(uint16_t* __restrict dst, const float* __restrict src, int64_t n) {
+  return cpu_isa() >= Isa::Avx512 ? half_store_row512<false>(dst, src, n) : half_store_row256(dst, src, n);
 }
 
 // dst[0 .. bytes) = src[0 .. bytes), whole 64-byte lines with non-temporal stores
@@ -160,11 +198,16 @@ inline bool bf16_convert() {
 #endif
 }
 
-// Whether float16 loads and stores go through the AVX-512F conversions (AVX-512
-// CPUs; FASTREG_CPU_ISA=avx2 or portable keeps the generic ones).
+// Whether float16 loads and stores go through the conversion instructions
+// (AVX-512F's on AVX-512 CPUs, F16C's on AVX2 ones; FASTREG_CPU_ISA=portable keeps
+// the generic ones).
 inline bool half_convert() {
 #ifdef FASTREG_HAVE_AVX512_BF16
-  return cpu_isa() >= Isa::Avx512;
+  static const bool f16c = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("f16c") != 0;
+  }();
+  return cpu_isa() >= Isa::Avx512 || (cpu_isa() == Isa::Avx2 && f16c);
 #else
   return false;
 #endif
@@ -194,7 +237,7 @@ template <class T> FASTREG_HOST void stream_row(T* __restrict dst, const opmath_
     return stream_copy(dst + k, src + k, (n - k) * static_cast<int64_t>(sizeof(T)));
   } else {
     if (std::is_same_v<T, c10::BFloat16> && bf16_convert()) return bf16_store_row<true>(raw(dst + k), src + k, n - k);
-    if (std::is_same_v<T, c10::Half>) return half_store_row<true>(raw(dst + k), src + k, n - k);  // AVX-512 here
+    if (std::is_same_v<T, c10::Half>) return half_store_row512<true>(raw(dst + k), src + k, n - k);  // AVX-512 here
     alignas(64) raw_t<T> out[256];
     for (; k < n; k += 256) {
       const int64_t len = std::min<int64_t>(256, n - k);
@@ -228,7 +271,7 @@ template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t
     if (bf16_convert()) return bf16_store_row(raw(dst), src, n);
   }
   if constexpr (std::is_same_v<T, c10::Half>) {
-    if (half_convert()) return half_store_row<false>(raw(dst), src, n);
+    if (half_convert()) return half_store_row(raw(dst), src, n);
   }
 #endif
   for (int64_t k = 0; k < n; ++k) store(dst, k, src[k]);
