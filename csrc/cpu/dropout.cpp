@@ -225,9 +225,10 @@ struct CpuLoops {
           const A s = keep(philox::word(seed, philox::kStreamSample, b)) ? A(scale_d) : A(0);
           run_isa([&]() FASTREG_INLINE_LAMBDA {
             if (rp != nullptr) {
-              for (int64_t i = base; i < base + inner; ++i) store(yp, i, load(rp, i) + load(xp, i) * s);
+              map2(yp + base, xp + base, rp + base, 0, inner,
+                   [&](int64_t, A v, A res) FASTREG_INLINE_LAMBDA { return res + v * s; });
             } else {
-              for (int64_t i = base; i < base + inner; ++i) store(yp, i, load(xp, i) * s);
+              map1(yp + base, xp + base, 0, inner, [&](int64_t, A v) FASTREG_INLINE_LAMBDA { return v * s; });
             }
           });
         }
