@@ -39,8 +39,9 @@ template <class T> FASTREG_HOST bool relu_keep(const Relu& o, const T* p, int64_
 // process alternating timings on this project's Zen 4, float32, 2^22 elements,
 // three sessions of each: backward 1.08-1.29x (relu), 1.08-1.34x (leaky_relu),
 // 1.44-1.52x (sigmoid), 1.40-1.52x (tanh), 1.48-1.67x (elu) faster. The backward
-// of gelu and silu (exp, erf of the input) ran 0.83x: the buffered stores leave in
-// bursts that wait on each other, where cached stores drain under the math. Forward
+// of gelu and silu (exp, erf of the input) ran 0.83x when streamed from a 256-element
+// buffer, and 0.87-0.93x streamed four lines at a time from the loop (eighth session):
+// cached stores drain under their math. Forward
 // loops do not stream: a training forward that streamed ran 0.70-0.83x, its output
 // staying in cache for the next op.
 template <class Op> constexpr bool kStreamsBackward = Op::saved == Saved::Output;
@@ -52,7 +53,7 @@ struct CpuLoops {
       const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        run_isa<Op::saved == Saved::Mask && kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
+        run_isa<Op::saved == Saved::Mask && kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
           // local copies: parameters and pointers in registers, not re-read per element
           const Op o = op;
           const scalar_t* __restrict x_ = xp;
@@ -62,7 +63,7 @@ struct CpuLoops {
             raw_t<scalar_t>* __restrict yr = raw(y_);
             for (int64_t i = begin; i < end; ++i) yr[i] = relu_keep(o, x_, i) ? xr[i] : raw_t<scalar_t>(0);
           } else {
-            map1(y_, x_, begin, end, [&](int64_t, auto v) FASTREG_INLINE_LAMBDA { return o.forward(v); });
+            map1(isa, y_, x_, begin, end, [&](int64_t, auto v) FASTREG_INLINE_LAMBDA { return o.forward(v); });
           }
         });
       });
@@ -77,13 +78,13 @@ struct CpuLoops {
       scalar_t* __restrict dp = dx.mutable_data_ptr<scalar_t>();
       const bool stream = kStreamsBackward<Op> && stream_stores(3 * g.nbytes());
       at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        run_isa([&]() FASTREG_INLINE_LAMBDA {
+        run_isa([&](auto isa) FASTREG_INLINE_LAMBDA {
           const Op o = op;
           const scalar_t* __restrict g_ = gp;
           const scalar_t* __restrict s_ = sp;
           scalar_t* __restrict d_ = dp;
           map2(
-              d_, g_, s_, begin, end, [&](int64_t, auto gv, auto sv) FASTREG_INLINE_LAMBDA { return o.backward(gv, sv); },
+              isa, d_, g_, s_, begin, end, [&](int64_t, auto gv, auto sv) FASTREG_INLINE_LAMBDA { return o.backward(gv, sv); },
               stream);
         });
         if (stream) store_fence();
@@ -108,7 +109,7 @@ struct CpuLoops {
       scalar_t* yp = y.mutable_data_ptr<scalar_t>();
       const int64_t chunks = (n + kMaskChunk - 1) / kMaskChunk;
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
-        run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
+        run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
           const Op o = op;
           const scalar_t* __restrict x_ = xp;
           scalar_t* __restrict y_ = yp;
@@ -125,7 +126,7 @@ struct CpuLoops {
                 bits[k] = kp;
               }
             } else {
-              map1(y_ + i0, x_ + i0, 0, len, [&](int64_t k, auto v) FASTREG_INLINE_LAMBDA {
+              map1<true>(isa, y_ + i0, x_ + i0, 0, len, [&](int64_t k, auto v) FASTREG_INLINE_LAMBDA {
                 bits[k] = o.keep(v);
                 return o.forward(v);
               });
@@ -149,7 +150,7 @@ struct CpuLoops {
       const int64_t chunks = (n + kMaskChunk - 1) / kMaskChunk;
       const bool stream = stream_stores(2 * g.nbytes());
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
-        run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
+        run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
           const Op o = op;
           const scalar_t* __restrict g_ = gp;
           const uint8_t* __restrict m_ = mask;
@@ -160,13 +161,16 @@ struct CpuLoops {
             unpack_bits8(m_ + i0 / 8, (len + 7) / 8, bits);
             if constexpr (kSelectsInput<Op>) {
               const raw_t<scalar_t>* __restrict gr = raw(g_) + i0;
-              map_store(
-                  raw(d_) + i0, 0, len,
-                  [&](int64_t k) FASTREG_INLINE_LAMBDA { return bits[k] != 0 ? gr[k] : raw_t<scalar_t>(0); },
+              map_store<true>(
+                  isa, raw(d_) + i0, 0, len,
+                  [&](int64_t k) FASTREG_INLINE_LAMBDA {
+                    const raw_t<scalar_t> v = gr[k];  // loaded unconditionally: no masked load
+                    return bits[k] != 0 ? v : raw_t<scalar_t>(0);
+                  },
                   stream);
             } else {
-              map1(
-                  d_ + i0, g_ + i0, 0, len,
+              map1<true>(
+                  isa, d_ + i0, g_ + i0, 0, len,
                   [&](int64_t k, auto gv) FASTREG_INLINE_LAMBDA { return o.backward(gv, bits[k] != 0); }, stream);
             }
           }
@@ -187,11 +191,11 @@ struct CpuLoops {
       scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
       const Prelu op;
       at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
-        run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
+        run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
           for (int64_t r = r0, c = r0 % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
             const auto wc = load(wp, c);
             const int64_t base = r * inner;
-            map1(yp + base, xp + base, 0, inner,
+            map1(isa, yp + base, xp + base, 0, inner,
                  [&](int64_t, auto v) FASTREG_INLINE_LAMBDA { return op.forward(v, wc); });
           }
         });
@@ -218,7 +222,7 @@ struct CpuLoops {
         for (int64_t t = t0; t < t1; ++t) {
           acc_t* __restrict part = partial.data() + t * C;
           const int64_t r1 = std::min(rows, (t + 1) * grain);
-          run_isa<kNarrowSelect<scalar_t>>([&]() FASTREG_INLINE_LAMBDA {
+          run_isa<kNarrowSelect<scalar_t>>([&](auto) FASTREG_INLINE_LAMBDA {
             for (int64_t r = t * grain, c = r % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
               const int64_t base = r * inner;
               const acc_t wc = load(wp, c);

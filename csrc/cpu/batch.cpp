@@ -163,7 +163,7 @@ struct CpuLoops {
       const int64_t rows_per_task = std::max<int64_t>(1, kGrain / 8 / std::max<int64_t>(1, L.row_len));
       const int64_t blocks = (rows + rows_per_task - 1) / rows_per_task;
       at::parallel_for(0, pairs * blocks, 1, [&](int64_t t0, int64_t t1) {
-        run_isa([&]() FASTREG_INLINE_LAMBDA {
+        run_isa([&](auto) FASTREG_INLINE_LAMBDA {
           constexpr int64_t kBuf = 1024;
           alignas(64) T ta[kBuf];
           alignas(64) T tb[kBuf];

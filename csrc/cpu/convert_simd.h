@@ -36,8 +36,7 @@
 
 namespace fastreg::cpu {
 
-#define FASTREG_TARGET_AVX512_BF16 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+#define FASTREG_TARGET_AVX512_BF16 FASTREG_TARGET_AVX512
 
 // VFPCLASSPS categories that the instruction converts unlike c10: QNaN, SNaN, denormal.
 constexpr int kBf16Special = 0x01 | 0x80 | 0x20;
@@ -78,14 +77,12 @@ FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) void bf16x32_st
   generic32_store(p, lo, hi, float_to_bf16);
 }
 
-// dst[0 .. n) = src[0 .. n) rounded to bfloat16 (the row stores of buffered loops);
-// kStream: non-temporal stores (dst 64-byte aligned).
-template <bool kStream = false>
-FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) void bf16_store_row(uint16_t* __restrict dst,
+// dst[0 .. n) = src[0 .. n) rounded to bfloat16 (the row stores of buffered loops).
+FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) inline void bf16_store_row(uint16_t* __restrict dst,
                                                                          const float* __restrict src, int64_t n) {
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
-    bf16x32_store<kStream>(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
+    bf16x32_store(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
   }
   for (; k < n; ++k) dst[k] = float_to_bf16(src[k]);
 }
@@ -107,23 +104,12 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(ui
   generic32_store(p, lo, hi, float_to_half);
 }
 
-// dst[0 .. n) = the float16 values src[0 .. n) as float32.
-FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void half_load_row512(float* __restrict dst,
-                                                                             const uint16_t* __restrict src,
-                                                                             int64_t n) {
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16) _mm512_storeu_ps(dst + k, half16_load(src + k));
-  for (; k < n; ++k) dst[k] = half_to_float(src[k]);
-}
-
-// dst[0 .. n) = src[0 .. n) rounded to float16; kStream: non-temporal stores (dst
-// 64-byte aligned).
-template <bool kStream>
-FASTREG_TARGET_AVX512 __attribute__((noinline)) void half_store_row512(uint16_t* __restrict dst,
+// dst[0 .. n) = src[0 .. n) rounded to float16 (the row stores of buffered loops).
+FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void half_store_row512(uint16_t* __restrict dst,
                                                                        const float* __restrict src, int64_t n) {
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
-    half32_store<kStream>(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
+    half32_store(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
   }
   for (; k < n; ++k) dst[k] = float_to_half(src[k]);
 }
@@ -159,25 +145,8 @@ FASTREG_TARGET_AVX2_F16C __attribute__((noinline)) inline void half_store_row256
 }
 
 // The rows of the CPU's width (half_convert() said yes).
-inline void half_load_row(float* __restrict dst, const uint16_t* __restrict src, int64_t n) {
-  return cpu_isa() >= Isa::Avx512 ? half_load_row512(dst, src, n) : half_load_row256(dst, src, n);
-}
 inline void half_store_row(uint16_t* __restrict dst, const float* __restrict src, int64_t n) {
-  return cpu_isa() >= Isa::Avx512 ? half_store_row512<false>(dst, src, n) : half_store_row256(dst, src, n);
-}
-
-// dst[0 .. bytes) = src[0 .. bytes), whole 64-byte lines with non-temporal stores
-// (dst 64-byte aligned), the rest with ordinary ones.
-FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void stream_copy(void* __restrict dst,
-                                                                        const void* __restrict src,
-                                                                        int64_t bytes) {
-  char* __restrict d = static_cast<char*>(dst);
-  const char* __restrict s = static_cast<const char*>(src);
-  int64_t k = 0;
-  for (; k + 64 <= bytes; k += 64) {
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + k), _mm512_loadu_si512(s + k));
-  }
-  if (k < bytes) std::memcpy(d + k, s + k, static_cast<size_t>(bytes - k));
+  return cpu_isa() >= Isa::Avx512 ? half_store_row512(dst, src, n) : half_store_row256(dst, src, n);
 }
 
 }  // namespace fastreg::cpu
@@ -225,44 +194,6 @@ inline bool stream_stores(int64_t bytes) {
 #endif
 }
 
-// dst[0 .. n) = src[0 .. n) in T with non-temporal stores (stream_stores() said
-// yes): ordinary stores up to the first 64-byte boundary of dst, then whole lines
-// streamed, bfloat16 through AVX512_BF16's conversion where bf16_convert().
-template <class T> FASTREG_HOST void stream_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n) {
-  int64_t k = 0;
-#ifdef FASTREG_HAVE_AVX512_BF16
-  using A = opmath_t<T>;
-  for (; k < n && reinterpret_cast<uintptr_t>(dst + k) % 64 != 0; ++k) store(dst, k, src[k]);
-  if constexpr (std::is_same_v<raw_t<T>, A>) {  // float, double and raw bits: no rounding
-    return stream_copy(dst + k, src + k, (n - k) * static_cast<int64_t>(sizeof(T)));
-  } else {
-    if (std::is_same_v<T, c10::BFloat16> && bf16_convert()) return bf16_store_row<true>(raw(dst + k), src + k, n - k);
-    if (std::is_same_v<T, c10::Half>) return half_store_row512<true>(raw(dst + k), src + k, n - k);  // AVX-512 here
-    alignas(64) raw_t<T> out[256];
-    for (; k < n; k += 256) {
-      const int64_t len = std::min<int64_t>(256, n - k);
-      for (int64_t j = 0; j < len; ++j) store(reinterpret_cast<T*>(out), j, src[k + j]);
-      stream_copy(dst + k, out, len * static_cast<int64_t>(sizeof(T)));
-    }
-  }
-#endif
-  for (; k < n; ++k) store(dst, k, src[k]);
-}
-
-// The streaming form of map_store: 256 values at a time computed into an L1
-// buffer, then stream_row. (The functor stays in this inlined loop: handing it to a
-// non-inlined AVX-512 function made its captures escape, and GCC stopped
-// vectorizing the ordinary loop of map_store beside it.)
-template <class T, class F>
-FASTREG_HOST void map_stream(T* __restrict y, int64_t begin, int64_t end, const F& f) {
-  alignas(64) opmath_t<T> buf[256];
-  for (int64_t i = begin; i < end; i += 256) {
-    const int64_t len = std::min<int64_t>(256, end - i);
-    for (int64_t k = 0; k < len; ++k) buf[k] = f(i + k);
-    stream_row(y + i, buf, len);
-  }
-}
-
 // dst[0 .. n) = src[0 .. n) in scalar_t (buffered loops' row stores), bfloat16
 // through AVX512_BF16's conversion where bf16_convert().
 template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n) {
@@ -277,70 +208,167 @@ template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t
   for (int64_t k = 0; k < n; ++k) store(dst, k, src[k]);
 }
 
-// y[i] = f(i) for i in [begin, end), f giving opmath values. For bfloat16 where
-// bf16_convert(), 256 values at a time go through a float32 buffer and
-// AVX512_BF16's conversion; otherwise each is stored (rounded) as it is computed.
-// stream: map_stream's non-temporal stores (from stream_stores()).
-template <class T, class F>
-FASTREG_HOST void map_store(T* __restrict y, int64_t begin, int64_t end, const F& f, bool stream = false) {
-  if (stream) return map_stream(y, begin, end, f);
+template <class T> constexpr bool kTwoByte = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
 #ifdef FASTREG_HAVE_AVX512_BF16
-  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
-    if (std::is_same_v<T, c10::BFloat16> ? bf16_convert() : half_convert()) {
-      alignas(64) float buf[256];
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// v[0 .. 32) = the 32 values of the 2-byte type T at p as float32 (exact).
+template <class T>
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void load32(float* v, const T* p) {
+  const uint16_t* r = raw(p);
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    _mm512_store_ps(v, half16_load(r));
+    _mm512_store_ps(v + 16, half16_load(r + 16));
+  } else {
+    _mm512_store_ps(v, bf16x16_load(r));
+    _mm512_store_ps(v + 16, bf16x16_load(r + 16));
+  }
+}
+
+// The 64 bytes at p (64-byte aligned: a block the loop below just computed), read the
+// way that loop wrote them, so that GCC keeps the block in registers: it vectorizes a
+// functor's loop with 512-bit vectors, but with 256-bit ones where the loop also reads
+// or writes a byte per element (kBytes: the 1-bit mask kernels' keep bytes). A 512-bit
+// load of two 256-bit stores stalls on store forwarding; two 256-bit loads of a 512-bit
+// store cost an extract and an insert (5-10 % of bfloat16 sigmoid's forward).
+template <bool kBytes>
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512i line_load(const void* p) {
+  if constexpr (kBytes) {
+    const __m256i* q = static_cast<const __m256i*>(p);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(q)), _mm256_load_si256(q + 1), 1);
+  } else {
+    return _mm512_load_si512(p);
+  }
+}
+
+// The 32 float32 values v[0 .. 32) rounded to the 2-byte type T at p, as c10 rounds
+// (bfloat16 by AVX512_BF16 where bf16i, else by the generic rounding); kStream: a
+// non-temporal store (p 64-byte aligned).
+template <bool kStream, bool kBytes, class T>
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store32(T* p, const float* v, bool bf16i) {
+  uint16_t* r = raw(p);
+  const __m512 lo = _mm512_castsi512_ps(line_load<kBytes>(v)), hi = _mm512_castsi512_ps(line_load<kBytes>(v + 16));
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    half32_store<kStream>(r, lo, hi);
+  } else if (bf16i) {
+    bf16x32_store<kStream>(r, lo, hi);
+  } else {
+    alignas(64) uint16_t o[32];
+    for (int k = 0; k < 32; ++k) o[k] = float_to_bf16(v[k]);
+    line_store<kStream>(r, line_load<kBytes>(o));
+  }
+}
+
+// The AVX-512 form of map_rows: y[i] = f(i, a[i]...) in one pass, a 64-byte line of
+// y at a time. The 2-byte types are converted by instruction (VCVTPH2PS/VCVTPS2PH,
+// AVX512_BF16) into 32-element arrays around the functor's loop, which GCC turns into
+// vector registers: no L1 row buffers between conversion, math and store (those
+// cost float16 leaky_relu a third of eager's speed). kStream: the lines leave by non-
+// temporal stores as they are computed (after ordinary stores up to y's first 64-byte
+// boundary). Reached only through run_avx512's flatten (its target attribute).
+template <bool kStream, bool kBytes, class T, class F, class... P>
+FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, const F& f, P... in) {
+  constexpr size_t N = sizeof...(P);
+  static_assert(N <= 2 && (std::is_same_v<P, const T*> && ...), "map_avx512: up to two inputs of y's type");
+  if constexpr (kStream) {
+    for (; i < end && reinterpret_cast<uintptr_t>(y + i) % 64 != 0; ++i) store(y, i, f(i, load(in, i)...));
+  }
+  if constexpr (kTwoByte<T>) {
+    const bool bf16i = bf16_convert();
+    const T* const ptr[N + 1] = {in..., nullptr};
+    for (; i + 32 <= end; i += 32) {
+      alignas(64) float v[N + 1][32];
+      alignas(64) float out[32];
+      for (size_t j = 0; j < N; ++j) load32(v[j], ptr[j] + i);
+      if constexpr (N == 0) {
+        _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+        for (int k = 0; k < 32; ++k) out[k] = f(i + k);
+      } else if constexpr (N == 1) {
+        _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+        for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k]);
+      } else {
+        _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+        for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k], v[1][k]);
+      }
+      store32<kStream, kBytes>(y + i, out, bf16i);
+    }
+  } else if constexpr (kStream) {  // float, double, raw bits: four lines of L elements
+    // (one line per step left GCC 12 with scalar code or 2-lane pieces for the loops
+    // that read keep bytes)
+    constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
+    for (; i + 4 * L <= end; i += 4 * L) {
+      alignas(64) T out[4 * L];
+      _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+      for (int64_t k = 0; k < 4 * L; ++k) out[k] = f(i + k, in[i + k]...);
+      for (int64_t j = 0; j < 4 * L; j += L) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(y + i + j), line_load<kBytes>(out + j));
+      }
+    }
+  }
+  for (; i < end; ++i) store(y, i, f(i, load(in, i)...));
+}
+
+#pragma GCC diagnostic pop
+#endif
+
+// y[i] = f(i, a[i]...) for i in [begin, end), for up to two inputs a of y's type,
+// handed to f as opmath values; stream (from stream_stores()): y is written with
+// non-temporal stores. Tag: the instruction set the caller was inlined for
+// (run_isa's IsaTag). On AVX-512, map_avx512's single pass; on AVX2 CPUs float16
+// inputs are converted 256 at a time by F16C rows into L1 buffers and outputs
+// rounded from one (store_row); otherwise each value is loaded and stored (rounded)
+// as it is computed, which GCC vectorizes.
+template <bool kBytes, class Tag, class T, class F, class... P>
+FASTREG_HOST void map_rows(Tag, T* __restrict y, int64_t begin, int64_t end, const F& f, bool stream, P... in) {
+#ifdef FASTREG_HAVE_AVX512_BF16
+  if constexpr (Tag::isa >= Isa::Avx512) {
+    if (stream) return map_avx512<true, kBytes>(y, begin, end, f, in...);
+    if (std::is_same_v<T, c10::Half> || (std::is_same_v<T, c10::BFloat16> && bf16_convert())) {
+      return map_avx512<false, kBytes>(y, begin, end, f, in...);
+    }
+  } else if constexpr (std::is_same_v<T, c10::Half> && Tag::isa == Isa::Avx2) {
+    if (half_convert()) {
+      constexpr size_t N = sizeof...(P);
+      const T* const ptr[N + 1] = {in..., nullptr};
+      alignas(64) float v[N + 1][256];
+      alignas(64) float out[256];
       for (int64_t i0 = begin; i0 < end; i0 += 256) {
         const int64_t len = std::min<int64_t>(256, end - i0);
-        for (int64_t k = 0; k < len; ++k) buf[k] = f(i0 + k);
-        store_row(y + i0, buf, len);
+        for (size_t j = 0; j < N; ++j) half_load_row256(v[j], raw(ptr[j] + i0), len);
+        if constexpr (N == 0) {
+          for (int64_t k = 0; k < len; ++k) out[k] = f(i0 + k);
+        } else if constexpr (N == 1) {
+          for (int64_t k = 0; k < len; ++k) out[k] = f(i0 + k, v[0][k]);
+        } else {
+          for (int64_t k = 0; k < len; ++k) out[k] = f(i0 + k, v[0][k], v[1][k]);
+        }
+        half_store_row256(raw(y + i0), out, len);
       }
       return;
     }
   }
 #endif
-  for (int64_t i = begin; i < end; ++i) store(y, i, f(i));
+  (void)stream;  // streaming is AVX-512 only (stream_stores())
+  for (int64_t i = begin; i < end; ++i) store(y, i, f(i, load(in, i)...));
 }
 
-// y[i] = f(i, a[i]) (map1) or f(i, a[i], b[i]) (map2) for i in [begin, end), the
-// inputs given to f as opmath values: map_store, except that float16 inputs, where
-// half_convert(), are converted 256 at a time by half_load_row into L1 buffers.
-template <class T, class F>
-FASTREG_HOST void map1(T* __restrict y, const T* __restrict a, int64_t begin, int64_t end, const F& f,
+// The three shapes the loops use: y[i] = f(i), f(i, a[i]), f(i, a[i], b[i]). kBytes:
+// f reads or writes a byte per element (a keep byte; see line_load).
+template <bool kBytes = false, class Tag, class T, class F>
+FASTREG_HOST void map_store(Tag tag, T* __restrict y, int64_t begin, int64_t end, const F& f, bool stream = false) {
+  map_rows<kBytes>(tag, y, begin, end, f, stream);
+}
+template <bool kBytes = false, class Tag, class T, class F>
+FASTREG_HOST void map1(Tag tag, T* __restrict y, const T* __restrict a, int64_t begin, int64_t end, const F& f,
                        bool stream = false) {
-#ifdef FASTREG_HAVE_AVX512_BF16
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    if (half_convert()) {
-      alignas(64) float av[256];
-      for (int64_t i0 = begin; i0 < end; i0 += 256) {
-        const int64_t len = std::min<int64_t>(256, end - i0);
-        half_load_row(av, raw(a + i0), len);
-        map_store(y + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA { return f(i0 + k, av[k]); }, stream);
-      }
-      return;
-    }
-  }
-#endif
-  map_store(y, begin, end, [&](int64_t i) FASTREG_INLINE_LAMBDA { return f(i, load(a, i)); }, stream);
+  map_rows<kBytes>(tag, y, begin, end, f, stream, a);
 }
-
-template <class T, class F>
-FASTREG_HOST void map2(T* __restrict y, const T* __restrict a, const T* __restrict b, int64_t begin, int64_t end,
-                       const F& f, bool stream = false) {
-#ifdef FASTREG_HAVE_AVX512_BF16
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    if (half_convert()) {
-      alignas(64) float av[256], bv[256];
-      for (int64_t i0 = begin; i0 < end; i0 += 256) {
-        const int64_t len = std::min<int64_t>(256, end - i0);
-        half_load_row(av, raw(a + i0), len);
-        half_load_row(bv, raw(b + i0), len);
-        map_store(
-            y + i0, 0, len, [&](int64_t k) FASTREG_INLINE_LAMBDA { return f(i0 + k, av[k], bv[k]); }, stream);
-      }
-      return;
-    }
-  }
-#endif
-  map_store(y, begin, end, [&](int64_t i) FASTREG_INLINE_LAMBDA { return f(i, load(a, i), load(b, i)); }, stream);
+template <bool kBytes = false, class Tag, class T, class F>
+FASTREG_HOST void map2(Tag tag, T* __restrict y, const T* __restrict a, const T* __restrict b, int64_t begin,
+                       int64_t end, const F& f, bool stream = false) {
+  map_rows<kBytes>(tag, y, begin, end, f, stream, a, b);
 }
 
 }  // namespace fastreg::cpu

@@ -138,10 +138,14 @@ inline const char* isa_name(Isa isa) {
   }
 }
 
+// The AVX-512 wrappers carry AVX512_BF16 and F16C as well, so that the one-pass
+// conversions of convert_simd.h inline into them; GCC 12 emits AVX512_BF16
+// instructions only through intrinsics, which run where bf16_convert() says so.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FASTREG_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define FASTREG_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,avx2,fma")))
 #define FASTREG_TARGET_AVX512_256 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=256")))
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,avx2,fma,prefer-vector-width=256")))
 #define FASTREG_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
 #define FASTREG_TARGET_AVX512
@@ -149,12 +153,25 @@ inline const char* isa_name(Isa isa) {
 #define FASTREG_TARGET_AVX2
 #endif
 
-// The body (an always_inline lambda) is inlined into each wrapper, so the
-// vectorizer sees it with that wrapper's instruction set.
-template <class F> FASTREG_TARGET_AVX512 __attribute__((noinline)) void run_avx512(const F& f) { f(); }
-template <class F> FASTREG_TARGET_AVX512_256 __attribute__((noinline)) void run_avx512_256(const F& f) { f(); }
-template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline)) void run_avx2(const F& f) { f(); }
-template <class F> __attribute__((noinline)) void run_portable(const F& f) { f(); }
+// The instruction set a loop body was inlined for, known at compile time: run_isa
+// hands one to the body, which passes it to map1/map2/map_store (convert_simd.h).
+template <Isa I> struct IsaTag {
+  static constexpr Isa isa = I;
+};
+
+// The body (an always_inline lambda taking an IsaTag) is inlined into each
+// wrapper, so the vectorizer sees it with that wrapper's instruction set.
+// `flatten` also inlines what the body calls: convert_simd.h's AVX-512 loops carry
+// the wrapper's target attribute, which a default-target lambda cannot inline
+// itself, so they reach the body's loop only through the wrapper.
+template <class F> FASTREG_TARGET_AVX512 __attribute__((noinline, flatten)) void run_avx512(const F& f) {
+  f(IsaTag<Isa::Avx512>{});
+}
+template <class F> FASTREG_TARGET_AVX512_256 __attribute__((noinline, flatten)) void run_avx512_256(const F& f) {
+  f(IsaTag<Isa::Avx512>{});
+}
+template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline)) void run_avx2(const F& f) { f(IsaTag<Isa::Avx2>{}); }
+template <class F> __attribute__((noinline)) void run_portable(const F& f) { f(IsaTag<Isa::Portable>{}); }
 
 // kNarrow: on an AVX-512 CPU, vectorize with 256-bit registers (AVX-512VL
 // instructions). For the memory-bound select loops of 4- and 8-byte types
