@@ -1,6 +1,8 @@
-// Conversions and stores of the CPU loops' 2-byte types, done by instructions
-// where the CPU has them, bit-identical to c10's roundings (cpu_kernel.h's
-// float_to_bf16, float_to_half), plus the streaming (non-temporal) row stores.
+// The CPU loops' element maps (map1/map2/map_store): conversions of the 2-byte
+// types done by instructions where the CPU has them, bit-identical to c10's roundings
+// (cpu_kernel.h's float_to_bf16, float_to_half), and the streaming (non-temporal)
+// stores. On AVX-512 CPUs a map is one pass (map_avx512: convert, compute, convert,
+// store per 64-byte line, in registers).
 //
 // bfloat16: AVX512_BF16's VCVTNE2PS2BF16 (one instruction per 32 elements, round
 // to nearest even). The instruction differs from c10 in two cases, which are
@@ -16,7 +18,7 @@
 // payload, c10 gives 0x7e00 with the sign), again detected per vector. The
 // generic conversions are ~10 (load) and ~15 (store) vector instructions per 16
 // elements, which made float16 loops 1.2-2x slower than float32 ones; GCC 12
-// vectorizes no _Float16 conversion without AVX512-FP16, hence the explicit rows.
+// vectorizes no _Float16 conversion without AVX512-FP16, hence the intrinsics.
 #pragma once
 
 #include <algorithm>
@@ -36,13 +38,11 @@
 
 namespace fastreg::cpu {
 
-#define FASTREG_TARGET_AVX512_BF16 FASTREG_TARGET_AVX512
-
 // VFPCLASSPS categories that the instruction converts unlike c10: QNaN, SNaN, denormal.
 constexpr int kBf16Special = 0x01 | 0x80 | 0x20;
 
 // The 16 bfloat16 values at p as float32 (exact: a shift).
-FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) __m512 bf16x16_load(const uint16_t* p) {
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 bf16x16_load(const uint16_t* p) {
   const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
@@ -70,7 +70,7 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void generic32_store
 
 // 32 float32 values (lo: elements 0-15, hi: 16-31) -> 32 bfloat16 at p, as c10 rounds.
 template <bool kStream = false>
-FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) void bf16x32_store(uint16_t* p, __m512 lo,
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void bf16x32_store(uint16_t* p, __m512 lo,
                                                                                      __m512 hi) {
   const __mmask16 s = _mm512_fpclass_ps_mask(lo, kBf16Special) | _mm512_fpclass_ps_mask(hi, kBf16Special);
   if (__builtin_expect(s == 0, 1)) return line_store<kStream>(p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
@@ -78,7 +78,7 @@ FASTREG_TARGET_AVX512_BF16 inline __attribute__((always_inline)) void bf16x32_st
 }
 
 // dst[0 .. n) = src[0 .. n) rounded to bfloat16 (the row stores of buffered loops).
-FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) inline void bf16_store_row(uint16_t* __restrict dst,
+FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void bf16_store_row(uint16_t* __restrict dst,
                                                                          const float* __restrict src, int64_t n) {
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {

@@ -1,7 +1,9 @@
 // The CPU loop driver shared by every family: scalar <-> opmath conversions
 // written so that GCC vectorizes them, and a run-time ISA switch. The extension
 // is compiled once (no per-ISA builds like ATen's), so each hot loop is inlined
-// into an AVX-512, an AVX2 and a portable wrapper and the CPU picks one.
+// into an AVX-512, an AVX2 and a portable wrapper and the CPU picks one; the
+// wrapper tells the loop which it is (IsaTag), so that intrinsics for that
+// instruction set can sit inside the loop (convert_simd.h's map_avx512).
 #pragma once
 
 #include <ATen/Parallel.h>

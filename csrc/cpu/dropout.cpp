@@ -65,7 +65,7 @@ struct KeepScale16 {
 // with AVX512_BF16's conversion (convert_simd.h) in place of the generic rounding.
 // kStream: non-temporal stores (y 64-byte aligned).
 template <bool kResidual, bool kStream>
-FASTREG_TARGET_AVX512_BF16 __attribute__((noinline)) void dropout_bf16_chunk(
+FASTREG_TARGET_AVX512 __attribute__((noinline)) void dropout_bf16_chunk(
     const uint16_t* __restrict x, const uint16_t* __restrict r, uint16_t* __restrict y,
     const uint32_t* __restrict words, int64_t len, float scale, Keep keep) {
   const KeepScale16 drop(scale, keep);
