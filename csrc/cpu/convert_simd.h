@@ -77,16 +77,6 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void bf16x32_store(u
   generic32_store(p, lo, hi, float_to_bf16);
 }
 
-// dst[0 .. n) = src[0 .. n) rounded to bfloat16 (the row stores of buffered loops).
-FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void bf16_store_row(uint16_t* __restrict dst,
-                                                                         const float* __restrict src, int64_t n) {
-  int64_t k = 0;
-  for (; k + 32 <= n; k += 32) {
-    bf16x32_store(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
-  }
-  for (; k < n; ++k) dst[k] = float_to_bf16(src[k]);
-}
-
 // The 16 float16 values at p as float32 (exact).
 FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 half16_load(const uint16_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -104,17 +94,25 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(ui
   generic32_store(p, lo, hi, float_to_half);
 }
 
-// dst[0 .. n) = src[0 .. n) rounded to float16 (the row stores of buffered loops).
-FASTREG_TARGET_AVX512 __attribute__((noinline)) inline void half_store_row512(uint16_t* __restrict dst,
-                                                                       const float* __restrict src, int64_t n) {
+// dst[0 .. n) = src[0 .. n) rounded to the 2-byte type T (the row stores of buffered
+// loops), 32 at a time by AVX512_BF16 (bfloat16, where bf16_convert()) or AVX-512F
+// (float16).
+template <class T>
+FASTREG_TARGET_AVX512 __attribute__((noinline)) void store_row512(T* __restrict dst, const float* __restrict src,
+                                                                  int64_t n) {
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
-    half32_store(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16));
+    const __m512 lo = _mm512_loadu_ps(src + k), hi = _mm512_loadu_ps(src + k + 16);
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      half32_store(raw(dst + k), lo, hi);
+    } else {
+      bf16x32_store(raw(dst + k), lo, hi);
+    }
   }
-  for (; k < n; ++k) dst[k] = float_to_half(src[k]);
+  for (; k < n; ++k) store(dst, k, src[k]);
 }
 
-// The same two rows with F16C's 8-lane forms, for AVX2 CPUs (every AVX2 CPU has
+// float16 rows (load and store) with F16C's 8-lane forms, for AVX2 CPUs (every AVX2 CPU has
 // F16C; it is checked anyway).
 #define FASTREG_TARGET_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
 
@@ -142,11 +140,6 @@ FASTREG_TARGET_AVX2_F16C __attribute__((noinline)) inline void half_store_row256
     }
   }
   for (; k < n; ++k) dst[k] = float_to_half(src[k]);
-}
-
-// The rows of the CPU's width (half_convert() said yes).
-inline void half_store_row(uint16_t* __restrict dst, const float* __restrict src, int64_t n) {
-  return cpu_isa() >= Isa::Avx512 ? half_store_row512(dst, src, n) : half_store_row256(dst, src, n);
 }
 
 }  // namespace fastreg::cpu
@@ -199,10 +192,11 @@ inline bool stream_stores(int64_t bytes) {
 template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n) {
 #ifdef FASTREG_HAVE_AVX512_BF16
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    if (bf16_convert()) return bf16_store_row(raw(dst), src, n);
+    if (bf16_convert()) return store_row512(dst, src, n);
   }
   if constexpr (std::is_same_v<T, c10::Half>) {
-    if (half_convert()) return half_store_row(raw(dst), src, n);
+    if (cpu_isa() >= Isa::Avx512) return store_row512(dst, src, n);
+    if (half_convert()) return half_store_row256(raw(dst), src, n);
   }
 #endif
   for (int64_t k = 0; k < n; ++k) store(dst, k, src[k]);

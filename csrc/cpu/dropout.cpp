@@ -298,9 +298,9 @@ struct CpuLoops {
             const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
             fill_words(seed, philox::kStreamElement, i0, len, words);
             if (rows) {  // the chunk's channels are i0 % K + k: the bias read in place
-              const scalar_t* __restrict b_ = bp + i0 % K;
-              map1<true>(isa, y_ + i0, x_ + i0, 0, len, [&](int64_t k, A xv) FASTREG_INLINE_LAMBDA {
-                const A z = xv + load(b_, k);
+              // (the bias row as map2's second input: converted like x, by instruction)
+              map2<true>(isa, y_ + i0, x_ + i0, bp + i0 % K, 0, len, [&](int64_t k, A xv, A bk) FASTREG_INLINE_LAMBDA {
+                const A z = xv + bk;
                 bits[k] = act_bit(o, z);
                 const A a = o.forward(z) * sc;
                 return kp(words[k]) ? a : A(0);
