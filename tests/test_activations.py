@@ -607,6 +607,62 @@ def test_streaming_backward_gives_the_same_bits(isa, tmp_path):
     assert res.returncode == 0 and "STREAM OK" in res.stdout, res.stderr[-3000:]
 
 
+MASK_PATHS_SCRIPT = """
+import sys, torch, fastreg
+ops = torch.ops.fastreg
+specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-40, -1e-40, 65504.0, -7e4])
+out = []
+gen = torch.Generator().manual_seed(0)
+for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    for n in (1, 7, 8, 31, 32, 33, 255, 257, 1000, 65536 + 13):
+        x = torch.randn(n, generator=gen) * 3
+        k = torch.randperm(n, generator=gen)[: max(1, n // 40)]
+        x[k] = specials[torch.arange(k.numel()) % 9]
+        g = torch.randn(n, generator=gen) * 2
+        g[k[: k.numel() // 2]] = float("nan")
+        x, g = x.to(dtype), g.to(dtype)
+        for slope in (0.01, -2.5, 1e4):
+            y, m = ops.leaky_relu(x, slope, True)
+            out += [y, m, ops.leaky_relu_backward(g, m, slope), ops.leaky_relu(x, slope, False)[0]]
+        y, m = ops.relu(x, True)
+        out += [y, m, ops.relu_backward(g, m)]
+out = [t.view(torch.uint8) for t in out]
+if sys.argv[1] == "save":
+    torch.save(out, sys.argv[2])
+else:
+    want = torch.load(sys.argv[2])
+    assert len(want) == len(out)
+    for k, (a, b) in enumerate(zip(out, want)):
+        assert torch.equal(a, b), k
+    print("MASK OK")
+"""
+
+
+@pytest.mark.parametrize("path", ["default", "stream", "avx512", "avx2"])
+def test_mask_loops_same_bits_on_every_cpu_path(path, tmp_path):
+    """relu and leaky_relu with a 1-bit mask: outputs, mask bytes and gradients are bit for
+    bit the portable loops' on every other CPU path (AVX-512's mask-register loops for the
+    half types, streamed backward stores, the avx512 and avx2 caps), through NaN, infinities,
+    signed zeros, denormals and float16 overflow, for lengths that leave partial mask bytes,
+    32-element blocks and tasks."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), FASTREG_CPU_ISA="portable")
+    env.pop("FASTREG_CPU_STREAM_MIN_BYTES", None)
+    saved = str(tmp_path / "portable.pt")
+    res = subprocess.run(
+        [sys.executable, "-c", MASK_PATHS_SCRIPT, "save", saved], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    env.pop("FASTREG_CPU_ISA")
+    if path == "stream":
+        env["FASTREG_CPU_STREAM_MIN_BYTES"] = "0"
+    elif path != "default":
+        env["FASTREG_CPU_ISA"] = path
+    res = subprocess.run(
+        [sys.executable, "-c", MASK_PATHS_SCRIPT, "check", saved], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0 and "MASK OK" in res.stdout, res.stderr[-3000:]
+
+
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
 def test_other_cpu_instruction_sets(isa):
     # The CPU loops are compiled for AVX-512, AVX2 and a portable path (and use
