@@ -52,6 +52,15 @@ def _below_autograd(op, *args):
         return op(*args)
 
 
+def _call(op, *args):
+    """op(*args); below its Python autograd kernel when no tensor argument needs a gradient
+    (inference, frozen layers: a small CPU call's host time 7 -> 4 us)."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _maybe_inplace(input, y, inplace):
     # In-place keeps torch's semantics (the input tensor holds the result);
     # the kernel still writes a fresh tensor, then one copy.
@@ -60,24 +69,24 @@ def _maybe_inplace(input, y, inplace):
 
 def sigmoid(input):
     _check_float(input, "sigmoid")
-    return ops.sigmoid(input)
+    return _call(ops.sigmoid, input)
 
 
 def tanh(input):
     _check_float(input, "tanh")
-    return ops.tanh(input)
+    return _call(ops.tanh, input)
 
 
 def relu(input, inplace=False):
     _check_float(input, "relu")
-    y, _ = ops.relu(input, _needs_grad(input))
+    y, _ = _call(ops.relu, input, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     _check_float(input, "leaky_relu")
     slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
-    y, _ = ops.leaky_relu(input, slope, _needs_grad(input))
+    y, _ = _call(ops.leaky_relu, input, slope, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
 
@@ -94,7 +103,7 @@ def prelu(input, weight):
             f"fastreg.prelu: weight must have 1 or input.size(1) = {channels} elements in at most "
             f"one dimension, got shape {tuple(weight.shape)}"
         )
-    return ops.prelu(input, weight)
+    return _call(ops.prelu, input, weight)
 
 
 def elu(input, alpha=1.0, inplace=False):
@@ -102,19 +111,19 @@ def elu(input, alpha=1.0, inplace=False):
     alpha = _check_number(alpha, "elu", "alpha")
     if not alpha >= 0:
         raise ValueError(f"fastreg.elu: alpha must be >= 0 (backward uses the output), got {alpha}")
-    return _maybe_inplace(input, ops.elu(input, alpha), inplace)
+    return _maybe_inplace(input, _call(ops.elu, input, alpha), inplace)
 
 
 def selu(input, inplace=False):
     _check_float(input, "selu")
-    return _maybe_inplace(input, ops.selu(input), inplace)
+    return _maybe_inplace(input, _call(ops.selu, input), inplace)
 
 
 def gelu(input, approximate="none"):
     _check_float(input, "gelu")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"fastreg.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return ops.gelu(input, approximate)
+    return _call(ops.gelu, input, approximate)
 
 
 def silu(input, inplace=False):
@@ -123,7 +132,7 @@ def silu(input, inplace=False):
         # backward needs the input that in-place overwrites: save a copy of it,
         # as torch's in-place silu does
         return input.copy_(ops.silu(input.clone()))
-    return _maybe_inplace(input, ops.silu(input), inplace)
+    return _maybe_inplace(input, _call(ops.silu, input), inplace)
 
 
 # --- dropout family ---------------------------------------------------------------------
@@ -134,7 +143,7 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
     p = check_p(p, fn)
     if not training or p == 0.0:
         return input
-    y = ops.dropout(input, seed_tensor(input, generator, seed, fn), p, alpha)
+    y = _call(ops.dropout, input, seed_tensor(input, generator, seed, fn), p, alpha)
     return _maybe_inplace(input, y, inplace)
 
 
@@ -186,7 +195,7 @@ def bias_act_dropout(
     save_mask = activation in ("relu", "leaky_relu") and (
         _needs_grad(input) or (bias is not None and _needs_grad(bias))
     )
-    y, _ = ops.bias_act_dropout(input, bias, s, activation, p, slope, alpha, approximate, save_mask)
+    y, _ = _call(ops.bias_act_dropout, input, bias, s, activation, p, slope, alpha, approximate, save_mask)
     return y
 
 
@@ -203,7 +212,7 @@ def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=N
     p = check_p(p, "dropout_add")
     if not training or p == 0.0:
         return residual + input
-    return ops.dropout_add(input, residual, seed_tensor(input, generator, seed, "dropout_add"), p)
+    return _call(ops.dropout_add, input, residual, seed_tensor(input, generator, seed, "dropout_add"), p)
 
 
 def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True, generator=None, seed=None):
@@ -218,7 +227,7 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
     if not training or p == 0.0:
         return input if residual is None else residual + input
     s = seed_tensor(input, generator, seed, "drop_path")
-    return ops.drop_path(input, residual, s, p, bool(scale_by_keep))
+    return _call(ops.drop_path, input, residual, s, p, bool(scale_by_keep))
 
 
 def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, generator=None, seed=None):

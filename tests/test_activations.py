@@ -304,6 +304,43 @@ def test_no_mask_written_without_grad(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_graph_only_where_a_gradient_is_needed(device):
+    """Calls with no tensor that needs a gradient skip the op's autograd kernel (the short
+    host path); they must give the same values, and a graph must still be recorded as soon
+    as any tensor argument (input, PReLU's weight, the bias, the residual) needs one."""
+    x = torch.randn(4, 8, 5, device=device)
+    w = torch.rand(8, device=device)
+    b = torch.randn(5, device=device)
+    calls = [lambda t, w, b, f=f, kw=kw: f(t, **kw) for f, _, _, kw in CASES.values()] + [
+        lambda t, w, b: FR.prelu(t, w),
+        lambda t, w, b: FR.bias_act_dropout(t, b, "gelu", 0.5, seed=3),
+        lambda t, w, b: FR.bias_act_dropout(t, b, "leaky_relu", 0.5, seed=3),
+        lambda t, w, b: FR.dropout(t, 0.5, seed=3),
+        lambda t, w, b: FR.dropout_add(t, b.expand_as(t).contiguous(), 0.5, seed=3),
+        lambda t, w, b: FR.drop_path(t, 0.5, True, seed=3),
+    ]
+    for k, f in enumerate(calls):
+        plain = f(x, w, b)
+        assert plain.grad_fn is None and not plain.requires_grad, k
+        xg = x.clone().requires_grad_()
+        y = f(xg, w, b)
+        assert y.grad_fn is not None and torch.equal(y.detach(), plain), k
+        with torch.no_grad():
+            assert not f(xg, w, b).requires_grad, k
+    # a parameter alone needing a gradient still records the graph and gets one
+    wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+    for f, p in ((calls[-6], wg), (calls[-5], bg), (calls[-4], bg)):
+        y = f(x, wg, bg)
+        assert y.grad_fn is not None and torch.equal(y.detach(), f(x, w, b))
+        (gp,) = torch.autograd.grad(y.sum(), p)
+        assert gp.shape == p.shape and gp.abs().sum() > 0
+    r = b.expand_as(x).contiguous().requires_grad_()
+    y = FR.dropout_add(x, r, 0.5, seed=3)
+    assert y.grad_fn is not None
+    assert torch.equal(torch.autograd.grad(y.sum(), r)[0], torch.ones_like(r))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_inplace(device):
     for fr, tf, kw in [
         (FR.relu, F.relu, {}),
