@@ -47,7 +47,7 @@ template <class T> FASTREG_HOST bool relu_keep(const Relu& o, const T* p, int64_
 template <class Op> constexpr bool kStreamsBackward = Op::saved == Saved::Output;
 
 #ifdef FASTREG_HAVE_AVX512_BF16
-// leaky_relu's 1-bit-mask loops for float16 and bfloat16 on AVX-512: the keep bits
+// The 1-bit-mask loops of leaky_relu and relu for float16 and bfloat16 on AVX-512: the keep bits
 // are the compare's mask register itself, stored as is (a __mmask16 of 16 elements
 // starting at a multiple of 8 is two mask bytes in the mask's bit order), and read
 // back as one. Through the generic mask loops (a keep byte per element, then a packing
@@ -122,6 +122,53 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_backward512(cons
     store(dx, i, (m[i / 8] >> (i % 8)) & 1 ? v : v * slope);
   }
 }
+
+// relu's for the 2-byte types: the keep test !(x <= 0) on the raw bits of 32 elements
+// per vector (not +-0, and either the sign clear or a NaN: relu_keep's rule), the
+// output and the gradient selected by the mask register (raw bits: NaN payloads pass).
+template <class T> FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __mmask32 relu_keep32(__m512i h) {
+  constexpr short inf = std::is_same_v<T, c10::Half> ? 0x7c00 : 0x7f80;
+  const __m512i a = _mm512_and_si512(h, _mm512_set1_epi16(0x7fff));
+  const __mmask32 nonzero = _mm512_test_epi16_mask(a, a);
+  const __mmask32 positive = _mm512_testn_epi16_mask(h, _mm512_set1_epi16(short(0x8000)));
+  const __mmask32 nan = _mm512_cmpgt_epu16_mask(a, _mm512_set1_epi16(inf));
+  return nonzero & (positive | nan);
+}
+
+template <class T>
+FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_forward512(const T* __restrict x, T* __restrict y,
+                                                                        uint8_t* __restrict m, int64_t i,
+                                                                        int64_t end) {
+  for (; i + 32 <= end; i += 32) {
+    const __m512i h = _mm512_loadu_si512(x + i);
+    const __mmask32 k = relu_keep32<T>(h);
+    _mm512_storeu_si512(y + i, _mm512_maskz_mov_epi16(k, h));
+    const uint32_t bits = k;
+    std::memcpy(m + i / 8, &bits, 4);
+  }
+  const Relu o;
+  for (; i < end; i += 8) {  // the last bytes: bits past `end` stay 0
+    uint8_t byte = 0;
+    for (int64_t t = 0; t < 8 && i + t < end; ++t) {
+      const bool kept = relu_keep(o, x, i + t);
+      raw(y)[i + t] = kept ? raw(x)[i + t] : uint16_t(0);
+      byte = uint8_t(byte | (uint8_t(kept) << t));
+    }
+    m[i / 8] = byte;
+  }
+}
+
+template <bool kStream, class T>
+FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_backward512(const T* __restrict g,
+                                                                         const uint8_t* __restrict m,
+                                                                         T* __restrict dx, int64_t i, int64_t end) {
+  for (; i + 32 <= end; i += 32) {
+    uint32_t bits;
+    std::memcpy(&bits, m + i / 8, 4);
+    line_store<kStream>(raw(dx + i), _mm512_maskz_mov_epi16(__mmask32(bits), _mm512_loadu_si512(g + i)));
+  }
+  for (; i < end; ++i) raw(dx)[i] = (m[i / 8] >> (i % 8)) & 1 ? raw(g)[i] : uint16_t(0);
+}
 #endif
 
 struct CpuLoops {
@@ -189,10 +236,14 @@ struct CpuLoops {
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
 #ifdef FASTREG_HAVE_AVX512_BF16
-          if constexpr (std::is_same_v<Op, LeakyRelu> && kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx512) {
-            leaky_mask_forward512(xp, yp, mask, c0 * kMaskChunk, std::min(n, c1 * kMaskChunk),
-                                  static_cast<float>(op.negative_slope));
-            return;
+          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx512) {
+            const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
+            if constexpr (std::is_same_v<Op, LeakyRelu>) {
+              return leaky_mask_forward512(xp, yp, mask, i0, i1, static_cast<float>(op.negative_slope));
+            } else {
+              static_assert(std::is_same_v<Op, Relu>, "the 1-bit-mask ops: relu, leaky_relu");
+              return relu_mask_forward512(xp, yp, mask, i0, i1);
+            }
           }
 #endif
           const Op o = op;
@@ -237,15 +288,17 @@ struct CpuLoops {
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
 #ifdef FASTREG_HAVE_AVX512_BF16
-          if constexpr (std::is_same_v<Op, LeakyRelu> && kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx512) {
+          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx512) {
             const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
-            const float slope = static_cast<float>(op.negative_slope);
-            if (stream && reinterpret_cast<uintptr_t>(dp + i0) % 64 == 0) {
-              leaky_mask_backward512<true>(gp, mask, dp, i0, i1, slope);
+            const bool aligned = reinterpret_cast<uintptr_t>(dp + i0) % 64 == 0;
+            if constexpr (std::is_same_v<Op, LeakyRelu>) {
+              const float slope = static_cast<float>(op.negative_slope);
+              if (stream && aligned) return leaky_mask_backward512<true>(gp, mask, dp, i0, i1, slope);
+              return leaky_mask_backward512<false>(gp, mask, dp, i0, i1, slope);
             } else {
-              leaky_mask_backward512<false>(gp, mask, dp, i0, i1, slope);
+              if (stream && aligned) return relu_mask_backward512<true>(gp, mask, dp, i0, i1);
+              return relu_mask_backward512<false>(gp, mask, dp, i0, i1);
             }
-            return;
           }
 #endif
           const Op o = op;
