@@ -3,7 +3,10 @@
 The batch rows of the GPU benchmark are host-bound on the H200 machine (run 5: the host
 needs as long to issue a mixup as the GPU to run it). This splits a call into its parts
 so that the next change goes where the time is: Python checks, the seed's randint,
-the op's dispatch, each kernel launch.
+the op's dispatch, each kernel launch. The last rows put an activation's and dropout's
+small call, inference and training step, beside eager torch's: fastreg's autograd
+formulas are Python (`torch.library.register_autograd`, DESIGN §2), whose per-call
+cost eager's C++ autograd does not pay.
 
 python bench/host_path.py [--device cuda]
 """
@@ -59,9 +62,34 @@ def main():
         ("FR.mixup", lambda: FR.mixup(x, t, 1.0, num_classes=10, label_smoothing=0.1)),
         ("nn.Mixup (timm recipe)", lambda: m(x, t)),
     ]
+    # activations and dropout on a small tensor: an inference call, and a training step
+    # (forward + backward through autograd), fastreg against eager torch
+    a = torch.randn(256, device=device)
+    ag = a.clone().requires_grad_()
+    ga = torch.randn(256, device=device)
+
+    def step(f):
+        return lambda: torch.autograd.grad(f(ag), ag, ga)
+
+    def infer(f):
+        def run():
+            with torch.no_grad():
+                return f(a)
+
+        return run
+
+    for name, fr, ref in (
+        ("leaky_relu", FR.leaky_relu, torch.nn.functional.leaky_relu),
+        ("gelu", FR.gelu, torch.nn.functional.gelu),
+        ("dropout p=0.1", lambda t: FR.dropout(t, 0.1), lambda t: torch.nn.functional.dropout(t, 0.1)),
+    ):
+        rows.append((f"{name} inference: fastreg", infer(fr)))
+        rows.append((f"{name} inference: eager", infer(ref)))
+        rows.append((f"{name} fwd+bwd step: fastreg", step(fr)))
+        rows.append((f"{name} fwd+bwd step: eager", step(ref)))
     print(f"host time per call on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'})")
     for name, fn in rows:
-        print(f"  {name:<40} {per_call_us(fn, device):8.1f} us", flush=True)
+        print(f"  {name:<44} {per_call_us(fn, device):8.1f} us", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,40 @@ ops = torch.ops.fastreg
 
 def _like_layout(grad, stride):
     """grad laid out with the forward output's strides (mask order is memory order)."""
-    if all(s == r or n <= 1 for n, s, r in zip(grad.shape, grad.stride(), stride, strict=True)):
+    if grad.stride() == stride or all(
+        s == r or n <= 1 for n, s, r in zip(grad.shape, grad.stride(), stride, strict=True)
+    ):
         return grad
     return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
+# op packet -> apply of a torch.autograd.Function holding the op's registered formula
+EAGER_AUTOGRAD = {}
+
+
+def _register_autograd(name, backward, setup_context):
+    """The op's autograd formula, registered with torch.library (what torch.compile traces,
+    opcheck checks and direct ``torch.ops.fastreg`` calls use), and the same two functions
+    as a plain ``torch.autograd.Function``, which ``fastreg.functional`` applies in eager
+    mode: it skips the dispatcher's round trip into Python and the library wrapper's
+    argument handling, about a third of a small training step's host time (bench/host_path.py)."""
+    register_autograd(f"fastreg::{name}", backward, setup_context=setup_context)
+    op = getattr(ops, name).default
+
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():  # the kernel, not the autograd kernel again
+            output = op(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    # forward(ctx, ...) form: a separate setup_context staticmethod would make every
+    # apply bind the arguments through inspect.signature (~10 us per call)
+    function = type(
+        f"{name}_function",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+    EAGER_AUTOGRAD[getattr(ops, name)] = function.apply
 
 
 # --- activations that save their output or their input --------------------------------------
@@ -49,7 +80,7 @@ def _register_saved(name, saves_output):
         (saved,) = ctx.saved_tensors
         return (backward_op(grad, saved, *ctx.params),) + (None,) * len(ctx.params)
 
-    register_autograd(f"fastreg::{name}", backward, setup_context=setup_context)
+    _register_autograd(name, backward, setup_context)
 
 
 for _name, _saves_output in SAVES_OUTPUT.items():
@@ -81,7 +112,7 @@ def _register_mask(name):
         grad = _like_layout(grad, ctx.stride)
         return (backward_op(grad, mask, *ctx.params),) + (None,) * (len(ctx.params) + 1)
 
-    register_autograd(f"fastreg::{name}", backward, setup_context=setup_context)
+    _register_autograd(name, backward, setup_context)
 
 
 for _name in ("relu", "leaky_relu"):
@@ -108,7 +139,7 @@ def _prelu_backward(ctx, grad):
     return ops.prelu_backward(grad, input, weight)
 
 
-register_autograd("fastreg::prelu", _prelu_backward, setup_context=_prelu_setup)
+_register_autograd("prelu", _prelu_backward, _prelu_setup)
 
 
 # --- dropout family: the seed is saved, never a mask ---------------------------------------
@@ -134,7 +165,7 @@ def _dropout_backward(ctx, grad):
     return ops.dropout_backward(grad, seed, ctx.p, ctx.alpha), None, None, None
 
 
-register_autograd("fastreg::dropout", _dropout_backward, setup_context=_dropout_setup)
+_register_autograd("dropout", _dropout_backward, _dropout_setup)
 
 
 @register_fake("fastreg::dropout_add")
@@ -155,7 +186,7 @@ def _dropout_add_backward(ctx, grad):
     return ops.dropout_backward(grad, seed, ctx.p, False), grad, None, None
 
 
-register_autograd("fastreg::dropout_add", _dropout_add_backward, setup_context=_dropout_add_setup)
+_register_autograd("dropout_add", _dropout_add_backward, _dropout_add_setup)
 
 
 @register_fake("fastreg::drop_path")
@@ -182,7 +213,7 @@ def _drop_path_backward(ctx, grad):
     return grad_input, (grad if ctx.has_residual else None), None, None, None
 
 
-register_autograd("fastreg::drop_path", _drop_path_backward, setup_context=_drop_path_setup)
+_register_autograd("drop_path", _drop_path_backward, _drop_path_setup)
 
 
 MASK_ACTIVATIONS = ("relu", "leaky_relu")
@@ -221,9 +252,7 @@ def _bias_act_dropout_backward(ctx, grad, _grad_mask):
     return dx, (db if ctx.has_bias else None), None, None, None, None, None, None, None
 
 
-register_autograd(
-    "fastreg::bias_act_dropout", _bias_act_dropout_backward, setup_context=_bias_act_dropout_setup
-)
+_register_autograd("bias_act_dropout", _bias_act_dropout_backward, _bias_act_dropout_setup)
 
 
 # --- DropConnect: a composite of the dropout kernel and ATen's matmul ----------------------

@@ -341,6 +341,43 @@ def test_graph_only_where_a_gradient_is_needed(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_registered_autograd_and_eager_function_agree(device):
+    """Each formula runs two ways: torch.library's registration (torch.compile, opcheck,
+    direct torch.ops calls) and the plain autograd.Function that fastreg.functional applies
+    in eager mode. Both must give the same outputs, gradients and saved bytes."""
+    from fastreg._autograd import EAGER_AUTOGRAD
+
+    x = torch.randn(3, 8, 6, device=device, dtype=torch.float64)
+    w = torch.rand(8, device=device, dtype=torch.float64)
+    b = torch.randn(6, device=device, dtype=torch.float64)
+    seed = torch.tensor([5], device=device)
+    calls = {
+        "sigmoid": (x,), "tanh": (x,), "selu": (x,), "silu": (x,), "elu": (x, 0.7),
+        "gelu": (x, "tanh"), "relu": (x, True), "leaky_relu": (x, 0.2, True), "prelu": (x, w),
+        "dropout": (x, seed, 0.3, False), "dropout_add": (x, torch.cos(x), seed, 0.3),
+        "drop_path": (x, torch.cos(x), seed, 0.5, True),
+        "bias_act_dropout": (x, b, seed, "leaky_relu", 0.3, 0.1, 1.0, "none", True),
+    }  # fmt: skip
+    assert {getattr(ops, name) for name in calls} == set(EAGER_AUTOGRAD)
+    for name, args in calls.items():
+        results = []
+        for run in (getattr(ops, name), EAGER_AUTOGRAD[getattr(ops, name)]):
+            leaves = [
+                a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a in args
+            ]
+            nbytes, _, out = saved_bytes(run, *leaves)
+            y = out[0] if isinstance(out, tuple) else out
+            tensors = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+            grads = torch.autograd.grad(y, tensors, torch.cos(y.detach() * 3))
+            results.append((nbytes, y.detach(), grads))
+        (n0, y0, g0), (n1, y1, g1) = results
+        assert n0 == n1, name
+        assert torch.equal(y0, y1), name
+        assert all(torch.equal(a, c) for a, c in zip(g0, g1, strict=True)), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_inplace(device):
     for fr, tf, kw in [
         (FR.relu, F.relu, {}),
