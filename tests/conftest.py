@@ -19,6 +19,32 @@ def _seed():
     torch.manual_seed(0)
 
 
+CPU_PATH_VARIABLES = ("FASTREG_CPU_ISA", "FASTREG_CPU_STREAM_MIN_BYTES")
+
+
+def child_tensors(script, path, *args, **env):
+    """Runs `script` in a child interpreter (`python -c script path *args`) with the CPU
+    path variables (FASTREG_CPU_ISA, FASTREG_CPU_STREAM_MIN_BYTES) unset except those
+    given in env, and returns what the script saved with torch.save to its first argument.
+    The CPU loops read those variables once per process, so each path needs a child."""
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    for name in CPU_PATH_VARIABLES:
+        e.pop(name, None)
+    e.update(env)
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(path), *args], capture_output=True, text=True, env=e
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return torch.load(path)
+
+
+def assert_same_bits(got, want):
+    """Two lists of tensors (child_tensors) equal bit for bit, element by element."""
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), k
+
+
 def saved_bytes(fn, *args):
     """Bytes of the tensors autograd saves while running fn(*args), and the tensors."""
     saved = []

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA, DEVICES, check_raw_op_errors, saved_bytes
+from conftest import CUDA, DEVICES, assert_same_bits, check_raw_op_errors, child_tensors, saved_bytes
 
 import fastreg
 import fastreg.functional as FR
@@ -643,14 +643,7 @@ for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
             x = x.detach().requires_grad_()
             for f in (FR.relu, FR.leaky_relu, FR.sigmoid, FR.tanh, FR.elu, FR.selu, FR.gelu):
                 out.append(bits(torch.autograd.grad(f(x), x, gv)[0]).clone())
-if sys.argv[1] == "save":
-    torch.save(out, sys.argv[2])
-else:
-    want = torch.load(sys.argv[2])
-    assert len(want) == len(out)
-    for k, (a, b) in enumerate(zip(out, want)):
-        assert torch.equal(a, b), k
-    print("STREAM OK")
+torch.save(out, sys.argv[1])
 """
 
 
@@ -662,23 +655,12 @@ def test_streaming_backward_gives_the_same_bits(isa, tmp_path):
     same bits as the ordinary stores (gelu, which never streams, is the control): every
     dtype, unaligned views, lengths that leave partial lines and buffers. Under the
     avx512 cap the half types take the generic rounding into the streamed buffer."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    env.pop("FASTREG_CPU_STREAM_MIN_BYTES", None)
-    if isa != "default":
-        env["FASTREG_CPU_ISA"] = isa
-    saved = str(tmp_path / "ordinary.pt")
-    res = subprocess.run(
-        [sys.executable, "-c", STREAM_BACKWARD_SCRIPT, "save", saved], capture_output=True, text=True, env=env
+    cap = {} if isa == "default" else {"FASTREG_CPU_ISA": isa}
+    ordinary = child_tensors(STREAM_BACKWARD_SCRIPT, tmp_path / "ordinary.pt", **cap)
+    streamed = child_tensors(
+        STREAM_BACKWARD_SCRIPT, tmp_path / "streamed.pt", FASTREG_CPU_STREAM_MIN_BYTES="0", **cap
     )
-    assert res.returncode == 0, res.stderr[-3000:]
-    env["FASTREG_CPU_STREAM_MIN_BYTES"] = "0"
-    res = subprocess.run(
-        [sys.executable, "-c", STREAM_BACKWARD_SCRIPT, "check", saved],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert res.returncode == 0 and "STREAM OK" in res.stdout, res.stderr[-3000:]
+    assert_same_bits(streamed, ordinary)
 
 
 MASK_PATHS_SCRIPT = """
@@ -700,15 +682,7 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
             out += [y, m, ops.leaky_relu_backward(g, m, slope), ops.leaky_relu(x, slope, False)[0]]
         y, m = ops.relu(x, True)
         out += [y, m, ops.relu_backward(g, m)]
-out = [t.view(torch.uint8) for t in out]
-if sys.argv[1] == "save":
-    torch.save(out, sys.argv[2])
-else:
-    want = torch.load(sys.argv[2])
-    assert len(want) == len(out)
-    for k, (a, b) in enumerate(zip(out, want)):
-        assert torch.equal(a, b), k
-    print("MASK OK")
+torch.save(out, sys.argv[1])
 """
 
 
@@ -719,22 +693,11 @@ def test_mask_loops_same_bits_on_every_cpu_path(path, tmp_path):
     half types, streamed backward stores, the avx512 and avx2 caps), through NaN, infinities,
     signed zeros, denormals and float16 overflow, for lengths that leave partial mask bytes,
     32-element blocks and tasks."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), FASTREG_CPU_ISA="portable")
-    env.pop("FASTREG_CPU_STREAM_MIN_BYTES", None)
-    saved = str(tmp_path / "portable.pt")
-    res = subprocess.run(
-        [sys.executable, "-c", MASK_PATHS_SCRIPT, "save", saved], capture_output=True, text=True, env=env
+    portable = child_tensors(MASK_PATHS_SCRIPT, tmp_path / "portable.pt", FASTREG_CPU_ISA="portable")
+    env = {"stream": {"FASTREG_CPU_STREAM_MIN_BYTES": "0"}, "default": {}}.get(
+        path, {"FASTREG_CPU_ISA": path}
     )
-    assert res.returncode == 0, res.stderr[-3000:]
-    env.pop("FASTREG_CPU_ISA")
-    if path == "stream":
-        env["FASTREG_CPU_STREAM_MIN_BYTES"] = "0"
-    elif path != "default":
-        env["FASTREG_CPU_ISA"] = path
-    res = subprocess.run(
-        [sys.executable, "-c", MASK_PATHS_SCRIPT, "check", saved], capture_output=True, text=True, env=env
-    )
-    assert res.returncode == 0 and "MASK OK" in res.stdout, res.stderr[-3000:]
+    assert_same_bits(child_tensors(MASK_PATHS_SCRIPT, tmp_path / f"{path}.pt", **env), portable)
 
 
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])

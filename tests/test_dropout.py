@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA, DEVICES, check_raw_op_errors, saved_bytes
+from conftest import CUDA, DEVICES, check_raw_op_errors, child_tensors, saved_bytes
 from test_activations import make_input
 
 import fastreg
@@ -309,19 +309,8 @@ def test_half_types_identical_on_every_cpu_path(dtype, isa, tmp_path):
     (overflow, subnormals, ties), vector tails. A float16 NaN's sign is left out: c10 keeps
     the float's sign there, and which operand's NaN an x86 instruction passes on (IEEE leaves
     the sign of a NaN result unspecified) differs between the paths' codegen."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    results = []
-    for cap in (None, isa):
-        e = dict(env)
-        e.pop("FASTREG_CPU_ISA", None)
-        if cap:
-            e["FASTREG_CPU_ISA"] = cap
-        path = tmp_path / f"{cap}.pt"
-        cmd = [sys.executable, "-c", EDGE_SCRIPT, str(path), dtype]
-        res = subprocess.run(cmd, env=e, capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr[-3000:]
-        results.append(torch.load(path))
-    default, capped = results
+    default = child_tensors(EDGE_SCRIPT, tmp_path / "default.pt", dtype)
+    capped = child_tensors(EDGE_SCRIPT, tmp_path / f"{isa}.pt", dtype, FASTREG_CPU_ISA=isa)
 
     def nan_sign_cleared(b):  # float16 only: bfloat16 NaNs (c10: 0x7fc0) have no sign
         return torch.where((b & 0x7FFF) > 0x7C00, b & 0x7FFF, b) if dtype == "float16" else b
