@@ -106,8 +106,11 @@ def _register_mask(name):
         ctx.params = inputs[1:-1]
         ctx.stride = y.stride()
         ctx.save_for_backward(mask)
+        ctx.set_materialize_grads(False)  # no zero "gradient" of the uint8 mask output
 
     def backward(ctx, grad, _grad_mask):
+        if grad is None:  # the output's gradient is undefined (grads are not materialized)
+            return (None,) * (len(ctx.params) + 2)
         (mask,) = ctx.saved_tensors
         grad = _like_layout(grad, ctx.stride)
         return (backward_op(grad, mask, *ctx.params),) + (None,) * (len(ctx.params) + 1)
@@ -241,9 +244,12 @@ def _bias_act_dropout_setup(ctx, inputs, output):
     # relu / leaky_relu: the 1-bit mask; the others: the input (DESIGN §4)
     saved = mask if ctx.activation in MASK_ACTIVATIONS else input
     ctx.save_for_backward(saved, bias, seed)
+    ctx.set_materialize_grads(False)  # no zero "gradient" of the uint8 mask output
 
 
 def _bias_act_dropout_backward(ctx, grad, _grad_mask):
+    if grad is None:  # the output's gradient is undefined (grads are not materialized)
+        return (None,) * 9
     saved, bias, seed = ctx.saved_tensors
     grad = _like_layout(grad, ctx.stride)
     dx, db = ops.bias_act_dropout_backward(
@@ -373,6 +379,7 @@ def _mix_backward_fake(grad, params):
 def _mix_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(output[2])
+    ctx.set_materialize_grads(False)  # no zero "gradients" of the soft targets and params
 
 
 def _mix_backward(ctx, grad_images, grad_soft, grad_params):
