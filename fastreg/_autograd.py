@@ -302,7 +302,7 @@ def _dropconnect_backward(ctx, grad):
     return gi, gw, (gb if ctx.has_bias else None), None, None
 
 
-register_autograd("fastreg::dropconnect_linear", _dropconnect_backward, setup_context=_dropconnect_setup)
+_register_autograd("dropconnect_linear", _dropconnect_backward, _dropconnect_setup)
 
 
 # --- cutout: backward is the same boxes, filled with 0, on the gradient -------------------
@@ -326,7 +326,7 @@ def _cutout_backward(ctx, grad):
     return ops.cutout(grad, seed, ctx.size, ctx.p, 0.0), None, None, None, None
 
 
-register_autograd("fastreg::cutout", _cutout_backward, setup_context=_cutout_setup)
+_register_autograd("cutout", _cutout_backward, _cutout_setup)
 
 
 # --- random erasing: backward erases the same boxes of the gradient with 0 ----------------
@@ -351,7 +351,7 @@ def _erase_backward(ctx, grad):
     return (g,) + (None,) * 8
 
 
-register_autograd("fastreg::random_erasing", _erase_backward, setup_context=_erase_setup)
+_register_autograd("random_erasing", _erase_backward, _erase_setup)
 
 
 # --- mixup / cutmix: backward reads each sample's draw from the params output --------------
@@ -388,4 +388,4 @@ def _mix_backward(ctx, grad_images, grad_soft, grad_params):
     return (g,) + (None,) * 12
 
 
-register_autograd("fastreg::mix", _mix_backward, setup_context=_mix_setup)
+_register_autograd("mix", _mix_backward, _mix_setup)

@@ -53,13 +53,20 @@ def _below_autograd(op, *args):
         return op(*args)
 
 
-def _call(op, *args):
-    """op(*args) in eager mode: through the op's autograd formula as a plain autograd.Function
-    when a tensor argument needs a gradient (_autograd.EAGER_AUTOGRAD), else straight to the
-    kernel, below the op's autograd kernel (inference, frozen layers); the registered op
-    itself under torch.compile. Small CPU calls (bench/host_path.py): leaky_relu's inference
-    call 7-8 -> 4.8 us, its training step 66-70 -> 44 us (eager torch: 2.4 and 22-26 us)."""
+def _with_autograd(op, *args):
+    """op(*args) recording its backward: in eager mode through the op's registered formula
+    as a plain autograd.Function (_autograd.EAGER_AUTOGRAD: no dispatcher round trip into
+    Python; a small training step's host time 69 -> 46 us for leaky_relu, eager torch's
+    22 us), under torch.compile through the registered op itself."""
     if torch.compiler.is_compiling():
+        return op(*args)
+    return EAGER_AUTOGRAD[op](*args)
+
+
+def _call(op, *args):
+    """op(*args): with autograd when a tensor argument needs a gradient, else straight to
+    the kernel (inference, frozen layers: leaky_relu's small call 7-8 -> 4.8 us)."""
+    if torch.compiler.is_compiling():  # first: dynamo cannot trace _any_requires_grad
         return op(*args)
     if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
         return EAGER_AUTOGRAD[op](*args)
@@ -254,7 +261,7 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
     p = check_p(p, fn)
     if not training or p == 0.0:
         return torch.nn.functional.linear(input, weight, bias)
-    return ops.dropconnect_linear(input, weight, bias, seed_tensor(input, generator, seed, fn), p)
+    return _call(ops.dropconnect_linear, input, weight, bias, seed_tensor(input, generator, seed, fn), p)
 
 
 # --- batch augmentations --------------------------------------------------------------------
@@ -276,7 +283,7 @@ def _run_boxes(images, inplace, op, op_, args):
     """Out of place, or in place writing only the boxes (autograd needs the
     out-of-place op: the result is then copied back)."""
     if _needs_grad(images):
-        out = op(images, *args)
+        out = _with_autograd(op, images, *args)
         return images.copy_(out) if inplace else out
     if not inplace:
         return _below_autograd(op, images, *args)
@@ -439,7 +446,7 @@ def _mix(
         bool(correct_lam),
     )
     if _needs_grad(images):
-        out, soft, _ = ops.mix(images, *args)
+        out, soft, _ = _with_autograd(ops.mix, images, *args)
         return (images.copy_(out) if inplace else out), soft
     if inplace:
         soft, _ = ops.mix_(images, *args)

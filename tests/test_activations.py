@@ -344,19 +344,26 @@ def test_graph_only_where_a_gradient_is_needed(device):
 def test_registered_autograd_and_eager_function_agree(device):
     """Each formula runs two ways: torch.library's registration (torch.compile, opcheck,
     direct torch.ops calls) and the plain autograd.Function that fastreg.functional applies
-    in eager mode. Both must give the same outputs, gradients and saved bytes."""
+    in eager mode. Both must give the same outputs, gradients and saved bytes, for every op
+    that has a formula."""
     from fastreg._autograd import EAGER_AUTOGRAD
 
     x = torch.randn(3, 8, 6, device=device, dtype=torch.float64)
     w = torch.rand(8, device=device, dtype=torch.float64)
     b = torch.randn(6, device=device, dtype=torch.float64)
     seed = torch.tensor([5], device=device)
+    img = torch.rand(4, 3, 8, 8, device=device, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 1, 2], device=device)
     calls = {
         "sigmoid": (x,), "tanh": (x,), "selu": (x,), "silu": (x,), "elu": (x, 0.7),
         "gelu": (x, "tanh"), "relu": (x, True), "leaky_relu": (x, 0.2, True), "prelu": (x, w),
         "dropout": (x, seed, 0.3, False), "dropout_add": (x, torch.cos(x), seed, 0.3),
         "drop_path": (x, torch.cos(x), seed, 0.5, True),
         "bias_act_dropout": (x, b, seed, "leaky_relu", 0.3, 0.1, 1.0, "none", True),
+        "dropconnect_linear": (x, torch.randn(5, 6, dtype=x.dtype, device=device), b[:5], seed, 0.3),
+        "cutout": (img, seed, 3, 1.0, 0.5),
+        "random_erasing": (img, seed, 1.0, 0.1, 0.4, -1.0, 1.0, 0.5, False),
+        "mix": (img, labels, seed, 4, 0.1, 1.0, 1.0, -1.0, -1.0, 1.0, 0.5, 2, True),
     }  # fmt: skip
     assert {getattr(ops, name) for name in calls} == set(EAGER_AUTOGRAD)
     for name, args in calls.items():
