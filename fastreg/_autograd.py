@@ -2,7 +2,10 @@
 
 Each op's whole life is on one screen: the fake kernel that tells torch.compile
 the output's shape and layout, what setup_context saves for backward (DESIGN §4),
-and the backward, written with fastreg's own backward ops.
+and the backward, written with fastreg's own backward ops. `_register_autograd`
+registers each formula with torch.library and also wraps the same two functions in a
+plain torch.autograd.Function (EAGER_AUTOGRAD), which fastreg.functional applies in
+eager mode for its lower host time per call.
 """
 
 import torch
