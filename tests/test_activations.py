@@ -436,6 +436,47 @@ def test_inplace(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_type_exp_activations_within_one_ulp(device, dtype):
+    """Half-type sigmoid, silu and silu's backward (CUDA: math::Fast's SFU exp and
+    reciprocal; CPU: the float32 polynomial exp) stay within one ulp of the float64 value
+    rounded to the dtype for x >= -87 (where every intermediate is a normal float32: up
+    to and past exp's underflow edge), and below it and at the infinities equal torch's
+    own results up to 1e-35 absolute (math::Fast flushes float32 subnormals to zero)."""
+    x64 = torch.cat(
+        [
+            torch.linspace(-100, 100, 200001, dtype=torch.float64),
+            torch.tensor([-89.0, -88.72, -88.5, -88.38, -87.34, 87.34, 88.38, 88.5, 88.72, 89.0]),
+            torch.tensor([float("inf"), -float("inf"), 0.0, -0.0], dtype=torch.float64),
+        ]
+    )
+    x = x64.to(dtype).to(device)
+    xd = x.double()
+    g = torch.ones_like(x)
+    sig = torch.sigmoid(xd)
+    cases = {
+        "sigmoid": (FR.sigmoid(x), sig, torch.sigmoid(x)),
+        "silu": (FR.silu(x), xd * sig, F.silu(x)),
+        "silu_backward": (
+            ops.silu_backward(g, x),
+            sig * (1 + xd * (1 - sig)),
+            torch.ops.aten.silu_backward(g, x),
+        ),
+    }
+    inside = (xd >= -87.0) & torch.isfinite(xd)
+    finfo = torch.finfo(dtype)
+    for name, (got, exact, theirs) in cases.items():
+        torch.testing.assert_close(
+            got[~inside], theirs[~inside], rtol=0, atol=1e-35, equal_nan=True, msg=name
+        )
+        rounded = exact[inside].to(dtype)
+        up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
+        ulp = (up.double() - rounded.double()).clamp_min(finfo.smallest_normal * finfo.eps)
+        err = (got[inside].double() - rounded.double()).abs() / ulp
+        assert err.max() <= 1.0, (name, err.max().item(), x[inside][err.argmax()].item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_special_values(device):
     x = torch.tensor(
         [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, -100.0, 100.0], device=device
