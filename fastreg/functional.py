@@ -144,7 +144,7 @@ def silu(input, inplace=False):
     if inplace and _needs_grad(input):
         # backward needs the input that in-place overwrites: save a copy of it,
         # as torch's in-place silu does
-        return input.copy_(ops.silu(input.clone()))
+        return input.copy_(_with_autograd(ops.silu, input.clone()))
     return _maybe_inplace(input, _call(ops.silu, input), inplace)
 
 
