@@ -44,31 +44,18 @@ def _needs_grad(t):
     return torch.is_grad_enabled() and t.requires_grad
 
 
-def _below_autograd(op, *args):
-    """op(*args) for inputs that need no gradient, skipping the op's Python autograd
-    kernel (about half of a small call's host time); traced normally under torch.compile."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
-
-
-def _with_autograd(op, *args):
-    """op(*args) recording its backward: in eager mode through the op's registered formula
-    as a plain autograd.Function (_autograd.EAGER_AUTOGRAD: no dispatcher round trip into
-    Python; a small training step's host time 69 -> 46 us for leaky_relu, eager torch's
-    22 us), under torch.compile through the registered op itself."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return EAGER_AUTOGRAD[op](*args)
-
-
-def _call(op, *args):
-    """op(*args): with autograd when a tensor argument needs a gradient, else straight to
-    the kernel (inference, frozen layers: leaky_relu's small call 7-8 -> 4.8 us)."""
+def _call(op, *args, grad=None):
+    """op(*args) in eager mode: with autograd when `grad` (default: whether any tensor
+    argument needs a gradient), through the op's registered formula as a plain
+    autograd.Function (_autograd.EAGER_AUTOGRAD: no dispatcher round trip into Python;
+    a small leaky_relu training step's host time 69 -> 46 us, eager torch's 22 us), else
+    straight to the kernel below autograd (a small inference call 7-8 -> 4.8 us). Under
+    torch.compile, the registered op itself."""
     if torch.compiler.is_compiling():  # first: dynamo cannot trace _any_requires_grad
         return op(*args)
-    if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+    if grad is None:
+        grad = torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+    if grad:
         return EAGER_AUTOGRAD[op](*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -144,7 +131,7 @@ def silu(input, inplace=False):
     if inplace and _needs_grad(input):
         # backward needs the input that in-place overwrites: save a copy of it,
         # as torch's in-place silu does
-        return input.copy_(_with_autograd(ops.silu, input.clone()))
+        return input.copy_(_call(ops.silu, input.clone()))
     return _maybe_inplace(input, _call(ops.silu, input), inplace)
 
 
@@ -282,13 +269,11 @@ def _check_images(images, fn, allow_uint8=False):
 def _run_boxes(images, inplace, op, op_, args):
     """Out of place, or in place writing only the boxes (autograd needs the
     out-of-place op: the result is then copied back)."""
-    if _needs_grad(images):
-        out = _with_autograd(op, images, *args)
-        return images.copy_(out) if inplace else out
-    if not inplace:
-        return _below_autograd(op, images, *args)
-    op_(images, *args)
-    return images
+    if inplace and not _needs_grad(images):
+        op_(images, *args)
+        return images
+    out = _call(op, images, *args)
+    return images.copy_(out) if inplace else out
 
 
 def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
@@ -445,14 +430,12 @@ def _mix(
         MIX_MODES[mode],
         bool(correct_lam),
     )
-    if _needs_grad(images):
-        out, soft, _ = _with_autograd(ops.mix, images, *args)
-        return (images.copy_(out) if inplace else out), soft
-    if inplace:
+    if inplace and not _needs_grad(images):
         soft, _ = ops.mix_(images, *args)
         return images, soft
-    out, soft, _ = _below_autograd(ops.mix, images, *args)
-    return out, soft
+    # autograd follows the images only: probability targets are data (soft targets detached)
+    out, soft, _ = _call(ops.mix, images, *args, grad=_needs_grad(images))
+    return (images.copy_(out) if inplace else out), soft
 
 
 def mixup(

@@ -56,22 +56,14 @@ template <class Op> constexpr bool kStreamsBackward = Op::saved == Saved::Output
 // (this project's Zen 4, 2^22 elements). Results are the functor's: kept x (or g) as
 // is, else x * slope rounded once, NaN never kept; NaNs, and bfloat16 without
 // AVX512_BF16, take the generic rounding (convert_simd.h).
-template <class T> FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 load16(const T* p) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    return half16_load(raw(p));
-  } else {
-    return bf16x16_load(raw(p));
-  }
-}
 
-template <bool kStream, class T>
-FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store16x2(T* p, __m512 lo, __m512 hi, bool bf16i) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    half32_store<kStream>(raw(p), lo, hi);
-  } else if (bf16i) {
-    bf16x32_store<kStream>(raw(p), lo, hi);
-  } else {
-    generic32_store(raw(p), lo, hi, float_to_bf16);
+// The elements [i, end) after the last whole 32-element block, a mask byte at a time
+// (bits past `end` stay 0): put(j) writes element j's output and returns its keep bit.
+template <class Put> FASTREG_HOST void mask_forward_tail(uint8_t* m, int64_t i, int64_t end, const Put& put) {
+  for (; i < end; i += 8) {
+    uint8_t byte = 0;
+    for (int64_t t = 0; t < 8 && i + t < end; ++t) byte = uint8_t(byte | (uint8_t(put(i + t)) << t));
+    m[i / 8] = byte;
   }
 }
 
@@ -90,16 +82,11 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_forward512(const
     const uint32_t bits = uint32_t(ka) | (uint32_t(kb) << 16);
     std::memcpy(m + i / 8, &bits, 4);
   }
-  for (; i < end; i += 8) {  // the last bytes: bits past `end` stay 0
-    uint8_t byte = 0;
-    for (int64_t t = 0; t < 8 && i + t < end; ++t) {
-      const float v = load(x, i + t);
-      const bool kept = v > 0.0f;
-      store(y, i + t, kept ? v : v * slope);
-      byte = uint8_t(byte | (uint8_t(kept) << t));
-    }
-    m[i / 8] = byte;
-  }
+  mask_forward_tail(m, i, end, [&](int64_t j) {
+    const float v = load(x, j);
+    store(y, j, v > 0.0f ? v : v * slope);
+    return v > 0.0f;
+  });
 }
 
 // dx[i .. end) from g and the mask; i a multiple of 8 (kStream: dx + i 64-byte aligned).
@@ -146,16 +133,11 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_forward512(const 
     const uint32_t bits = k;
     std::memcpy(m + i / 8, &bits, 4);
   }
-  const Relu o;
-  for (; i < end; i += 8) {  // the last bytes: bits past `end` stay 0
-    uint8_t byte = 0;
-    for (int64_t t = 0; t < 8 && i + t < end; ++t) {
-      const bool kept = relu_keep(o, x, i + t);
-      raw(y)[i + t] = kept ? raw(x)[i + t] : uint16_t(0);
-      byte = uint8_t(byte | (uint8_t(kept) << t));
-    }
-    m[i / 8] = byte;
-  }
+  mask_forward_tail(m, i, end, [&](int64_t j) {
+    const bool kept = relu_keep(Relu{}, x, j);
+    raw(y)[j] = kept ? raw(x)[j] : uint16_t(0);
+    return kept;
+  });
 }
 
 template <bool kStream, class T>

@@ -94,21 +94,38 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(ui
   generic32_store(p, lo, hi, float_to_half);
 }
 
+// The 16 values of the 2-byte type T at p as float32 (exact).
+template <class T> FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 load16(const T* p) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    return half16_load(raw(p));
+  } else {
+    return bf16x16_load(raw(p));
+  }
+}
+
+// 32 float32 values (lo: elements 0-15, hi: 16-31) rounded to the 2-byte type T at p, as
+// c10 rounds: float16 by AVX-512F, bfloat16 by AVX512_BF16 where bf16i, else by the
+// generic rounding. kStream: the converted line leaves by a non-temporal store (p 64-byte
+// aligned; the generic roundings store as usual).
+template <bool kStream = false, class T>
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store16x2(T* p, __m512 lo, __m512 hi, bool bf16i) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    half32_store<kStream>(raw(p), lo, hi);
+  } else if (bf16i) {
+    bf16x32_store<kStream>(raw(p), lo, hi);
+  } else {
+    generic32_store(raw(p), lo, hi, float_to_bf16);
+  }
+}
+
 // dst[0 .. n) = src[0 .. n) rounded to the 2-byte type T (the row stores of buffered
-// loops), 32 at a time by AVX512_BF16 (bfloat16, where bf16_convert()) or AVX-512F
-// (float16).
+// loops), 32 at a time by AVX512_BF16 (bfloat16: called where bf16_convert()) or
+// AVX-512F (float16).
 template <class T>
 FASTREG_TARGET_AVX512 __attribute__((noinline)) void store_row512(T* __restrict dst, const float* __restrict src,
                                                                   int64_t n) {
   int64_t k = 0;
-  for (; k + 32 <= n; k += 32) {
-    const __m512 lo = _mm512_loadu_ps(src + k), hi = _mm512_loadu_ps(src + k + 16);
-    if constexpr (std::is_same_v<T, c10::Half>) {
-      half32_store(raw(dst + k), lo, hi);
-    } else {
-      bf16x32_store(raw(dst + k), lo, hi);
-    }
-  }
+  for (; k + 32 <= n; k += 32) store16x2(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16), true);
   for (; k < n; ++k) store(dst, k, src[k]);
 }
 
@@ -211,14 +228,8 @@ template <class T> constexpr bool kTwoByte = std::is_same_v<T, c10::Half> || std
 // v[0 .. 32) = the 32 values of the 2-byte type T at p as float32 (exact).
 template <class T>
 FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void load32(float* v, const T* p) {
-  const uint16_t* r = raw(p);
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    _mm512_store_ps(v, half16_load(r));
-    _mm512_store_ps(v + 16, half16_load(r + 16));
-  } else {
-    _mm512_store_ps(v, bf16x16_load(r));
-    _mm512_store_ps(v + 16, bf16x16_load(r + 16));
-  }
+  _mm512_store_ps(v, load16(p));
+  _mm512_store_ps(v + 16, load16(p + 16));
 }
 
 // The 64 bytes at p (64-byte aligned: a block the loop below just computed), read the
@@ -237,22 +248,11 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512i line_load(co
   }
 }
 
-// The 32 float32 values v[0 .. 32) rounded to the 2-byte type T at p, as c10 rounds
-// (bfloat16 by AVX512_BF16 where bf16i, else by the generic rounding); kStream: a
-// non-temporal store (p 64-byte aligned).
+// The 32 float32 values v[0 .. 32) rounded to the 2-byte type T at p (store16x2).
 template <bool kStream, bool kBytes, class T>
 FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store32(T* p, const float* v, bool bf16i) {
-  uint16_t* r = raw(p);
-  const __m512 lo = _mm512_castsi512_ps(line_load<kBytes>(v)), hi = _mm512_castsi512_ps(line_load<kBytes>(v + 16));
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    half32_store<kStream>(r, lo, hi);
-  } else if (bf16i) {
-    bf16x32_store<kStream>(r, lo, hi);
-  } else {
-    alignas(64) uint16_t o[32];
-    for (int k = 0; k < 32; ++k) o[k] = float_to_bf16(v[k]);
-    line_store<kStream>(r, line_load<kBytes>(o));
-  }
+  store16x2<kStream>(p, _mm512_castsi512_ps(line_load<kBytes>(v)), _mm512_castsi512_ps(line_load<kBytes>(v + 16)),
+                     bf16i);
 }
 
 // The AVX-512 form of map_rows: y[i] = f(i, a[i]...) in one pass, a 64-byte line of
