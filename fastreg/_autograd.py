@@ -27,6 +27,19 @@ def _like_layout(grad, stride):
 EAGER_AUTOGRAD = {}
 
 
+def _bw(op, *args):
+    """A backward op called from a first-order formula. With create_graph=True (grad mode
+    on inside backward) through autograd, so that its own formula (the second-order ones
+    at the end of this file) records the graph; otherwise straight to the kernel below
+    autograd, skipping the library's Python autograd kernel that the op now has (a
+    dispatcher round trip into Python: 7-10 us more per small training step when every
+    backward op went through it, bench/host_path.py)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _register_autograd(name, backward, setup_context):
     """The op's autograd formula, registered with torch.library (what torch.compile traces,
     opcheck checks and direct ``torch.ops.fastreg`` calls use), and the same two functions
@@ -81,7 +94,7 @@ def _register_saved(name, saves_output):
 
     def backward(ctx, grad):
         (saved,) = ctx.saved_tensors
-        return (backward_op(grad, saved, *ctx.params),) + (None,) * len(ctx.params)
+        return (_bw(backward_op, grad, saved, *ctx.params),) + (None,) * len(ctx.params)
 
     _register_autograd(name, backward, setup_context)
 
@@ -116,7 +129,7 @@ def _register_mask(name):
             return (None,) * (len(ctx.params) + 2)
         (mask,) = ctx.saved_tensors
         grad = _like_layout(grad, ctx.stride)
-        return (backward_op(grad, mask, *ctx.params),) + (None,) * (len(ctx.params) + 1)
+        return (_bw(backward_op, grad, mask, *ctx.params),) + (None,) * (len(ctx.params) + 1)
 
     _register_autograd(name, backward, setup_context)
 
@@ -142,7 +155,7 @@ def _prelu_setup(ctx, inputs, output):
 
 def _prelu_backward(ctx, grad):
     input, weight = ctx.saved_tensors
-    return ops.prelu_backward(grad, input, weight)
+    return _bw(ops.prelu_backward.default, grad, input, weight)
 
 
 _register_autograd("prelu", _prelu_backward, _prelu_setup)
@@ -168,7 +181,7 @@ def _dropout_setup(ctx, inputs, output):
 def _dropout_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     grad = _like_layout(grad, ctx.stride)
-    return ops.dropout_backward(grad, seed, ctx.p, ctx.alpha), None, None, None
+    return _bw(ops.dropout_backward.default, grad, seed, ctx.p, ctx.alpha), None, None, None
 
 
 _register_autograd("dropout", _dropout_backward, _dropout_setup)
@@ -189,7 +202,7 @@ def _dropout_add_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     grad = _like_layout(grad, ctx.stride)
     # the residual's gradient is the incoming one itself: no copy
-    return ops.dropout_backward(grad, seed, ctx.p, False), grad, None, None
+    return _bw(ops.dropout_backward.default, grad, seed, ctx.p, False), grad, None, None
 
 
 _register_autograd("dropout_add", _dropout_add_backward, _dropout_add_setup)
@@ -215,7 +228,7 @@ def _drop_path_setup(ctx, inputs, output):
 def _drop_path_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     grad = _like_layout(grad, ctx.stride)
-    grad_input = ops.drop_path_backward(grad, seed, ctx.p, ctx.scale_by_keep)
+    grad_input = _bw(ops.drop_path_backward.default, grad, seed, ctx.p, ctx.scale_by_keep)
     return grad_input, (grad if ctx.has_residual else None), None, None, None
 
 
@@ -255,8 +268,9 @@ def _bias_act_dropout_backward(ctx, grad, _grad_mask):
         return (None,) * 9
     saved, bias, seed = ctx.saved_tensors
     grad = _like_layout(grad, ctx.stride)
-    dx, db = ops.bias_act_dropout_backward(
-        grad, saved, bias, seed, ctx.activation, ctx.p, ctx.slope, ctx.alpha, ctx.approximate
+    dx, db = _bw(
+        ops.bias_act_dropout_backward.default,
+        *(grad, saved, bias, seed, ctx.activation, ctx.p, ctx.slope, ctx.alpha, ctx.approximate),
     )
     return dx, (db if ctx.has_bias else None), None, None, None, None, None, None, None
 
@@ -271,7 +285,6 @@ def _dropconnect_linear(input, weight, bias, seed, p):
     return torch.nn.functional.linear(input, masked, bias)
 
 
-@torch.library.impl("fastreg::dropconnect_linear_backward", "CompositeExplicitAutograd")
 def _dropconnect_linear_backward_impl(grad, input, weight, seed, p):
     masked = ops.dropout(weight, seed, p, False)  # regenerated from the seed
     grad_input = grad.matmul(masked)
@@ -281,6 +294,13 @@ def _dropconnect_linear_backward_impl(grad, input, weight, seed, p):
     grad_masked = _like_layout(grad_masked, torch.empty_like(weight).stride())
     grad_weight = ops.dropout_backward(grad_masked, seed, p, False)
     return grad_input, grad_weight, g2.sum(0)
+
+
+# (the call form: the decorator form returns None, and backward calls this function itself
+# to build a differentiable graph for create_graph=True)
+torch.library.impl(
+    "fastreg::dropconnect_linear_backward", "CompositeExplicitAutograd", _dropconnect_linear_backward_impl
+)
 
 
 @register_fake("fastreg::dropconnect_linear")
@@ -301,7 +321,10 @@ def _dropconnect_setup(ctx, inputs, output):
 
 def _dropconnect_backward(ctx, grad):
     input, weight, seed = ctx.saved_tensors
-    gi, gw, gb = ops.dropconnect_linear_backward(grad, input, weight, seed, ctx.p)
+    if torch.is_grad_enabled():  # create_graph: the composite, differentiable through its ops
+        gi, gw, gb = _dropconnect_linear_backward_impl(grad, input, weight, seed, ctx.p)
+    else:
+        gi, gw, gb = _bw(ops.dropconnect_linear_backward.default, grad, input, weight, seed, ctx.p)
     return gi, gw, (gb if ctx.has_bias else None), None, None
 
 
@@ -326,7 +349,7 @@ def _cutout_setup(ctx, inputs, output):
 
 def _cutout_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    return ops.cutout(grad, seed, ctx.size, ctx.p, 0.0), None, None, None, None
+    return _bw(ops.cutout.default, grad, seed, ctx.size, ctx.p, 0.0), None, None, None, None
 
 
 _register_autograd("cutout", _cutout_backward, _cutout_setup)
@@ -350,7 +373,7 @@ def _erase_setup(ctx, inputs, output):
 
 def _erase_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    g = ops.random_erasing(grad, seed, *ctx.rule, 0.0, False)
+    g = _bw(ops.random_erasing.default, grad, seed, *ctx.rule, 0.0, False)
     return (g,) + (None,) * 8
 
 
@@ -387,8 +410,197 @@ def _mix_setup(ctx, inputs, output):
 
 def _mix_backward(ctx, grad_images, grad_soft, grad_params):
     (params,) = ctx.saved_tensors
-    g = None if grad_images is None else ops.mix_backward(grad_images, params)
+    g = None if grad_images is None else _bw(ops.mix_backward.default, grad_images, params)
     return (g,) + (None,) * 12
 
 
 _register_autograd("mix", _mix_backward, _mix_setup)
+
+
+# --- second order: formulas of the backward ops ---------------------------------------------
+# What create_graph=True differentiates (gradient penalties, Hessian-vector products). Each
+# backward op is linear in its incoming gradient, so that part of its gradient is the same
+# backward op applied to the new incoming gradient (the regenerated dropout mask, the 1-bit
+# mask); the part through the saved tensor (the output or the input, which carry their graph
+# back to the forward op) is written with torch ops, so these formulas are differentiable in
+# turn. Registered with torch.library only: the first-order formulas call the backward ops
+# through the dispatcher whenever a graph is being built (_bw).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_K = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_C = 0.044715
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _sigmoid_d(x):
+    s = torch.sigmoid(x)
+    return s, s * (1 - s)
+
+
+def _act_d2(activation, z, alpha=1.0, approximate="none"):
+    """The activation's second derivative at its input z (the outer chain rule's factor)."""
+    if activation == "sigmoid":
+        s, ds = _sigmoid_d(z)
+        return ds * (1 - 2 * s)
+    if activation == "tanh":
+        t = torch.tanh(z)
+        return -2 * t * (1 - t * t)
+    if activation in ("elu", "selu"):
+        a, scale = (alpha, 1.0) if activation == "elu" else (SELU_ALPHA, SELU_SCALE)
+        return torch.where(z > 0, torch.zeros_like(z), (a * scale) * torch.exp(z))
+    if activation == "silu":
+        s, ds = _sigmoid_d(z)
+        return ds * (2 + z * (1 - 2 * s))
+    if activation == "gelu" and approximate == "tanh":
+        t = torch.tanh(_K * (z + _GELU_C * z * z * z))
+        du = _K * (1 + 3 * _GELU_C * z * z)
+        return (1 - t * t) * (du + 0.5 * z * (6 * _K * _GELU_C * z - 2 * t * du * du))
+    if activation == "gelu":
+        return torch.exp(-0.5 * z * z) * _INV_SQRT_2PI * (2 - z * z)
+    return torch.zeros_like(z)  # relu, leaky_relu: piecewise linear
+
+
+# d backward(g, saved) / d saved, divided by g, for the activations that save their output y
+# (backward is g * f'(y) written in y) or their input x (backward is g * f'(x)).
+_SAVED_D = {
+    "sigmoid": lambda y, params: 1 - 2 * y,
+    "tanh": lambda y, params: -2 * y,
+    "elu": lambda y, params: (y <= 0).to(y.dtype),
+    "selu": lambda y, params: (y <= 0).to(y.dtype),
+    "gelu": lambda x, params: _act_d2("gelu", x, approximate=params[0]),
+    "silu": lambda x, params: _act_d2("silu", x),
+}
+
+
+def _register_saved_double(name):
+    backward_op = getattr(ops, name + "_backward").default
+    d_saved = _SAVED_D[name]
+
+    def setup_context(ctx, inputs, output):
+        grad, saved, *ctx.params = inputs
+        ctx.save_for_backward(grad, saved)
+
+    def backward(ctx, gg):
+        grad, saved = ctx.saved_tensors
+        g_grad = g_saved = None
+        if ctx.needs_input_grad[0]:
+            g_grad = backward_op(gg, saved, *ctx.params)
+        if ctx.needs_input_grad[1]:
+            g_saved = gg * grad * d_saved(saved, ctx.params)
+        return (g_grad, g_saved) + (None,) * len(ctx.params)
+
+    register_autograd(f"fastreg::{name}_backward", backward, setup_context=setup_context)
+
+
+for _name in SAVES_OUTPUT:
+    _register_saved_double(_name)
+
+
+def _register_linear_double(name, n_params):
+    """A backward op linear in its first argument, with nothing else differentiable
+    (the mask activations' mask, the dropout seed): its gradient is itself, applied to the
+    new incoming gradient laid out like the first argument (whose memory order the mask's
+    bits follow)."""
+    backward_op = getattr(ops, name).default
+
+    def setup_context(ctx, inputs, output):
+        grad, *ctx.rest = inputs
+        ctx.stride = grad.stride()
+
+    def backward(ctx, gg):
+        return (backward_op(_like_layout(gg, ctx.stride), *ctx.rest),) + (None,) * n_params
+
+    register_autograd(f"fastreg::{name}", backward, setup_context=setup_context)
+
+
+_register_linear_double("relu_backward", 1)  # (grad, mask)
+_register_linear_double("leaky_relu_backward", 2)  # (grad, mask, negative_slope)
+_register_linear_double("dropout_backward", 3)  # (grad, seed, p, alpha)
+_register_linear_double("drop_path_backward", 3)  # (grad, seed, p, scale_by_keep)
+
+
+def _channel_view(t, like):
+    """PReLU's weight-shaped t broadcast along dim 1 of `like` (or to all of it)."""
+    if like.dim() >= 2 and t.numel() > 1:
+        return t.reshape((-1,) + (1,) * (like.dim() - 2))
+    return t.reshape(())
+
+
+def _prelu_double_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _prelu_double_backward(ctx, gg_input, gg_weight):
+    # prelu_backward: dx = g * (x > 0 ? 1 : w); dw = sum of g * x where x <= 0, per channel
+    grad, input, weight = ctx.saved_tensors
+    neg = ~(input > 0)  # the kernels: x > 0 ? x : w * x (NaN takes the weight)
+    w = _channel_view(weight, input)
+    zero = torch.zeros((), dtype=input.dtype, device=input.device)
+    g_grad = g_input = g_weight = None
+    if ctx.needs_input_grad[0]:
+        g_grad = torch.zeros_like(grad)
+        if gg_input is not None:
+            g_grad = g_grad + torch.where(neg, gg_input * w, gg_input)
+        if gg_weight is not None:
+            g_grad = g_grad + torch.where(neg, input * _channel_view(gg_weight, input), zero)
+    if ctx.needs_input_grad[1] and gg_weight is not None:
+        g_input = torch.where(neg, grad * _channel_view(gg_weight, input), zero)
+    if ctx.needs_input_grad[2] and gg_input is not None:
+        part = torch.where(neg, grad * gg_input, zero)
+        dims = [d for d in range(input.dim()) if not (d == 1 and weight.numel() > 1)]
+        g_weight = part.sum(dims).reshape(weight.shape) if dims else part.reshape(weight.shape)
+    return g_grad, g_input, g_weight
+
+
+register_autograd("fastreg::prelu_backward", _prelu_double_backward, setup_context=_prelu_double_setup)
+
+
+def _bias_act_dropout_double_setup(ctx, inputs, output):
+    grad, saved, bias, seed, ctx.activation, ctx.p, ctx.slope, ctx.alpha, ctx.approximate = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(grad, saved, bias, seed)
+
+
+def _bias_act_dropout_double_backward(ctx, gg_input, gg_bias):
+    # dx = D(g) * a'(z), z = x + bias, D the dropout (keep * 1/(1-p)); db = dx summed per channel
+    grad, saved, bias, seed = ctx.saved_tensors
+    act, p = ctx.activation, ctx.p
+    h = gg_input
+    if gg_bias is not None and ctx.has_bias:
+        h = gg_bias.expand(grad.shape) if h is None else h + gg_bias
+    if h is None:
+        return (None,) * 9
+    mask_act = act in MASK_ACTIVATIONS
+    h = _like_layout(h, grad.stride())
+    params = (act, p, ctx.slope, ctx.alpha, ctx.approximate)
+    g_grad = g_saved = g_bias = None
+    if ctx.needs_input_grad[0]:  # D and a'(z) are diagonal: the same op on h
+        g_grad = ops.bias_act_dropout_backward(h, saved, bias, seed, *params)[0]
+    if not mask_act and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        z = saved + bias if ctx.has_bias else saved
+        # the kernel's keep bits follow the memory order of the dense input
+        kept = ops.dropout(_like_layout(grad, torch.empty_like(saved).stride()), seed, p, False)
+        g_z = h * kept * _act_d2(act, z, ctx.alpha, ctx.approximate)
+        g_saved = g_z if ctx.needs_input_grad[1] else None
+        if ctx.needs_input_grad[2]:
+            g_bias = g_z.reshape(-1, g_z.shape[-1]).sum(0)
+    return g_grad, g_saved, g_bias, None, None, None, None, None, None
+
+
+register_autograd(
+    "fastreg::bias_act_dropout_backward",
+    _bias_act_dropout_double_backward,
+    setup_context=_bias_act_dropout_double_setup,
+)
+
+
+def _mix_double_backward(ctx, gg):
+    raise NotImplementedError(
+        "fastreg.mixup / cutmix / nn.Mixup: differentiating the images' gradient again "
+        "(create_graph=True followed by a second backward through the mixing) is not supported"
+    )
+
+
+register_autograd(
+    "fastreg::mix_backward", _mix_double_backward, setup_context=lambda ctx, inputs, output: None
+)

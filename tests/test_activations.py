@@ -179,6 +179,73 @@ def test_prelu_gradcheck(device):
     assert torch.autograd.gradcheck(FR.prelu, (x_cl, w))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_double_backward(device, name):
+    """create_graph=True: gradgradcheck in float64 through fastreg.functional (the eager
+    autograd.Function) and through the raw op (torch.library's registration), and the second
+    derivative equal to torch's own."""
+    fr, tf, _, kw = CASES[name]
+    x = make_input((3, 5), "contiguous", torch.float64, device).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: fr(t, **kw), (x,))
+    raw = {
+        "relu": lambda t: ops.relu(t, True)[0],
+        "leaky_relu": lambda t: ops.leaky_relu(t, 0.2, True)[0],
+        "elu": lambda t: ops.elu(t, 0.7),
+        "gelu": lambda t: ops.gelu(t, "none"),
+        "gelu_tanh": lambda t: ops.gelu(t, "tanh"),
+    }.get(name) or getattr(ops, name)
+    assert torch.autograd.gradgradcheck(raw, (x,))
+    g = torch.randn(3, 5, device=device, dtype=torch.float64)
+    (d1,) = torch.autograd.grad(fr(x, **kw), x, g, create_graph=True)
+    (e1,) = torch.autograd.grad(tf(x, **kw), x, g, create_graph=True)
+    torch.testing.assert_close(d1, e1)
+    (e2,) = torch.autograd.grad((e1**2).sum(), x)
+    if name in ("relu", "leaky_relu"):  # piecewise linear: the gradient does not depend on x
+        assert not d1.requires_grad and torch.equal(e2, torch.zeros_like(e2))
+    else:
+        (d2,) = torch.autograd.grad((d1**2).sum(), x)
+        torch.testing.assert_close(d2, e2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_gradient_penalty_matches_torch(device, name):
+    """A WGAN-GP style penalty on the input gradient of a two-layer MLP: the weights'
+    gradients through fastreg's activation equal those through torch's."""
+    fr, tf, _, kw = CASES[name]
+    w1 = torch.randn(8, 5, device=device, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(1, 8, device=device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for act in (fr, tf):
+        out = act(x @ w1.t(), **kw) @ w2.t()
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        penalty = ((gx.norm(dim=1) - 1) ** 2).mean()
+        grads.append(torch.autograd.grad(penalty, (w1, w2)))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prelu_double_backward(device):
+    x = make_input((2, 3, 4), "contiguous", torch.float64, device).requires_grad_()
+    for w in (
+        torch.rand(3, dtype=torch.float64, device=device),
+        torch.rand(1, dtype=torch.float64, device=device),
+    ):
+        assert torch.autograd.gradgradcheck(FR.prelu, (x, w.requires_grad_()))
+        assert torch.autograd.gradgradcheck(ops.prelu, (x, w))
+    x_cl = make_input((2, 3, 4, 2), "channels_last", torch.float64, device).requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        FR.prelu, (x_cl, torch.rand(3, dtype=torch.float64, device=device).requires_grad_())
+    )
+    x1 = make_input((7,), "contiguous", torch.float64, device).requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        FR.prelu, (x1, torch.rand(1, dtype=torch.float64, device=device).requires_grad_())
+    )
+
+
 def op_samples(device):
     """(op, args) for every activation op, forward and backward."""
     x = make_input((3, 17), "contiguous", torch.float32, device).requires_grad_()
@@ -207,6 +274,14 @@ def op_samples(device):
         (ops.silu_backward, (g, x.detach())),
         (ops.prelu, (x, w)),
         (ops.prelu_backward, (g, x.detach(), w.detach())),
+        # the backward ops' own formulas (create_graph=True)
+        (ops.sigmoid_backward, (g.clone().requires_grad_(), y.clone().requires_grad_())),
+        (ops.elu_backward, (g.clone().requires_grad_(), y.clone().requires_grad_(), 0.5)),
+        (ops.gelu_backward, (g.clone().requires_grad_(), x, "none")),
+        (ops.silu_backward, (g.clone().requires_grad_(), x)),
+        (ops.relu_backward, (g.clone().requires_grad_(), mask)),
+        (ops.leaky_relu_backward, (g.clone().requires_grad_(), mask, 0.1)),
+        (ops.prelu_backward, (g.clone().requires_grad_(), x, w)),
     ]
 
 

@@ -585,6 +585,26 @@ def test_mix_gradient(device, mixer, mode):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_double_backward(device):
+    """create_graph=True: cutout and random erasing are linear in the images and their
+    backward is the op itself on the gradient, so gradgradcheck passes; differentiating
+    mixup's image gradient again is not supported and says so (it was a silently missing
+    gradient before)."""
+    x = torch.rand(3, 2, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: FR.cutout(t, 4, 0.7, fill=0.5, seed=8), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: FR.random_erasing(t, 1.0, value=0.5, seed=8), (x,))
+    labels = torch.tensor([0, 3, 1], device=device)
+    for mixer in (FR.mixup, FR.cutmix):
+        y, _ = mixer(x, labels, num_classes=4, seed=2)
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)  # first order: fine
+        torch.testing.assert_close(gx.detach(), torch.ones_like(gx))  # partners' weights sum to 1
+        g = torch.rand_like(y, requires_grad=True)
+        (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
+        with pytest.raises(NotImplementedError, match="create_graph=True"):
+            torch.autograd.grad(gx.sum(), g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_mix_saves_only_the_per_sample_params(device):
     B = 6
     x, t = mix_inputs(B, device)

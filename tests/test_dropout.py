@@ -143,6 +143,66 @@ def test_gradcheck(device):
         assert torch.autograd.gradcheck(fn, args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward(device):
+    """create_graph=True: gradgradcheck in float64 (fixed seeds) of every op of the family,
+    through fastreg.functional and through the raw ops; bias_act_dropout for every
+    activation, with and without a bias, on a transposed (dense, not contiguous) input."""
+    x = make_input((3, 8), "contiguous", torch.float64, device).requires_grad_()
+    xt = make_input((8, 3), "contiguous", torch.float64, device).t().requires_grad_()
+    r = torch.randn(3, 8, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(5, 8, dtype=torch.float64, device=device, requires_grad=True)
+    wb = torch.randn(5, dtype=torch.float64, device=device, requires_grad=True)
+    s = torch.tensor([3], device=device)
+    checks = [
+        (lambda t: FR.dropout(t, 0.4, seed=1), (x,)),
+        (lambda t: FR.alpha_dropout(t, 0.4, True, seed=1), (x,)),
+        (lambda t, res: FR.dropout_add(t, res, 0.4, seed=1), (x, r)),
+        (lambda t, res: FR.drop_path(t, 0.5, True, residual=res, seed=2), (x, r)),
+        (lambda t: FR.drop_path(t, 0.5, True, scale_by_keep=False, seed=2), (x,)),
+        (lambda t, ww, bb: FR.dropconnect_linear(t, ww, bb, 0.3, seed=1), (x, w, wb)),
+        (lambda t: ops.dropout(t, s, 0.4, True), (x,)),
+        (lambda t, res: ops.dropout_add(t, res, s, 0.4), (x, r)),
+        (lambda t, res: ops.drop_path(t, res, s, 0.5, True), (x, r)),
+        (lambda t, ww, bb: ops.dropconnect_linear(t, ww, bb, s, 0.3), (x, w, wb)),
+    ]
+    for a in ACTS:
+        for approx in ("none", "tanh") if a == "gelu" else ("none",):
+            kw = {"alpha": 0.8, "approximate": approx, "seed": 4}
+            checks += [
+                (lambda t, bb, a=a, kw=kw: FR.bias_act_dropout(t, bb, a, 0.3, **kw), (x, b)),
+                (lambda t, bb, a=a, kw=kw: FR.bias_act_dropout(t, bb, a, 0.3, **kw), (xt, b)),
+                (lambda t, a=a, kw=kw: FR.bias_act_dropout(t, None, a, 0.3, **kw), (x,)),
+                (
+                    lambda t, bb, a=a, ap=approx: ops.bias_act_dropout(t, bb, s, a, 0.3, 0.01, 0.8, ap, True)[
+                        0
+                    ],
+                    (x, b),
+                ),
+            ]
+    for fn, args in checks:
+        assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["gelu", "silu", "tanh", "elu"])
+def test_bias_act_dropout_second_derivative_matches_reference(device, activation):
+    """The second derivative through bias_act_dropout (its gradient's gradient, both the
+    input's and the bias's) equals the plain-torch reference's, which autograd
+    differentiates twice by itself."""
+    x = make_input((4, 6), "contiguous", torch.float64, device).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(4, 6, dtype=torch.float64, device=device)
+    results = []
+    for m in (FR, R):
+        y = m.bias_act_dropout(x, b, activation, 0.3, alpha=0.8, seed=5)
+        gx, gb = torch.autograd.grad(y, (x, b), g, create_graph=True)
+        results.append(torch.autograd.grad((gx**2).sum() + (gb**3).sum(), (x, b)))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def op_samples(device):
     x = torch.randn(3, 17, device=device, requires_grad=True)
     r = torch.randn(3, 17, device=device, requires_grad=True)
@@ -151,6 +211,7 @@ def op_samples(device):
     s = torch.tensor([7], device=device)
     mask = ops.bias_act_dropout(x.detach(), b.detach(), s, "relu", 0.3, 0.01, 1.0, "none", True)[1]
     g = torch.randn(3, 17, device=device)
+    gr = g.clone().requires_grad_()
     return [
         (ops.dropout, (x, s, 0.3, False)), (ops.dropout, (x, s, 0.3, True)),
         (ops.dropout_backward, (g, s, 0.3, False)),
@@ -164,6 +225,11 @@ def op_samples(device):
         (ops.bias_act_dropout_backward, (g, x.detach(), b.detach(), s, "gelu", 0.3, 0.01, 1.0, "none")),
         (ops.dropconnect_linear, (x, w, None, s, 0.3)),
         (ops.dropconnect_linear_backward, (torch.randn(3, 4, device=device), x.detach(), w.detach(), s, 0.3)),
+        # the backward ops' own formulas (create_graph=True)
+        (ops.dropout_backward, (gr, s, 0.3, True)),
+        (ops.drop_path_backward, (gr, s, 0.3, True)),
+        (ops.bias_act_dropout_backward, (gr, mask, b, s, "relu", 0.3, 0.01, 1.0, "none")),
+        (ops.bias_act_dropout_backward, (gr, x, b, s, "gelu", 0.3, 0.01, 1.0, "none")),
     ]  # fmt: skip
 
 
