@@ -594,13 +594,36 @@ register_autograd(
 )
 
 
+MIX_BLEND, MIX_CUT = 1, 2  # the params' kind column (csrc/sampling.h MixKind)
+
+
+def _mix_images(images, params):
+    """The forward mixing of `images` with the draws recorded in params (B x 8: lambda,
+    target lambda, kind, box rows y0:y1, box columns x0:x1, 0), in torch ops: out_i =
+    lambda_i x_i + (1 - lambda_i) x_p (blend), x_p inside i's box (cut), else x_i, with
+    partner p = B - 1 - i. mix_backward applies this map's transpose, so this map is
+    mix_backward's gradient."""
+    B, _, H, W = images.shape
+    lam = params[:, 0].to(images.dtype).view(B, 1, 1, 1)
+    kind = params[:, 2].view(B, 1, 1, 1)
+    y0, y1, x0, x1 = (params[:, c].view(B, 1, 1, 1) for c in (3, 4, 5, 6))
+    rows = torch.arange(H, device=images.device, dtype=params.dtype).view(1, 1, H, 1)
+    cols = torch.arange(W, device=images.device, dtype=params.dtype).view(1, 1, 1, W)
+    inside = (kind == MIX_CUT) & (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+    blend = kind == MIX_BLEND
+    one, zero = torch.ones_like(lam), torch.zeros_like(lam)
+    own = torch.where(inside, zero, torch.where(blend, lam, one))
+    partner = torch.where(inside, one, torch.where(blend, 1 - lam, zero))
+    return own * images + partner * images.flip(0)
+
+
+def _mix_double_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
 def _mix_double_backward(ctx, gg):
-    raise NotImplementedError(
-        "fastreg.mixup / cutmix / nn.Mixup: differentiating the images' gradient again "
-        "(create_graph=True followed by a second backward through the mixing) is not supported"
-    )
+    (params,) = ctx.saved_tensors
+    return _mix_images(gg, params), None
 
 
-register_autograd(
-    "fastreg::mix_backward", _mix_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+register_autograd("fastreg::mix_backward", _mix_double_backward, setup_context=_mix_double_setup)

@@ -586,22 +586,27 @@ def test_mix_gradient(device, mixer, mode):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_double_backward(device):
-    """create_graph=True: cutout and random erasing are linear in the images and their
-    backward is the op itself on the gradient, so gradgradcheck passes; differentiating
-    mixup's image gradient again is not supported and says so (it was a silently missing
-    gradient before)."""
-    x = torch.rand(3, 2, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
+    """create_graph=True: gradgradcheck in float64 of cutout, random erasing, and Mixup /
+    CutMix / both with a per-sample switch in every mode (mix_backward's own gradient is
+    the forward mixing, written in torch ops from the params each sample's draw left:
+    checked here against the kernel's forward, bit for bit)."""
+    x = torch.rand(5, 2, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: FR.cutout(t, 4, 0.7, fill=0.5, seed=8), (x,))
     assert torch.autograd.gradgradcheck(lambda t: FR.random_erasing(t, 1.0, value=0.5, seed=8), (x,))
-    labels = torch.tensor([0, 3, 1], device=device)
-    for mixer in (FR.mixup, FR.cutmix):
-        y, _ = mixer(x, labels, num_classes=4, seed=2)
-        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)  # first order: fine
-        torch.testing.assert_close(gx.detach(), torch.ones_like(gx))  # partners' weights sum to 1
-        g = torch.rand_like(y, requires_grad=True)
-        (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
-        with pytest.raises(NotImplementedError, match="create_graph=True"):
-            torch.autograd.grad(gx.sum(), g)
+    labels = torch.tensor([0, 3, 1, 2, 0], device=device)
+    for mixer in MIXERS.values():
+        for mode in MODES:
+            m = FN.Mixup(**mixer, mode=mode, num_classes=4)
+            assert torch.autograd.gradgradcheck(lambda v, m=m: m(v, labels, seed=9)[0], (x,))
+    from fastreg._autograd import _mix_images
+
+    kinds = set()
+    for seed in range(4):
+        s = torch.tensor([seed], device=device)
+        y, _, params = ops.mix(x.detach(), labels, s, 4, 0.1, 1.0, 1.0, -1.0, -1.0, 0.8, 0.5, 2, True)
+        assert torch.equal(y, _mix_images(x.detach(), params))
+        kinds |= set(params[:, 2].tolist())
+    assert kinds == {0.0, 1.0, 2.0}  # unmixed, blended and cut samples all seen
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -623,6 +628,7 @@ def test_mix_opcheck_and_compile(device):
     torch.library.opcheck(ops.mix_, (x.clone(), t, s, *args))
     params = ops.mix(x, t, s, *args)[2]
     torch.library.opcheck(ops.mix_backward, (x.clone(), params))
+    torch.library.opcheck(ops.mix_backward, (x.clone().requires_grad_(), params))  # its own formula
     m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10)
     f = torch.compile(lambda a, b: m(a, b, seed=6), fullgraph=True)
     got, want = f(x, t), m(x, t, seed=6)
