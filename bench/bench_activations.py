@@ -48,7 +48,7 @@ def cases(device, dtypes, numel, compile_ops):
             def fwd(f, inp=inp):
                 def run():
                     with torch.no_grad():
-                        f(inp)
+                        return f(inp)
 
                 return run
 

@@ -184,14 +184,33 @@ def time_alternating(fns, seconds_each, batch_s=0.01):
     return out
 
 
+def holding(fn):
+    """fn, keeping each call's result alive until the next call has returned, as a model keeps
+    a layer's output while the next layer writes its own. Without it, a loop of one op reuses
+    or does not reuse the output block it just freed, at glibc's choice among the free chunks
+    of the heap, and at 2^22 float32 elements (input + output = the 32 MiB L3 of this
+    project's CPU) a reused block is still half in cache: the same call then ran up to 45 %
+    faster, and which implementation of a row got which pattern swung the row by +-10 %
+    (bench/NOTES.md, tenth session). Held, every implementation writes a block it did not
+    just free."""
+    held = [None]
+
+    def run():
+        result = fn()
+        held[0] = result  # the previous result is released only now
+
+    return run
+
+
 def run_case(case, device, copy_gbps, rounds=1):
     """Times every implementation of a case. On a GPU: `rounds` rounds, interleaved
     (fastreg, eager, ..., fastreg, eager, ...), keeping each one's fastest median. On the
     CPU: calls alternate in batches of a few milliseconds (time_alternating) for about
     0.3 s per round and implementation, and each reports its median."""
     times, host = {}, {}
+    impls = {name: holding(fn) for name, fn in case.impls.items()}
     if torch.device(device).type != "cuda":
-        for name, t in time_alternating(case.impls, 0.3 * rounds).items():
+        for name, t in time_alternating(impls, 0.3 * rounds).items():
             if isinstance(t, Exception):
                 times[name] = None
                 print(f"  {case.op} {case.direction} {case.dtype}: {name} failed: {type(t).__name__}: {t}")
@@ -199,7 +218,7 @@ def run_case(case, device, copy_gbps, rounds=1):
                 times[name] = t
         rounds = 0
     for _ in range(rounds):
-        for name, fn in case.impls.items():
+        for name, fn in impls.items():
             if name in times and times[name] is None:
                 continue
             try:
