@@ -240,6 +240,17 @@ def test_prelu_double_backward(device):
     assert torch.autograd.gradgradcheck(
         FR.prelu, (x_cl, torch.rand(3, dtype=torch.float64, device=device).requires_grad_())
     )
+    # second derivatives through both of PReLU's gradients equal torch's
+    for shape, channels in (((2, 3, 4), 3), ((2, 3, 4), 1), ((2, 3, 4, 5), 3), ((6,), 1)):
+        xs = make_input(shape, "contiguous", torch.float64, device).requires_grad_()
+        ws = torch.rand(channels, dtype=torch.float64, device=device, requires_grad=True)
+        results = []
+        for f in (FR.prelu, F.prelu):
+            y = f(xs, ws)
+            gx, gw = torch.autograd.grad((y * torch.cos(y.detach())).sum(), (xs, ws), create_graph=True)
+            results.append(torch.autograd.grad(gw.sum() ** 2 + (gx**2).sum(), (xs, ws)))
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b)
     x1 = make_input((7,), "contiguous", torch.float64, device).requires_grad_()
     assert torch.autograd.gradgradcheck(
         FR.prelu, (x1, torch.rand(1, dtype=torch.float64, device=device).requires_grad_())
