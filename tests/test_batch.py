@@ -594,10 +594,11 @@ def test_double_backward(device):
     assert torch.autograd.gradgradcheck(lambda t: FR.cutout(t, 4, 0.7, fill=0.5, seed=8), (x,))
     assert torch.autograd.gradgradcheck(lambda t: FR.random_erasing(t, 1.0, value=0.5, seed=8), (x,))
     labels = torch.tensor([0, 3, 1, 2, 0], device=device)
+    xs = x[:, :1, :4, :5].detach().clone().requires_grad_()  # small: numerical Jacobians per config
     for mixer in MIXERS.values():
         for mode in MODES:
             m = FN.Mixup(**mixer, mode=mode, num_classes=4)
-            assert torch.autograd.gradgradcheck(lambda v, m=m: m(v, labels, seed=9)[0], (x,))
+            assert torch.autograd.gradgradcheck(lambda v, m=m: m(v, labels, seed=9)[0], (xs,))
     from fastreg._autograd import _mix_images
 
     kinds = set()
