@@ -11,6 +11,8 @@ eager mode for its lower host time per call.
 import torch
 from torch.library import register_autograd, register_fake
 
+from .reference import SELU_ALPHA, SELU_SCALE
+
 ops = torch.ops.fastreg
 
 
@@ -425,8 +427,6 @@ _register_autograd("mix", _mix_backward, _mix_setup)
 # back to the forward op) is written with torch ops, so these formulas are differentiable in
 # turn. Registered with torch.library only: the first-order formulas call the backward ops
 # through the dispatcher whenever a graph is being built (_bw).
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
 _K = 0.7978845608028654  # sqrt(2 / pi)
 _GELU_C = 0.044715
 _INV_SQRT_2PI = 0.3989422804014327
