@@ -8,7 +8,9 @@ import math
 import numbers
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
+from . import reference as R
 from ._autograd import EAGER_AUTOGRAD
 from ._random import MIX_MODES, check_p, seed_tensor
 
@@ -44,6 +46,19 @@ def _needs_grad(t):
     return torch.is_grad_enabled() and t.requires_grad
 
 
+def _transforming():
+    """Whether a torch.func transform (grad, vmap, jacrev, jacfwd, jvp, hessian, ...) or
+    forward-mode AD (a dual level) is active. fastreg's formulas do not serve them: the
+    autograd.Function that torch.library generates for a registered formula, like the eager
+    one here, has the old form that functorch refuses, and none has a forward-mode formula,
+    so a dual tensor's tangent would be dropped without a word. There every function below
+    computes its fastreg.reference specification (plain torch ops, which every transform
+    supports; the same draws from the same seed), after the same argument checks."""
+    if torch.compiler.is_compiling():  # traced code: the ops (dynamo traces no transform here)
+        return False
+    return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+
+
 def _call(op, *args, grad=None):
     """op(*args) in eager mode: with autograd when `grad` (default: whether any tensor
     argument needs a gradient), through the op's registered formula as a plain
@@ -69,16 +84,22 @@ def _maybe_inplace(input, y, inplace):
 
 def sigmoid(input):
     _check_float(input, "sigmoid")
+    if _transforming():
+        return R.sigmoid(input)
     return _call(ops.sigmoid, input)
 
 
 def tanh(input):
     _check_float(input, "tanh")
+    if _transforming():
+        return R.tanh(input)
     return _call(ops.tanh, input)
 
 
 def relu(input, inplace=False):
     _check_float(input, "relu")
+    if _transforming():
+        return R.relu(input, inplace)
     y, _ = _call(ops.relu, input, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
@@ -86,6 +107,8 @@ def relu(input, inplace=False):
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     _check_float(input, "leaky_relu")
     slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
+    if _transforming():
+        return R.leaky_relu(input, slope, inplace)
     y, _ = _call(ops.leaky_relu, input, slope, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
@@ -103,6 +126,8 @@ def prelu(input, weight):
             f"fastreg.prelu: weight must have 1 or input.size(1) = {channels} elements in at most "
             f"one dimension, got shape {tuple(weight.shape)}"
         )
+    if _transforming():
+        return R.prelu(input, weight)
     return _call(ops.prelu, input, weight)
 
 
@@ -111,11 +136,15 @@ def elu(input, alpha=1.0, inplace=False):
     alpha = _check_number(alpha, "elu", "alpha")
     if not alpha >= 0:
         raise ValueError(f"fastreg.elu: alpha must be >= 0 (backward uses the output), got {alpha}")
+    if _transforming():
+        return R.elu(input, alpha, inplace)
     return _maybe_inplace(input, _call(ops.elu, input, alpha), inplace)
 
 
 def selu(input, inplace=False):
     _check_float(input, "selu")
+    if _transforming():
+        return R.selu(input, inplace)
     return _maybe_inplace(input, _call(ops.selu, input), inplace)
 
 
@@ -123,11 +152,15 @@ def gelu(input, approximate="none"):
     _check_float(input, "gelu")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"fastreg.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if _transforming():
+        return R.gelu(input, approximate)
     return _call(ops.gelu, input, approximate)
 
 
 def silu(input, inplace=False):
     _check_float(input, "silu")
+    if _transforming():
+        return R.silu(input, inplace)
     if inplace and _needs_grad(input):
         # backward needs the input that in-place overwrites: save a copy of it,
         # as torch's in-place silu does
@@ -143,6 +176,9 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
     p = check_p(p, fn)
     if not training or p == 0.0:
         return input
+    if _transforming():
+        reference = R.alpha_dropout if alpha else R.dropout
+        return reference(input, p, True, inplace, generator=generator, seed=seed)
     y = _call(ops.dropout, input, seed_tensor(input, generator, seed, fn), p, alpha)
     return _maybe_inplace(input, y, inplace)
 
@@ -186,6 +222,11 @@ def bias_act_dropout(
         raise ValueError(f"fastreg.{fn}: approximate must be 'none' or 'tanh', got {approximate!r}")
     if not training:
         p = 0.0
+    if _transforming():
+        return R.bias_act_dropout(
+            input, bias, activation, p, True, negative_slope=slope, alpha=alpha, approximate=approximate,
+            generator=generator, seed=seed,
+        )  # fmt: skip
     # p = 0 keeps every element whatever the bits: no draw needed
     s = (
         seed_tensor(input, generator, seed, fn)
@@ -212,6 +253,8 @@ def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=N
     p = check_p(p, "dropout_add")
     if not training or p == 0.0:
         return residual + input
+    if _transforming():
+        return R.dropout_add(input, residual, p, True, generator=generator, seed=seed)
     return _call(ops.dropout_add, input, residual, seed_tensor(input, generator, seed, "dropout_add"), p)
 
 
@@ -226,6 +269,10 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
     p = check_p(p, "drop_path")
     if not training or p == 0.0:
         return input if residual is None else residual + input
+    if _transforming():
+        return R.drop_path(
+            input, p, True, residual=residual, scale_by_keep=scale_by_keep, generator=generator, seed=seed
+        )
     s = seed_tensor(input, generator, seed, "drop_path")
     return _call(ops.drop_path, input, residual, s, p, bool(scale_by_keep))
 
@@ -248,6 +295,8 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
     p = check_p(p, fn)
     if not training or p == 0.0:
         return torch.nn.functional.linear(input, weight, bias)
+    if _transforming():
+        return R.dropconnect_linear(input, weight, bias, p, True, generator=generator, seed=seed)
     return _call(ops.dropconnect_linear, input, weight, bias, seed_tensor(input, generator, seed, fn), p)
 
 
@@ -287,6 +336,8 @@ def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed
     fill = _check_number(fill, "cutout", "fill")
     if images.dtype == torch.uint8 and not 0 <= fill <= 255:
         raise ValueError(f"fastreg.cutout: fill must be in [0, 255] for uint8 images, got {fill}")
+    if _transforming():
+        return R.cutout(images, size, p, fill=fill, inplace=inplace, generator=generator, seed=seed)
     s = seed_tensor(images, generator, seed, "cutout")
     return _run_boxes(images, inplace, ops.cutout, ops.cutout_, (s, size, p, fill))
 
@@ -336,6 +387,11 @@ def random_erasing(
         fill = _check_number(value, fn, "value")
         if images.dtype == torch.uint8 and not 0 <= fill <= 255:
             raise ValueError(f"fastreg.{fn}: value must be in [0, 255] for uint8 images, got {fill}")
+    if _transforming():
+        return R.random_erasing(
+            images, p, (s0, s1), (r0, r1), value=value if random else fill, inplace=inplace,
+            generator=generator, seed=seed,
+        )  # fmt: skip
     sd = seed_tensor(images, generator, seed, fn)
     args = (sd, p, s0, s1, math.log(r0), math.log(r1), fill, random)
     return _run_boxes(images, inplace, ops.random_erasing, ops.random_erasing_, args)
@@ -415,6 +471,12 @@ def _mix(
             raise ValueError(
                 f"fastreg.{fn}: cutmix_minmax {cutmix_minmax!r} gives no box side range for a {H}x{W} image"
             )
+    if _transforming():
+        return R.mix(
+            images, target, num_classes=num_classes, label_smoothing=eps, mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax, prob=prob, switch_prob=switch_prob,
+            mode=mode, correct_lam=correct_lam, inplace=inplace, generator=generator, seed=seed,
+        )  # fmt: skip
     s = seed_tensor(images, generator, seed, fn)
     args = (
         target,

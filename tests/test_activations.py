@@ -228,6 +228,37 @@ def test_gradient_penalty_matches_torch(device, name):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_torch_func_transforms_and_forward_ad(device, name):
+    """torch.func.grad, vmap(grad) (per-sample gradients), jacrev, jvp, hessian and forward-mode
+    AD through fastreg.functional equal the same transforms of torch's function (there fastreg
+    computes its reference in torch ops: torch.library's formulas serve no transform, and a
+    dual tensor's tangent would otherwise be dropped silently)."""
+    from torch.func import grad, hessian, jacrev, jvp, vmap
+
+    fr, tf, _, kw = CASES[name]
+    x = make_input((4, 5), "contiguous", torch.float64, device)
+    t = torch.randn_like(x)
+    transforms = {
+        "grad": lambda f: grad(lambda v: f(v, **kw).sum())(x),
+        "vmap(grad)": lambda f: vmap(grad(lambda v: f(v, **kw).sum()))(x),
+        "jacrev": lambda f: jacrev(lambda v: f(v, **kw))(x[0]),
+        "jvp": lambda f: jvp(lambda v: f(v, **kw), (x,), (t,)),
+        "hessian": lambda f: hessian(lambda v: f(v, **kw).sum())(x[0]),
+    }
+    for what, transform in transforms.items():
+        torch.testing.assert_close(transform(fr), transform(tf), msg=what)
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, t)
+        got, want = fwAD.unpack_dual(fr(dual, **kw)), fwAD.unpack_dual(tf(dual, **kw))
+        assert got.tangent is not None
+        torch.testing.assert_close(got.tangent, want.tangent)
+        torch.testing.assert_close(got.primal, want.primal)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_prelu_double_backward(device):
     x = make_input((2, 3, 4), "contiguous", torch.float64, device).requires_grad_()
     for w in (
@@ -251,6 +282,15 @@ def test_prelu_double_backward(device):
             results.append(torch.autograd.grad(gw.sum() ** 2 + (gx**2).sum(), (xs, ws)))
         for a, b in zip(*results, strict=True):
             torch.testing.assert_close(a, b)
+    from torch.func import grad, jvp
+
+    xw = make_input((2, 3, 4), "contiguous", torch.float64, device)
+    w3 = torch.rand(3, dtype=torch.float64, device=device)
+    for transform in (
+        lambda f: grad(lambda a, b: f(a, b).sin().sum(), argnums=(0, 1))(xw, w3),
+        lambda f: jvp(f, (xw, w3), (torch.ones_like(xw), torch.ones_like(w3))),
+    ):
+        torch.testing.assert_close(transform(FR.prelu), transform(F.prelu))
     x1 = make_input((7,), "contiguous", torch.float64, device).requires_grad_()
     assert torch.autograd.gradgradcheck(
         FR.prelu, (x1, torch.rand(1, dtype=torch.float64, device=device).requires_grad_())

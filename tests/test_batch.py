@@ -611,6 +611,36 @@ def test_double_backward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_torch_func_transforms_and_forward_ad(device):
+    """Under torch.func transforms and forward-mode AD the batch ops compute their reference
+    with the same draws: jvp's primal is the kernels' output bit for bit, and, each op being
+    linear in the images once drawn, the tangent is the op applied to the tangent (cutout and
+    random erasing fill it with 0)."""
+    from torch.func import grad, jvp
+
+    x = torch.rand(4, 2, 6, 7, dtype=torch.float64, device=device)
+    t = torch.randn_like(x)
+    labels = torch.tensor([0, 3, 1, 2], device=device)
+    ops_ = {
+        "cutout": (lambda v, fill: FR.cutout(v, 4, 0.7, fill=fill, seed=8), 0.5),
+        "random_erasing": (lambda v, fill: FR.random_erasing(v, 1.0, value=fill, seed=8), 0.5),
+        "mixup": (lambda v, fill: FR.mixup(v, labels, num_classes=4, mode="elem", seed=3)[0], None),
+        "cutmix": (lambda v, fill: FR.cutmix(v, labels, num_classes=4, mode="pair", seed=3)[0], None),
+    }
+    for name, (f, fill) in ops_.items():
+        y, ty = jvp(lambda v: f(v, fill), (x,), (t,))
+        assert torch.equal(y, f(x, fill)), name
+        torch.testing.assert_close(ty, f(t, 0.0), msg=name)
+        xg = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad((f(xg, fill) ** 2).sum(), xg)
+        torch.testing.assert_close(grad(lambda v: (f(v, fill) ** 2).sum())(x), want, msg=name)
+    m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, mode="elem", num_classes=4)
+    y, ty = jvp(lambda v: m(v, labels, seed=6)[0], (x,), (t,))
+    assert torch.equal(y, m(x, labels, seed=6)[0])
+    torch.testing.assert_close(ty, m(t, labels, seed=6)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_mix_saves_only_the_per_sample_params(device):
     B = 6
     x, t = mix_inputs(B, device)

@@ -186,6 +186,49 @@ def test_double_backward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_torch_func_transforms_and_forward_ad(device):
+    """Under torch.func transforms and forward-mode AD the family computes its reference with
+    the same draws: jvp's primal is the kernels' output bit for bit, its tangent the same op
+    on the tangent (every op is linear in its input once its draws are fixed, but
+    bias_act_dropout, whose tangent is compared with the reference's own jvp), and grad
+    equals the kernels' backward."""
+    from torch.func import grad, jvp
+
+    x = make_input((6, 8), "contiguous", torch.float64, device)
+    r = torch.randn_like(x)
+    b = torch.randn(8, dtype=torch.float64, device=device)
+    t = torch.randn_like(x)
+    linear = {
+        "dropout": lambda v: FR.dropout(v, 0.3, seed=5),
+        "alpha_dropout": lambda v: FR.alpha_dropout(v, 0.3, True, seed=5),
+        "drop_path": lambda v: FR.drop_path(v, 0.5, True, seed=5),
+    }
+    for name, f in linear.items():
+        y, ty = jvp(f, (x,), (t,))
+        assert torch.equal(y, f(x)), name
+        if name == "alpha_dropout":  # affine: the tangent is the kept part's scaling only
+            torch.testing.assert_close(ty, f(t) - f(torch.zeros_like(t)), msg=name)
+        else:
+            assert torch.equal(ty, f(t)), name
+        xg = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad((f(xg) ** 2).sum(), xg)
+        torch.testing.assert_close(grad(lambda v: (f(v) ** 2).sum())(x), want, msg=name)
+    y, ty = jvp(lambda v, u: FR.dropout_add(v, u, 0.3, seed=5), (x, r), (t, t))
+    assert torch.equal(y, FR.dropout_add(x, r, 0.3, seed=5))
+    torch.testing.assert_close(ty, FR.dropout(t, 0.3, seed=5) + t)
+    w = torch.randn(5, 8, dtype=torch.float64, device=device)
+    f = lambda v, ww: FR.dropconnect_linear(v, ww, None, 0.3, seed=5)  # noqa: E731
+    y, _ = jvp(f, (x, w), (t, torch.ones_like(w)))
+    torch.testing.assert_close(y, f(x, w))
+    for activation in ACTS:
+        f = lambda v, bb, a=activation: FR.bias_act_dropout(v, bb, a, 0.3, seed=5)  # noqa: E731
+        g = lambda v, bb, a=activation: R.bias_act_dropout(v, bb, a, 0.3, seed=5)  # noqa: E731
+        (y, ty), (_, tyr) = jvp(f, (x, b), (t, b)), jvp(g, (x, b), (t, b))
+        torch.testing.assert_close(y, f(x, b), msg=activation)
+        torch.testing.assert_close(ty, tyr, msg=activation)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ["gelu", "silu", "tanh", "elu"])
 def test_bias_act_dropout_second_derivative_matches_reference(device, activation):
     """The second derivative through bias_act_dropout (its gradient's gradient, both the
