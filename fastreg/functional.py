@@ -46,6 +46,15 @@ def _needs_grad(t):
     return torch.is_grad_enabled() and t.requires_grad
 
 
+def _autocast_to(t, dtype):
+    """t cast to dtype inside an autocast region of t's device (mixed precision: the layer's
+    float32 parameter meets a lower-precision activation), else t unchanged, so that outside
+    autocast a dtype mismatch is still the caller's error."""
+    if t.dtype != dtype and t.is_floating_point() and torch.is_autocast_enabled(t.device.type):
+        return t.to(dtype)
+    return t
+
+
 def _transforming():
     """Whether a torch.func transform (grad, vmap, jacrev, jacfwd, jvp, hessian, ...) or
     forward-mode AD (a dual level) is active. fastreg's formulas do not serve them: the
@@ -116,6 +125,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
 def prelu(input, weight):
     _check_float(input, "prelu")
     _check_float(weight, "prelu", "weight")
+    weight = _autocast_to(weight, input.dtype)
     if weight.dtype != input.dtype:
         raise TypeError(f"fastreg.prelu: weight has dtype {weight.dtype} but input has {input.dtype}")
     if weight.device != input.device:
@@ -200,6 +210,7 @@ def bias_act_dropout(
     _check_float(input, fn)
     if bias is not None:
         _check_float(bias, fn, "bias")
+        bias = _autocast_to(bias, input.dtype)
         if bias.dtype != input.dtype:
             raise TypeError(f"fastreg.{fn}: bias has dtype {bias.dtype} but input has {input.dtype}")
         if bias.device != input.device:
@@ -283,6 +294,10 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
     fn = "dropconnect_linear"
     _check_float(input, fn)
     _check_float(weight, fn, "weight")
+    if torch.is_autocast_enabled(input.device.type):  # as F.linear: all three in autocast's dtype
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight = _autocast_to(input, dtype), _autocast_to(weight, dtype)
+        bias = None if bias is None else _autocast_to(bias, dtype)
     if weight.dim() != 2 or input.dim() == 0 or input.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"fastreg.{fn}: weight must be (out_features, in_features) with in_features = "

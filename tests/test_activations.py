@@ -259,6 +259,24 @@ def test_torch_func_transforms_and_forward_ad(device, name):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_prelu_under_autocast(device):
+    """Under torch.autocast PReLU's float32 weight follows the bfloat16 input (as torch's
+    prelu gives a bfloat16 result there); outside autocast the mismatch is an error."""
+    m = FN.PReLU(3).to(device)
+    x = make_input((2, 3, 5), "contiguous", torch.bfloat16, device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y = m(x)
+        want = F.prelu(x, m.weight)
+    assert y.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(y, FR.prelu(x, m.weight.detach().to(torch.bfloat16)))
+    torch.testing.assert_close(y, want)
+    y.float().sum().backward()
+    assert m.weight.grad.dtype == torch.float32
+    with pytest.raises(TypeError, match="weight has dtype"):
+        FR.prelu(x, m.weight)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_prelu_double_backward(device):
     x = make_input((2, 3, 4), "contiguous", torch.float64, device).requires_grad_()
     for w in (

@@ -186,6 +186,37 @@ def test_double_backward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_modules_under_autocast(device):
+    """Mixed precision: under torch.autocast a layer's float32 parameters meet bfloat16
+    activations. BiasActDropout casts its bias to the input's dtype (the result keeps the
+    input's dtype) and DropConnectLinear casts input, weight and bias to autocast's dtype, as
+    F.linear does: the results equal the ops on those casts bit for bit, gradients reach the
+    float32 parameters in float32, and outside autocast a mismatch is still an error."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, device=device)
+    h = x.to(torch.bfloat16).requires_grad_()
+    bad = FN.BiasActDropout(16, "gelu", 0.2).to(device)
+    torch.nn.init.normal_(bad.bias)
+    dc = FN.DropConnectLinear(16, 8, p=0.2).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y1 = FR.bias_act_dropout(h, bad.bias, "gelu", 0.2, seed=3)
+        y2 = FR.dropconnect_linear(x, dc.weight, dc.bias, 0.2, seed=3)
+        assert bad(h).dtype == torch.bfloat16 and dc(x).dtype == torch.bfloat16
+    assert y1.dtype == y2.dtype == torch.bfloat16
+    b16 = bad.bias.detach().to(torch.bfloat16)
+    assert torch.equal(y1, FR.bias_act_dropout(h.detach(), b16, "gelu", 0.2, seed=3))
+    w16, c16 = dc.weight.detach().to(torch.bfloat16), dc.bias.detach().to(torch.bfloat16)
+    assert torch.equal(y2, FR.dropconnect_linear(x.to(torch.bfloat16), w16, c16, 0.2, seed=3))
+    (y1.float().sum() + y2.float().sum()).backward()
+    for p in (bad.bias, dc.weight, dc.bias):
+        assert p.grad is not None and p.grad.dtype == torch.float32
+    with pytest.raises(TypeError, match="bias has dtype"):
+        FR.bias_act_dropout(h, bad.bias, "gelu", 0.2)
+    with pytest.raises(ValueError, match="weight must match"):
+        FR.dropconnect_linear(h, dc.weight, dc.bias, 0.2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_torch_func_transforms_and_forward_ad(device):
     """Under torch.func transforms and forward-mode AD the family computes its reference with
     the same draws: jvp's primal is the kernels' output bit for bit, its tangent the same op
