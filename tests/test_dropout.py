@@ -186,6 +186,30 @@ def test_double_backward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_redraws_the_same_masks(device, reentrant):
+    """torch.utils.checkpoint recomputes a block in backward: its seeds come from the
+    device's generator, whose state checkpoint restores, so the recomputed masks and every
+    gradient equal the plain run's bit for bit."""
+    from torch.utils.checkpoint import checkpoint
+
+    lin = torch.nn.Linear(16, 16).to(device)
+
+    def block(v):
+        h = FR.bias_act_dropout(lin(v), None, "gelu", 0.3) + FR.dropout(v, 0.2)
+        return FR.drop_path(h, 0.5, True, residual=v)
+
+    x = torch.randn(8, 16, device=device, requires_grad=True)
+    grads = []
+    for run in (block, lambda v: checkpoint(block, v, use_reentrant=reentrant)):
+        torch.manual_seed(1)
+        x.grad = lin.weight.grad = None
+        run(x).pow(2).sum().backward()
+        grads.append((x.grad.clone(), lin.weight.grad.clone()))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_modules_under_autocast(device):
     """Mixed precision: under torch.autocast a layer's float32 parameters meet bfloat16
     activations. BiasActDropout casts its bias to the input's dtype (the result keeps the
