@@ -186,6 +186,35 @@ def test_double_backward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_parameter_gradients_reproducible_in_deterministic_mode(device):
+    """torch.use_deterministic_algorithms(True): the parameter gradients whose CUDA kernels
+    add shared partial sums with atomics (PReLU on NCHW, bias_act_dropout with a bias not on
+    the contiguous last dim) take an ATen reduction instead, so two runs agree bit for bit
+    (and with the default path within float32 rounding)."""
+    x = torch.randn(8, 16, 24, 24, device=device)
+    w = torch.rand(16, device=device, requires_grad=True)
+    xt = torch.randn(4, 24, 24, 16, device=device).permute(0, 3, 1, 2)  # bias dim 3 not contiguous
+    b = torch.randn(24, device=device, requires_grad=True)
+    g = torch.randn(8, 16, 24, 24, device=device)
+
+    def grads():
+        (dw,) = torch.autograd.grad(FR.prelu(x, w), w, g)
+        (db,) = torch.autograd.grad(FR.bias_act_dropout(xt, b, "gelu", 0.2, seed=3), b, g[:4])
+        return dw, db
+
+    default = grads()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = grads(), grads()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, c, d in zip(first, second, default, strict=True):
+        assert torch.equal(a, c)
+        torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_redraws_the_same_masks(device, reentrant):
     """torch.utils.checkpoint recomputes a block in backward: its seeds come from the

@@ -1,6 +1,7 @@
 // CUDA kernels of the activation family: grid-stride loops over 16-byte
 // vectors (several in flight per thread), a scalar path for unaligned views
 // and the tail, on the current stream, each launch checked.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 
 #include "cuda_kernel.cuh"
@@ -255,9 +256,10 @@ void ActivationLoops::prelu_backward(const at::Tensor& g, const at::Tensor& x, c
     const bool aligned = aligned16(g.const_data_ptr<scalar_t>()) &&
                          aligned16(x.const_data_ptr<scalar_t>()) &&
                          aligned16(dx.const_data_ptr<scalar_t>());
-    if (smem > kMaxSharedPartials) {
-      // More channels than a block's shared memory holds: grad_input here,
-      // grad_weight by an ATen reduction (a second pass, only in this case).
+    if (smem > kMaxSharedPartials || at::globalContext().deterministicAlgorithms()) {
+      // More channels than a block's shared memory holds, or deterministic algorithms
+      // requested (the shared partial sums take atomics in a varying order between warps):
+      // grad_input here, grad_weight by an ATen reduction (a second pass, only in this case).
       prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
           g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
           w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),

@@ -2,6 +2,7 @@
 // (16-byte vectors, two Philox counter blocks); the seed is read from device
 // memory inside the kernel, so nothing syncs with the host and a captured
 // CUDA graph draws fresh masks on every replay when the seed is redrawn.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 
 #include "cuda_kernel.cuh"
@@ -383,7 +384,10 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, 
       return;
     }
     const int64_t smem = K * static_cast<int64_t>(sizeof(A));
-    const bool shared_db = dbias != nullptr && smem <= kMaxSharedPartials;
+    // the shared partial sums take atomics in a varying order between warps; under
+    // torch.use_deterministic_algorithms(True) grad_bias is an ATen reduction instead
+    const bool shared_db =
+        dbias != nullptr && smem <= kMaxSharedPartials && !at::globalContext().deterministicAlgorithms();
     const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
     at::Tensor partial;
     if (shared_db)
