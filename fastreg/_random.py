@@ -67,12 +67,22 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
+def _keys(seed):
+    """Philox's two 32-bit key words of a seed: an int, or a one-element int64 tensor, which
+    stays a tensor (no .item(): no host sync, and vmap(randomness='different') can batch it)."""
+    if isinstance(seed, torch.Tensor):
+        k = seed.reshape(())
+        return k & _MASK, (k >> 32) & _MASK  # two's complement: the low and high words
+    k = int(seed) & (2**64 - 1)
+    return k & _MASK, k >> 32
+
+
 def philox_words(seed, stream, index):
     """The random word (int64 in [0, 2^32)) of each element id in ``index``."""
-    s = int(seed) & (2**64 - 1)
+    k0, k1 = _keys(seed)
     block = index >> 2
     zeros = torch.zeros_like(block)
-    out = philox4x32_10(block & _MASK, block >> 32, zeros + stream, zeros, s & _MASK, s >> 32)
+    out = philox4x32_10(block & _MASK, block >> 32, zeros + stream, zeros, k0, k1)
     return torch.stack(out, -1).gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
 
 
@@ -155,8 +165,7 @@ MAX_ATTEMPTS = 64
 
 def gamma_samples(seed, stream, n, shape, device="cpu"):
     """n draws of Gamma(shape, 1), sample i as csrc/sampling.h gamma(key, stream, i, shape)."""
-    s = int(seed) & (2**64 - 1)
-    k0, k1 = s & _MASK, s >> 32
+    k0, k1 = _keys(seed)
     f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=device)  # noqa: E731
     shape = f32(shape)
     boost = bool(shape < 1.0)
@@ -202,10 +211,10 @@ def beta_samples(seed, stream, n, a, b, device="cpu"):
 
 def cutout_boxes(seed, n, H, W, size, p, device="cpu"):
     """csrc/sampling.h cutout_box() for samples 0..n-1: (apply, y0, y1, x0, x1) int64 tensors."""
-    s = int(seed) & (2**64 - 1)
+    k0, k1 = _keys(seed)
     idx = torch.arange(n, device=device, dtype=torch.int64)
     zeros = torch.zeros_like(idx)
-    w0, w1, w2, _ = philox4x32_10(idx & _MASK, zeros, zeros + STREAM_BOX, zeros, s & _MASK, s >> 32)
+    w0, w1, w2, _ = philox4x32_10(idx & _MASK, zeros, zeros + STREAM_BOX, zeros, k0, k1)
     apply = w0 < keep_threshold(p)
     cy, cx = (w1 * H) >> 32, (w2 * W) >> 32
     top, left = cy - size // 2, cx - size // 2
@@ -224,8 +233,7 @@ def _f32(v):
 
 def erase_boxes(seed, n, H, W, p, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi, device="cpu"):
     """csrc/sampling.h erase_box() for samples 0..n-1: (apply, y0, y1, x0, x1) int64 tensors."""
-    s = int(seed) & (2**64 - 1)
-    k0, k1 = s & _MASK, s >> 32
+    k0, k1 = _keys(seed)
     idx = torch.arange(n, device=device, dtype=torch.int64)
     zeros = torch.zeros_like(idx)
     coin = philox4x32_10(idx & _MASK, zeros, zeros + STREAM_ERASE, zeros, k0, k1)[0]
@@ -277,10 +285,10 @@ def _sincos_2pi(u):
 
 def normals(seed, stream, index):
     """csrc/sampling.h normal_at() for each element id in ``index`` (float32 tensor)."""
-    s = int(seed) & (2**64 - 1)
+    k0, k1 = _keys(seed)
     block = index >> 2
     zeros = torch.zeros_like(block)
-    w = philox4x32_10(block & _MASK, block >> 32, zeros + stream, zeros, s & _MASK, s >> 32)
+    w = philox4x32_10(block & _MASK, block >> 32, zeros + stream, zeros, k0, k1)
     j = index & 3
     first = j < 2
     w_r = torch.where(first, w[0], w[2])
@@ -328,8 +336,7 @@ def mix_draws(
     device="cpu",
 ):
     """csrc/sampling.h mix_draw() of every sample: (lam, lam_target, kind, y0, y1, x0, x1)."""
-    s = int(seed) & (2**64 - 1)
-    k0, k1 = s & _MASK, s >> 32
+    k0, k1 = _keys(seed)
     keys = mix_key_index(mode, B, device)
     n = int(keys.max()) + 1 if B else 0
     k = torch.arange(n, device=device, dtype=torch.int64)

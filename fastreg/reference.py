@@ -101,7 +101,7 @@ ALPHA_DROPOUT_ALPHA = 1.7580993408473766
 
 def keep_mask(input, seed, p, stream=STREAM_ELEMENT):
     """Bool tensor shaped like input: True where the element is kept."""
-    words = philox_words(int(seed.item()), stream, memory_index(input))
+    words = philox_words(seed, stream, memory_index(input))
     return words >= keep_threshold(p)
 
 
@@ -179,7 +179,7 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
     s = seed_tensor(input, generator, seed, "drop_path")
     x = _opmath(input)
     samples = input.shape[0] if input.dim() > 0 else 1
-    words = philox_words(int(s.item()), STREAM_SAMPLE, torch.arange(samples, device=input.device))
+    words = philox_words(s, STREAM_SAMPLE, torch.arange(samples, device=input.device))
     keep = words >= keep_threshold(p)
     scale = 1.0 / (1.0 - p) if (scale_by_keep and p < 1.0) else 1.0
     factor = torch.where(keep, _scalar(scale, x), _scalar(0.0, x)).reshape((-1,) + (1,) * (x.dim() - 1))
@@ -209,7 +209,7 @@ def _box_mask(apply, y0, y1, x0, x1, H, W, device):
 def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
     s = seed_tensor(images, generator, seed, "cutout")
     B, _, H, W = images.shape
-    boxes = cutout_boxes(int(s.item()), B, H, W, size, p, images.device)
+    boxes = cutout_boxes(s, B, H, W, size, p, images.device)
     inside = _box_mask(*boxes, H, W, images.device)
     out = torch.where(inside, torch.tensor(fill, dtype=images.dtype, device=images.device), images)
     return images.copy_(out) if inplace else out
@@ -229,11 +229,11 @@ def random_erasing(
     s = seed_tensor(images, generator, seed, "random_erasing")
     B, _, H, W = images.shape
     boxes = erase_boxes(
-        int(s.item()), B, H, W, p, scale[0], scale[1], math.log(ratio[0]), math.log(ratio[1]), images.device
+        s, B, H, W, p, scale[0], scale[1], math.log(ratio[0]), math.log(ratio[1]), images.device
     )
     inside = _box_mask(*boxes, H, W, images.device)
     if isinstance(value, str):  # 'random': the normal of each element's memory position
-        fill = normals(int(s.item()), STREAM_ERASE_VALUE, memory_index(images)).to(images.dtype)
+        fill = normals(s, STREAM_ERASE_VALUE, memory_index(images)).to(images.dtype)
     else:
         fill = torch.tensor(value, dtype=images.dtype, device=images.device)
     out = torch.where(inside, fill, images)
@@ -274,7 +274,7 @@ def mix(
     B, _, H, W = images.shape
     num_classes = target.shape[1] if num_classes is None else num_classes
     lam, lam_t, kind, y0, y1, x0, x1 = mix_draws(
-        int(s.item()), B, H, W, MIX_MODES[mode], mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob,
+        s, B, H, W, MIX_MODES[mode], mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob,
         correct_lam, images.device,
     )  # fmt: skip
     x = _opmath(images)

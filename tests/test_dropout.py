@@ -313,6 +313,34 @@ def test_torch_func_transforms_and_forward_ad(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_vmap_randomness(device):
+    """Under torch.func.vmap the family follows vmap's randomness flag, as torch's dropout
+    does: 'error' refuses the seed's draw, 'same' draws one seed for the whole batch (each
+    slice has a plain call's mask after the same torch.manual_seed), 'different' one per
+    slice (model ensembles)."""
+    from torch.func import vmap
+
+    x = torch.randn(3, 64, device=device)
+    for f in (
+        lambda v: FR.dropout(v, 0.5),
+        lambda v: FR.bias_act_dropout(v, None, "gelu", 0.5),
+        lambda v: FR.drop_path(v.view(8, 8), 0.5, True).view(64),
+    ):
+        with pytest.raises(RuntimeError, match="randomness"):
+            vmap(f)(x)
+        torch.manual_seed(4)
+        same = vmap(f, randomness="same")(x)
+        for i in range(3):
+            torch.manual_seed(4)
+            want = f(x[i])  # the kernels; the reference's gelu agrees within rounding
+            assert torch.equal(same[i] != 0, want != 0)
+            torch.testing.assert_close(same[i], want)
+        different = vmap(f, randomness="different")(x)
+        kept = different != 0
+        assert not torch.equal(kept[0], kept[1]) and not torch.equal(kept[1], kept[2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ["gelu", "silu", "tanh", "elu"])
 def test_bias_act_dropout_second_derivative_matches_reference(device, activation):
     """The second derivative through bias_act_dropout (its gradient's gradient, both the
