@@ -341,6 +341,46 @@ def test_vmap_randomness(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_model_ensemble_with_torch_func(device):
+    """torch.func's model ensembling (stack_module_state, functional_call under vmap) over
+    models built from fastreg.nn: in eval mode it equals each model's own output; in
+    training, copies of one model draw one dropout mask for all with randomness='same' and
+    one each with 'different'; per-model gradients come out of vmap(grad)."""
+    import copy
+
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    def make():
+        return torch.nn.Sequential(
+            torch.nn.Linear(8, 16), FN.GELU(), FN.Dropout(0.5), torch.nn.Linear(16, 1)
+        ).to(device)
+
+    models = [make() for _ in range(3)]
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.randn(5, 8, device=device)
+
+    def f(p, b, v):
+        return functional_call(base, (p, b), (v,))
+
+    params, buffers = stack_module_state(models)
+    for m in models + [base]:
+        m.eval()
+    torch.testing.assert_close(
+        vmap(f, in_dims=(0, 0, None))(params, buffers, x), torch.stack([m(x) for m in models])
+    )
+    base.train()
+    clones, clone_buffers = stack_module_state([copy.deepcopy(models[0]) for _ in range(3)])
+    same = vmap(f, in_dims=(0, 0, None), randomness="same")(clones, clone_buffers, x)
+    different = vmap(f, in_dims=(0, 0, None), randomness="different")(clones, clone_buffers, x)
+    assert torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
+    assert not torch.equal(different[0], different[1])
+    grads = vmap(
+        grad(lambda p, b, v: f(p, b, v).pow(2).mean()), in_dims=(0, 0, None), randomness="different"
+    )(params, buffers, x)
+    assert grads["0.weight"].shape == (3, 16, 8) and torch.isfinite(grads["0.weight"]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ["gelu", "silu", "tanh", "elu"])
 def test_bias_act_dropout_second_derivative_matches_reference(device, activation):
     """The second derivative through bias_act_dropout (its gradient's gradient, both the
