@@ -187,14 +187,14 @@ def gamma_samples(seed, stream, n, shape, device="cpu"):
         ok = sq < 1.0
         x = v1 * sqrt_rn((dlog(sq) * -2.0) / sq)
         t = c * x + 1.0
-        ok &= t > 0.0
+        ok = ok & (t > 0.0)
         v = (t * t) * t
-        ok &= v > 1e-30
+        ok = ok & (v > 1e-30)
         bound = (((x * 0.5) * x + d) - d * v) + d * dlog(torch.where(ok, v, torch.ones_like(v)))
         accept = ok & (dlog(_u01(w2)) < bound) & ~done
         result = torch.where(accept, d * v, result)
-        done |= accept
-        if bool(done.all()):
+        done = done | accept  # out of place, here and below: vmap may batch the seed's words
+        if not torch._C._functorch.is_batchedtensor(done) and bool(done.all()):
             break
     if boost:
         result = result * dexp(dlog(boost_u) / shape)
@@ -257,7 +257,7 @@ def erase_boxes(seed, n, H, W, p, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi
         x0 = torch.where(take, (w3 * (W - w + 1)) >> 32, x0)
         hh = torch.where(take, h, hh)
         ww = torch.where(take, w, ww)
-        found |= take
+        found = found | take
     return apply & found, y0, y0 + hh, x0, x0 + ww
 
 

@@ -641,6 +641,31 @@ def test_torch_func_transforms_and_forward_ad(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_vmap_randomness(device):
+    """Under torch.func.vmap every batch op follows vmap's randomness flag: 'same' gives each
+    slice a plain call's result after the same torch.manual_seed, 'different' draws per slice
+    (the reference's draws keep the seed a tensor and update out of place)."""
+    from torch.func import vmap
+
+    img = torch.rand(3, 4, 3, 6, 6, device=device)
+    labels = torch.tensor([0, 1, 2, 1], device=device)
+    for f in (
+        lambda v: FR.cutout(v, 3),
+        lambda v: FR.random_erasing(v, 1.0),
+        lambda v: FR.random_erasing(v, 1.0, value="random"),
+        lambda v: FR.mixup(v, labels, num_classes=3, mode="elem")[0],
+        lambda v: FR.cutmix(v, labels, num_classes=3, mode="pair")[0],
+    ):
+        torch.manual_seed(2)
+        same = vmap(f, randomness="same")(img)
+        for i in range(3):
+            torch.manual_seed(2)
+            torch.testing.assert_close(same[i], f(img[i]))
+        different = vmap(f, randomness="different")(img)
+        assert not torch.equal(different[0] - img[0], different[1] - img[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_mix_saves_only_the_per_sample_params(device):
     B = 6
     x, t = mix_inputs(B, device)
