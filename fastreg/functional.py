@@ -85,6 +85,12 @@ def _call(op, *args, grad=None):
         return op(*args)
 
 
+def _for_inplace(input, inplace):
+    """The reference's input when the call is in place: a copy, so that the in-place write of
+    the result cannot overwrite a tensor the reference's own graph saved (silu's input)."""
+    return input.clone() if inplace else input
+
+
 def _maybe_inplace(input, y, inplace):
     # In-place keeps torch's semantics (the input tensor holds the result);
     # the kernel still writes a fresh tensor, then one copy.
@@ -108,7 +114,7 @@ def tanh(input):
 def relu(input, inplace=False):
     _check_float(input, "relu")
     if _transforming():
-        return R.relu(input, inplace)
+        return _maybe_inplace(input, R.relu(_for_inplace(input, inplace)), inplace)
     y, _ = _call(ops.relu, input, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
@@ -117,7 +123,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
     _check_float(input, "leaky_relu")
     slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
     if _transforming():
-        return R.leaky_relu(input, slope, inplace)
+        return _maybe_inplace(input, R.leaky_relu(_for_inplace(input, inplace), slope), inplace)
     y, _ = _call(ops.leaky_relu, input, slope, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
@@ -147,14 +153,14 @@ def elu(input, alpha=1.0, inplace=False):
     if not alpha >= 0:
         raise ValueError(f"fastreg.elu: alpha must be >= 0 (backward uses the output), got {alpha}")
     if _transforming():
-        return R.elu(input, alpha, inplace)
+        return _maybe_inplace(input, R.elu(_for_inplace(input, inplace), alpha), inplace)
     return _maybe_inplace(input, _call(ops.elu, input, alpha), inplace)
 
 
 def selu(input, inplace=False):
     _check_float(input, "selu")
     if _transforming():
-        return R.selu(input, inplace)
+        return _maybe_inplace(input, R.selu(_for_inplace(input, inplace)), inplace)
     return _maybe_inplace(input, _call(ops.selu, input), inplace)
 
 
@@ -170,7 +176,7 @@ def gelu(input, approximate="none"):
 def silu(input, inplace=False):
     _check_float(input, "silu")
     if _transforming():
-        return R.silu(input, inplace)
+        return _maybe_inplace(input, R.silu(_for_inplace(input, inplace)), inplace)
     if inplace and _needs_grad(input):
         # backward needs the input that in-place overwrites: save a copy of it,
         # as torch's in-place silu does
@@ -188,7 +194,8 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
         return input
     if _transforming():
         reference = R.alpha_dropout if alpha else R.dropout
-        return reference(input, p, True, inplace, generator=generator, seed=seed)
+        y = reference(_for_inplace(input, inplace), p, True, generator=generator, seed=seed)
+        return _maybe_inplace(input, y, inplace)
     y = _call(ops.dropout, input, seed_tensor(input, generator, seed, fn), p, alpha)
     return _maybe_inplace(input, y, inplace)
 

@@ -259,6 +259,25 @@ def test_torch_func_transforms_and_forward_ad(device, name):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_inplace_under_torch_func(device):
+    """inplace=True inside torch.func.grad: the same gradient as torch's in-place function
+    (silu's reference saves its input, which the in-place write must not overwrite)."""
+    from torch.func import grad
+
+    x = make_input((6,), "contiguous", torch.float64, device)
+    for fr, tf, kw in [
+        (FR.relu, F.relu, {}),
+        (FR.leaky_relu, F.leaky_relu, {"negative_slope": 0.2}),
+        (FR.elu, F.elu, {"alpha": 0.5}),
+        (FR.selu, F.selu, {}),
+        (FR.silu, F.silu, {}),
+    ]:
+        got = grad(lambda v, f=fr, kw=kw: f(v * 1.0, inplace=True, **kw).sin().sum())(x)
+        want = grad(lambda v, f=tf, kw=kw: f(v * 1.0, inplace=True, **kw).sin().sum())(x)
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_prelu_under_autocast(device):
     """Under torch.autocast PReLU's float32 weight follows the bfloat16 input (as torch's
     prelu gives a bfloat16 result there); outside autocast the mismatch is an error."""

@@ -297,6 +297,13 @@ def test_torch_func_transforms_and_forward_ad(device):
         xg = x.clone().requires_grad_()
         (want,) = torch.autograd.grad((f(xg) ** 2).sum(), xg)
         torch.testing.assert_close(grad(lambda v: (f(v) ** 2).sum())(x), want, msg=name)
+    for f in (  # in place: the same gradient as the kernels' out-of-place backward
+        lambda v: FR.dropout(v * 1.0, 0.3, inplace=True, seed=5),
+        lambda v: FR.alpha_dropout(v * 1.0, 0.3, True, inplace=True, seed=5),
+    ):
+        xg = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad(f(xg).sin().sum(), xg)
+        torch.testing.assert_close(grad(lambda v, f=f: f(v).sin().sum())(x), want)
     y, ty = jvp(lambda v, u: FR.dropout_add(v, u, 0.3, seed=5), (x, r), (t, t))
     assert torch.equal(y, FR.dropout_add(x, r, 0.3, seed=5))
     torch.testing.assert_close(ty, FR.dropout(t, 0.3, seed=5) + t)
