@@ -11,7 +11,7 @@ eager mode for its lower host time per call.
 import torch
 from torch.library import register_autograd, register_fake
 
-from .reference import SELU_ALPHA, SELU_SCALE
+from .reference import SELU_ALPHA, SELU_SCALE, mix_pixels
 
 ops = torch.ops.fastreg
 
@@ -538,11 +538,10 @@ def _prelu_double_backward(ctx, gg_input, gg_weight):
     zero = torch.zeros((), dtype=input.dtype, device=input.device)
     g_grad = g_input = g_weight = None
     if ctx.needs_input_grad[0]:
-        g_grad = torch.zeros_like(grad)
-        if gg_input is not None:
-            g_grad = g_grad + torch.where(neg, gg_input * w, gg_input)
+        terms = [torch.where(neg, gg_input * w, gg_input)] if gg_input is not None else []
         if gg_weight is not None:
-            g_grad = g_grad + torch.where(neg, input * _channel_view(gg_weight, input), zero)
+            terms.append(torch.where(neg, input * _channel_view(gg_weight, input), zero))
+        g_grad = sum(terms[1:], terms[0]) if terms else None
     if ctx.needs_input_grad[1] and gg_weight is not None:
         g_input = torch.where(neg, grad * _channel_view(gg_weight, input), zero)
     if ctx.needs_input_grad[2] and gg_input is not None:
@@ -594,36 +593,16 @@ register_autograd(
 )
 
 
-MIX_BLEND, MIX_CUT = 1, 2  # the params' kind column (csrc/sampling.h MixKind)
-
-
-def _mix_images(images, params):
-    """The forward mixing of `images` with the draws recorded in params (B x 8: lambda,
-    target lambda, kind, box rows y0:y1, box columns x0:x1, 0), in torch ops: out_i =
-    lambda_i x_i + (1 - lambda_i) x_p (blend), x_p inside i's box (cut), else x_i, with
-    partner p = B - 1 - i. mix_backward applies this map's transpose, so this map is
-    mix_backward's gradient."""
-    B, _, H, W = images.shape
-    lam = params[:, 0].to(images.dtype).view(B, 1, 1, 1)
-    kind = params[:, 2].view(B, 1, 1, 1)
-    y0, y1, x0, x1 = (params[:, c].view(B, 1, 1, 1) for c in (3, 4, 5, 6))
-    rows = torch.arange(H, device=images.device, dtype=params.dtype).view(1, 1, H, 1)
-    cols = torch.arange(W, device=images.device, dtype=params.dtype).view(1, 1, 1, W)
-    inside = (kind == MIX_CUT) & (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-    blend = kind == MIX_BLEND
-    one, zero = torch.ones_like(lam), torch.zeros_like(lam)
-    own = torch.where(inside, zero, torch.where(blend, lam, one))
-    partner = torch.where(inside, one, torch.where(blend, 1 - lam, zero))
-    return own * images + partner * images.flip(0)
-
-
 def _mix_double_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
 
 
 def _mix_double_backward(ctx, gg):
+    # mix_backward applies the transpose of the forward mixing: its gradient is that mixing,
+    # rebuilt from each sample's recorded draw (params: lambda, target lambda, kind, box)
     (params,) = ctx.saved_tensors
-    return _mix_images(gg, params), None
+    lam, _, kind, y0, y1, x0, x1 = params[:, :7].unbind(1)
+    return mix_pixels(gg, lam, kind, y0, y1, x0, x1), None
 
 
 register_autograd("fastreg::mix_backward", _mix_double_backward, setup_context=_mix_double_setup)

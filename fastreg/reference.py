@@ -251,6 +251,21 @@ def _smooth(target, num_classes, eps):
     return t * _scalar(1.0 - eps, t) + _scalar(eps / num_classes, t)
 
 
+def mix_pixels(images, lam, kind, y0, y1, x0, x1):
+    """The images mixed with each sample's draw (lambda, kind, box rows y0:y1 and columns
+    x0:x1; float64 lambda, any number type for the rest, e.g. the columns of fastreg::mix's
+    params): x_i outside a cut box, the partner's x_{B-1-i} inside it, or the blend
+    x_i * lam + x_p * (1 - lam), each factor rounded to the images' opmath type. Also
+    mix_backward's own gradient (fastreg/_autograd.py): the map whose transpose it applies."""
+    B, _, H, W = images.shape
+    x = _opmath(images)
+    xp = x.flip(0)
+    view = (B, 1, 1, 1)
+    blend = x * lam.to(x.dtype).view(view) + xp * (1.0 - lam).to(x.dtype).view(view)
+    inside = _box_mask(kind == KIND_CUT, y0, y1, x0, x1, H, W, images.device)
+    return torch.where((kind == KIND_BLEND).view(view), blend, torch.where(inside, xp, x)).to(images.dtype)
+
+
 def mix(
     images,
     target,
@@ -277,12 +292,7 @@ def mix(
         s, B, H, W, MIX_MODES[mode], mixup_alpha, cutmix_alpha, cutmix_minmax, prob, switch_prob,
         correct_lam, images.device,
     )  # fmt: skip
-    x = _opmath(images)
-    xp = x.flip(0)
-    view = (B, 1, 1, 1)
-    blend = x * lam.to(x.dtype).view(view) + xp * (1.0 - lam).to(x.dtype).view(view)
-    inside = _box_mask(kind == KIND_CUT, y0, y1, x0, x1, H, W, images.device)
-    out = torch.where((kind == KIND_BLEND).view(view), blend, torch.where(inside, xp, x)).to(images.dtype)
+    out = mix_pixels(images, lam, kind, y0, y1, x0, x1)
     y = _smooth(target, num_classes, label_smoothing)
     soft = y * lam_t.to(y.dtype).view(B, 1) + y.flip(0) * (1.0 - lam_t).to(y.dtype).view(B, 1)
     soft = soft.to(torch.float32 if target.dim() == 1 else target.dtype)
