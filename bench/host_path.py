@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import fastreg  # noqa: E402
 import fastreg.functional as FR  # noqa: E402
 import fastreg.nn as FN  # noqa: E402
 
@@ -78,6 +79,18 @@ def main():
 
         return run
 
+    # one op call below autograd: torch.ops' boxed path against the op's typed entry
+    # (fastreg._C.below, what fastreg.functional and the autograd formulas call)
+    mask = torch.empty(32, dtype=torch.uint8, device=device)
+
+    def boxed():
+        with torch._C._AutoDispatchBelowAutograd():
+            return ops.leaky_relu_backward(ga, mask, 0.01)
+
+    rows.append(("leaky_relu_backward below autograd: torch.ops", boxed))
+    rows.append(
+        ("leaky_relu_backward: typed entry", lambda: fastreg._C.below.leaky_relu_backward(ga, mask, 0.01))
+    )
     for name, fr, ref in (
         ("leaky_relu", FR.leaky_relu, torch.nn.functional.leaky_relu),
         ("gelu", FR.gelu, torch.nn.functional.gelu),

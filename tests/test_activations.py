@@ -1005,3 +1005,134 @@ def test_cuda_prelu_large_nchw_matches_cpu(dtype):
     # the worst case, a few hundredths typically; bfloat16 rounds the float32 sum once
     tol = {"atol": 1.0, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 0.1, "rtol": 1e-4}
     torch.testing.assert_close(gw, gw_cpu, **tol)
+
+
+def _entry_scenario(device):
+    """Calls of every public function that reach each typed entry (fastreg._C.below) once at
+    least: inference calls, training steps (forward and backward ops), in-place batch ops.
+    Returns every output and gradient, in order."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 6, device=device)
+    w = torch.rand(8, device=device)
+    b = torch.randn(6, device=device)
+    img = torch.rand(4, 3, 8, 8, device=device)
+    labels = torch.tensor([0, 3, 1, 2], device=device)
+    steps = [
+        lambda t: FR.sigmoid(t), lambda t: FR.tanh(t), lambda t: FR.relu(t),
+        lambda t: FR.leaky_relu(t, 0.2), lambda t: FR.elu(t, 0.7), lambda t: FR.selu(t),
+        lambda t: FR.gelu(t, approximate="tanh"), lambda t: FR.silu(t), lambda t: FR.prelu(t, w),
+        lambda t: FR.dropout(t, 0.3, seed=1), lambda t: FR.dropout_add(t, torch.cos(t), 0.3, seed=2),
+        lambda t: FR.drop_path(t, 0.5, True, seed=3),
+        lambda t: FR.drop_path(t, 0.5, True, residual=t * 2, seed=3),
+        lambda t: FR.bias_act_dropout(t, b, "gelu", 0.3, seed=4),
+        lambda t: FR.bias_act_dropout(t, b, "relu", 0.3, seed=4),
+    ]  # fmt: skip
+    batch = [
+        lambda t: FR.cutout(t, 3, seed=5), lambda t: FR.random_erasing(t, 1.0, seed=6),
+        lambda t: FR.mixup(t, labels, num_classes=4, mode="elem", seed=7)[0],
+        lambda t: FR.cutmix(t, labels, num_classes=4, mode="pair", seed=8)[0],
+    ]  # fmt: skip
+    results = []
+    for fn, data in [(f, x) for f in steps] + [(f, img) for f in batch]:
+        with torch.no_grad():
+            results.append(fn(data))
+        leaf = data.clone().requires_grad_()
+        y = fn(leaf)
+        results += [y.detach(), torch.autograd.grad(y, leaf, torch.cos(y.detach() * 3))[0]]
+    for inplace in (
+        lambda t: FR.cutout(t, 3, inplace=True, seed=5),
+        lambda t: FR.random_erasing(t, 1.0, inplace=True, seed=6),
+        lambda t: FR.mixup(t, labels, num_classes=4, inplace=True, seed=7),
+    ):
+        data = img.clone()
+        inplace(data)
+        results.append(data)
+    return results
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_typed_entries_run_the_same_kernels_as_torch_ops(device, monkeypatch):
+    """fastreg's Python layer calls each op below autograd through its typed entry
+    (fastreg._C.below, csrc/fastreg.cpp), which only converts the arguments differently from
+    torch.ops: every entry is reached by the public functions, and their outputs and
+    gradients equal, bit for bit, those of the same calls through torch.ops."""
+    import fastreg._autograd as A
+
+    names = {n for n in dir(fastreg._C.below) if not n.startswith("_")}
+    # every op with a C++ kernel has one: all but the composite DropConnect and test-only ops
+    schemas = {s.name[9:] for s in torch._C._jit_get_all_schemas() if s.name.startswith("fastreg::")}
+    no_entry = {"dropconnect_linear", "dropconnect_linear_backward", "_sample_beta", "_philox_words"}
+    assert names == schemas - no_entry
+    called = set()
+    for name in names:
+        entry = getattr(fastreg._C.below, name)
+
+        def spy(*args, _entry=entry, _name=name):
+            called.add(_name)
+            return _entry(*args)
+
+        monkeypatch.setitem(A._ENTRIES, getattr(ops, name), spy)
+        monkeypatch.setitem(A._ENTRIES, getattr(ops, name).default, spy)
+    typed = _entry_scenario(device)
+    assert called == names
+    monkeypatch.setattr(A, "_ENTRIES", {})  # every call through torch.ops
+    boxed = _entry_scenario(device)
+    assert len(typed) == len(boxed)
+    for k, (a, c) in enumerate(zip(typed, boxed, strict=True)):
+        assert torch.equal(a, c), k
+
+
+def test_torch_function_overrides_see_the_ops():
+    """The typed entries skip torch.ops' __torch_function__ handling, so fastreg takes them
+    only when nothing overrides it: under a TorchFunctionMode, or with a tensor subclass that
+    has a __torch_function__, the op is called through torch.ops and the override sees it.
+    Dispatch modes see the op on the typed path too (it goes through the dispatcher)."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import fastreg._autograd as A
+
+    class FunctionLog(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.funcs = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class DispatchLog(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.funcs = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class Logged(torch.Tensor):
+        funcs = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            cls.funcs.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    x = torch.randn(16)
+    entered = []
+    entry = A._ENTRIES[ops.leaky_relu]
+    A._ENTRIES[ops.leaky_relu] = lambda *a: entered.append(1) or entry(*a)
+    try:
+        with torch.no_grad():
+            with FunctionLog() as mode:
+                y = FR.leaky_relu(x, 0.2)
+            assert ops.leaky_relu in mode.funcs and not entered
+            z = FR.leaky_relu(x.as_subclass(Logged), 0.2)
+            assert ops.leaky_relu in Logged.funcs and not entered
+            with DispatchLog() as mode:
+                w = FR.leaky_relu(x, 0.2)
+            assert ops.leaky_relu.default in mode.funcs and entered
+    finally:
+        A._ENTRIES[ops.leaky_relu] = entry
+    want = F.leaky_relu(x, 0.2)
+    assert torch.equal(y, want) and torch.equal(z.as_subclass(torch.Tensor), want) and torch.equal(w, want)

@@ -849,3 +849,38 @@ def test_mix_non_dense_views_and_empty_batches(device):
         out, soft = FR.mixup(x, tt, num_classes=5, mode="elem", seed=1)
         assert out.shape == shape and soft.shape == (shape[0], 5)
         assert FR.random_erasing(x, 1.0, seed=1).shape == shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", [n for n in BATCH_CALLS if n.endswith("_")] + ["mixup_", "Mixup_"])
+def test_inplace_batch_ops_bump_the_version_counter(device, name):
+    """An in-place cutout, random erasing, mixup or cutmix bumps the images' version counter
+    (as torch's in-place ops do), so that autograd refuses a backward that would read images
+    saved before they were modified, instead of returning a wrong gradient."""
+    x, t = mix_inputs(4, device)
+    w = torch.rand(x.shape[1:], device=device, requires_grad=True)
+    loss = (x * w).sum()  # saves x for w's gradient
+    before = x._version
+    if name == "mixup_":
+        FR.mixup(x, t, num_classes=10, mode="elem", inplace=True)
+    elif name == "Mixup_":
+        FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10, inplace=True)(x, t)
+    else:
+        BATCH_CALLS[name](x, t)
+    assert x._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_inplace_ops_bump_the_version_counter(device):
+    x, t = mix_inputs(4, device)
+    seed = torch.tensor([3], device=device)
+    versions = [x._version]
+    ops.cutout_(x, seed, 5, 1.0, 0.0)
+    versions.append(x._version)
+    ops.random_erasing_(x, seed, 1.0, 0.02, 0.33, math.log(0.3), math.log(3.3), 0.0, False)
+    versions.append(x._version)
+    ops.mix_(x, t, seed, 10, 0.0, 1.0, 0.0, -1.0, -1.0, 1.0, 0.0, 2, True)
+    versions.append(x._version)
+    assert versions == sorted(set(versions)), versions  # each call bumped it
