@@ -6,13 +6,16 @@ so that the next change goes where the time is: Python checks, the seed's randin
 the op's dispatch, each kernel launch. The last rows put an activation's and dropout's
 small call, inference and training step, beside eager torch's: fastreg's autograd
 formulas are Python (`torch.library.register_autograd`, DESIGN §2), whose per-call
-cost eager's C++ autograd does not pay.
+cost eager's C++ autograd does not pay. Each fastreg row is timed twice: as it runs
+(every op through its typed entry, fastreg._C.below) and "via torch.ops" (the entries
+off: every op through torch.ops' boxed path), rows interleaved over rounds.
 
 python bench/host_path.py [--device cuda]
 """
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -21,10 +24,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fastreg  # noqa: E402
+import fastreg._autograd as A  # noqa: E402
 import fastreg.functional as FR  # noqa: E402
 import fastreg.nn as FN  # noqa: E402
 
 ops = torch.ops.fastreg
+ROUNDS = 7
 
 
 def per_call_us(fn, device, n=2000):
@@ -57,11 +62,8 @@ def main():
         ("torch.empty(8, 3, 16, 16)", lambda: torch.empty(8, 3, 16, 16, device=device)),
         ("seed: torch.randint on device", lambda: torch.randint(-(2**63), 2**63 - 1, (1,), device=device)),
         ("raw ops.cutout_ (1 launch)", lambda: ops.cutout_(x, seed, 4, 1.0, 0.0)),
-        ("FR.cutout(inplace=True)", lambda: FR.cutout(x, 4, inplace=True)),
         ("raw ops.mix_ (draw, targets, pass)", lambda: ops.mix_(x, *mix_args)),
         ("raw ops.mix (autograd kernel)", lambda: ops.mix(x, *mix_args)),
-        ("FR.mixup", lambda: FR.mixup(x, t, 1.0, num_classes=10, label_smoothing=0.1)),
-        ("nn.Mixup (timm recipe)", lambda: m(x, t)),
     ]
     # activations and dropout on a small tensor: an inference call, and a training step
     # (forward + backward through autograd), fastreg against eager torch
@@ -91,18 +93,39 @@ def main():
     rows.append(
         ("leaky_relu_backward: typed entry", lambda: fastreg._C.below.leaky_relu_backward(ga, mask, 0.01))
     )
+    fastreg_rows = [
+        ("FR.cutout(inplace=True)", lambda: FR.cutout(x, 4, inplace=True)),
+        ("FR.mixup", lambda: FR.mixup(x, t, 1.0, num_classes=10, label_smoothing=0.1)),
+        ("nn.Mixup (timm recipe)", lambda: m(x, t)),
+    ]
     for name, fr, ref in (
         ("leaky_relu", FR.leaky_relu, torch.nn.functional.leaky_relu),
         ("gelu", FR.gelu, torch.nn.functional.gelu),
         ("dropout p=0.1", lambda t: FR.dropout(t, 0.1), lambda t: torch.nn.functional.dropout(t, 0.1)),
     ):
-        rows.append((f"{name} inference: fastreg", infer(fr)))
+        fastreg_rows.append((f"{name} inference", infer(fr)))
         rows.append((f"{name} inference: eager", infer(ref)))
-        rows.append((f"{name} fwd+bwd step: fastreg", step(fr)))
+        fastreg_rows.append((f"{name} fwd+bwd step", step(fr)))
         rows.append((f"{name} fwd+bwd step: eager", step(ref)))
-    print(f"host time per call on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'})")
-    for name, fn in rows:
-        print(f"  {name:<44} {per_call_us(fn, device):8.1f} us", flush=True)
+    # each fastreg call twice: through the typed entries (what it runs) and with them off
+    # (every op through torch.ops' boxed path, as before the eleventh session)
+    for name, fn in fastreg_rows:
+        rows.append((f"{name}: fastreg", fn))
+        rows.append((f"{name}: fastreg via torch.ops", fn))
+    # rows interleaved over rounds (this machine's speed drifts by minutes); medians
+    times = {name: [] for name, _ in rows}
+    entries = A._ENTRIES
+    for _ in range(ROUNDS):
+        for name, fn in rows:
+            A._ENTRIES = {} if name.endswith("via torch.ops") else entries
+            try:
+                times[name].append(per_call_us(fn, device, n=1000))
+            finally:
+                A._ENTRIES = entries
+    print(f"host time per call on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}),")
+    print(f"median of {ROUNDS} interleaved rounds")
+    for name, _ in sorted(rows, key=lambda r: r[0].split(":")[0]):
+        print(f"  {name:<50} {statistics.median(times[name]):8.1f} us", flush=True)
 
 
 if __name__ == "__main__":
