@@ -9,6 +9,7 @@ import numbers
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
+from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from . import reference as R
 from ._autograd import EAGER_AUTOGRAD, kernel
@@ -98,6 +99,8 @@ def _maybe_inplace(input, y, inplace):
 
 
 def sigmoid(input):
+    if has_torch_function_unary(input):
+        return handle_torch_function(sigmoid, (input,), input)
     _check_float(input, "sigmoid")
     if _transforming():
         return R.sigmoid(input)
@@ -105,6 +108,8 @@ def sigmoid(input):
 
 
 def tanh(input):
+    if has_torch_function_unary(input):
+        return handle_torch_function(tanh, (input,), input)
     _check_float(input, "tanh")
     if _transforming():
         return R.tanh(input)
@@ -112,6 +117,8 @@ def tanh(input):
 
 
 def relu(input, inplace=False):
+    if has_torch_function_unary(input):
+        return handle_torch_function(relu, (input,), input, inplace=inplace)
     _check_float(input, "relu")
     if _transforming():
         return _maybe_inplace(input, R.relu(_for_inplace(input, inplace)), inplace)
@@ -120,6 +127,10 @@ def relu(input, inplace=False):
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            leaky_relu, (input,), input, negative_slope=negative_slope, inplace=inplace
+        )
     _check_float(input, "leaky_relu")
     slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
     if _transforming():
@@ -129,6 +140,8 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
 
 
 def prelu(input, weight):
+    if has_torch_function((input, weight)):
+        return handle_torch_function(prelu, (input, weight), input, weight)
     _check_float(input, "prelu")
     _check_float(weight, "prelu", "weight")
     weight = _autocast_to(weight, input.dtype)
@@ -148,6 +161,8 @@ def prelu(input, weight):
 
 
 def elu(input, alpha=1.0, inplace=False):
+    if has_torch_function_unary(input):
+        return handle_torch_function(elu, (input,), input, alpha=alpha, inplace=inplace)
     _check_float(input, "elu")
     alpha = _check_number(alpha, "elu", "alpha")
     if not alpha >= 0:
@@ -158,6 +173,8 @@ def elu(input, alpha=1.0, inplace=False):
 
 
 def selu(input, inplace=False):
+    if has_torch_function_unary(input):
+        return handle_torch_function(selu, (input,), input, inplace=inplace)
     _check_float(input, "selu")
     if _transforming():
         return _maybe_inplace(input, R.selu(_for_inplace(input, inplace)), inplace)
@@ -165,6 +182,8 @@ def selu(input, inplace=False):
 
 
 def gelu(input, approximate="none"):
+    if has_torch_function_unary(input):
+        return handle_torch_function(gelu, (input,), input, approximate=approximate)
     _check_float(input, "gelu")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"fastreg.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -174,6 +193,8 @@ def gelu(input, approximate="none"):
 
 
 def silu(input, inplace=False):
+    if has_torch_function_unary(input):
+        return handle_torch_function(silu, (input,), input, inplace=inplace)
     _check_float(input, "silu")
     if _transforming():
         return _maybe_inplace(input, R.silu(_for_inplace(input, inplace)), inplace)
@@ -201,10 +222,25 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
 
 
 def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=None):
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout, (input,), input, p=p, training=training, inplace=inplace, generator=generator, seed=seed
+        )
     return _dropout("dropout", False, input, p, training, inplace, generator, seed)
 
 
 def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None, seed=None):
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            alpha_dropout,
+            (input,),
+            input,
+            p=p,
+            training=training,
+            inplace=inplace,
+            generator=generator,
+            seed=seed,
+        )
     return _dropout("alpha_dropout", True, input, p, training, inplace, generator, seed)
 
 
@@ -213,6 +249,21 @@ def bias_act_dropout(
     negative_slope=0.01, alpha=1.0, approximate="none", generator=None, seed=None,
 ):  # fmt: skip
     """``dropout(act(input + bias))`` in one kernel (bias broadcast over the last dim)."""
+    if has_torch_function((input, bias)):
+        return handle_torch_function(
+            bias_act_dropout,
+            (input, bias),
+            input,
+            bias=bias,
+            activation=activation,
+            p=p,
+            training=training,
+            negative_slope=negative_slope,
+            alpha=alpha,
+            approximate=approximate,
+            generator=generator,
+            seed=seed,
+        )
     fn = "bias_act_dropout"
     _check_float(input, fn)
     if bias is not None:
@@ -260,6 +311,17 @@ def bias_act_dropout(
 
 def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=None):
     """``residual + dropout(input)``; backward passes the gradient to ``residual`` as is."""
+    if has_torch_function((input, residual)):
+        return handle_torch_function(
+            dropout_add,
+            (input, residual),
+            input,
+            residual,
+            p=p,
+            training=training,
+            generator=generator,
+            seed=seed,
+        )
     _check_float(input, "dropout_add")
     _check_float(residual, "dropout_add", "residual")
     if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
@@ -279,6 +341,18 @@ def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=N
 def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True, generator=None, seed=None):
     """Stochastic depth: one keep decision per sample (dim 0), timm's semantics;
     with ``residual``, returns ``residual + drop_path(input)`` in one kernel."""
+    if has_torch_function((input, residual)):
+        return handle_torch_function(
+            drop_path,
+            (input, residual),
+            input,
+            p=p,
+            training=training,
+            residual=residual,
+            scale_by_keep=scale_by_keep,
+            generator=generator,
+            seed=seed,
+        )
     _check_float(input, "drop_path")
     if residual is not None:
         _check_float(residual, "drop_path", "residual")
@@ -298,6 +372,18 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
 def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, generator=None, seed=None):
     """``linear(input, weight * mask / (1 - p), bias)`` with one weight mask per call;
     saves the input and the seed, never the mask or the masked weight."""
+    if has_torch_function((input, weight, bias)):
+        return handle_torch_function(
+            dropconnect_linear,
+            (input, weight, bias),
+            input,
+            weight,
+            bias=bias,
+            p=p,
+            training=training,
+            generator=generator,
+            seed=seed,
+        )
     fn = "dropconnect_linear"
     _check_float(input, fn)
     _check_float(weight, fn, "weight")
@@ -351,6 +437,10 @@ def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed
     """Cutout (DeVries & Taylor): per sample, with probability p, a square of side ``size``
     centred uniformly over the image, clipped at the border, set to ``fill`` on every channel.
     Every draw happens on the images' device; ``inplace=True`` writes only the boxes."""
+    if has_torch_function_unary(images):
+        return handle_torch_function(
+            cutout, (images,), images, size, p=p, fill=fill, inplace=inplace, generator=generator, seed=seed
+        )
     _check_images(images, "cutout", allow_uint8=True)
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"fastreg.cutout: size must be a positive int, got {size!r}")
@@ -389,6 +479,19 @@ def random_erasing(
     aspect ratio log-uniform in ``ratio``, up to 10 attempts, else no change), one box per
     sample, applied with probability p per sample, all drawn on the images' device.
     ``value`` is a number or ``'random'`` (per-pixel standard normal, float images)."""
+    if has_torch_function_unary(images):
+        return handle_torch_function(
+            random_erasing,
+            (images,),
+            images,
+            p=p,
+            scale=scale,
+            ratio=ratio,
+            value=value,
+            inplace=inplace,
+            generator=generator,
+            seed=seed,
+        )
     fn = "random_erasing"
     _check_images(images, fn, allow_uint8=True)
     p = check_p(p, fn)
@@ -537,6 +640,20 @@ def mixup(
     """Mixup: ``lam_i * x_i + (1 - lam_i) * x_{B-1-i}`` with lam ~ Beta(alpha, alpha) drawn on the
     device, one lambda per batch, per partner pair or per sample (``mode``). Returns
     ``(images, soft_targets)``: label-smoothed one-hot (or probability) targets mixed the same way."""
+    if has_torch_function((images, target)):
+        return handle_torch_function(
+            mixup,
+            (images, target),
+            images,
+            target,
+            alpha=alpha,
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            mode=mode,
+            inplace=inplace,
+            generator=generator,
+            seed=seed,
+        )
     alpha = _check_alpha(alpha, "mixup", "alpha")
     return _mix(
         "mixup", images, target, num_classes, label_smoothing, alpha, 0.0, None, 1.0, 0.0, mode, True,
@@ -561,6 +678,21 @@ def cutmix(
     ``floor(H sqrt(1 - lam))`` x ``floor(W sqrt(1 - lam))``, centre uniform, clipped; lam ~
     Beta(alpha, alpha) on the device. With ``correct_lam`` the targets' lambda is the kept area
     fraction. ``inplace=True`` writes only the boxes."""
+    if has_torch_function((images, target)):
+        return handle_torch_function(
+            cutmix,
+            (images, target),
+            images,
+            target,
+            alpha=alpha,
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            mode=mode,
+            correct_lam=correct_lam,
+            inplace=inplace,
+            generator=generator,
+            seed=seed,
+        )
     alpha = _check_alpha(alpha, "cutmix", "alpha")
     return _mix(
         "cutmix", images, target, num_classes, label_smoothing, 0.0, alpha, None, 1.0, 0.0, mode,

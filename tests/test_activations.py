@@ -1082,10 +1082,11 @@ def test_typed_entries_run_the_same_kernels_as_torch_ops(device, monkeypatch):
         assert torch.equal(a, c), k
 
 
-def test_torch_function_overrides_see_the_ops():
-    """The typed entries skip torch.ops' __torch_function__ handling, so fastreg takes them
-    only when nothing overrides it: under a TorchFunctionMode, or with a tensor subclass that
-    has a __torch_function__, the op is called through torch.ops and the override sees it.
+def test_torch_function_overrides_see_the_functions_and_the_ops():
+    """fastreg.functional's functions take part in __torch_function__ as torch.nn.functional's
+    do: a TorchFunctionMode, or a tensor subclass with a __torch_function__, sees the public
+    function. Below them, the typed entries skip torch.ops' __torch_function__ handling, so
+    `kernel` takes torch.ops whenever an override is active (a mode then sees the op as well).
     Dispatch modes see the op on the typed path too (it goes through the dispatcher)."""
     from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -1119,20 +1120,49 @@ def test_torch_function_overrides_see_the_ops():
             return super().__torch_function__(func, types, args, kwargs or {})
 
     x = torch.randn(16)
+    want = F.leaky_relu(x, 0.2)
     entered = []
     entry = A._ENTRIES[ops.leaky_relu]
     A._ENTRIES[ops.leaky_relu] = lambda *a: entered.append(1) or entry(*a)
     try:
         with torch.no_grad():
             with FunctionLog() as mode:
-                y = FR.leaky_relu(x, 0.2)
-            assert ops.leaky_relu in mode.funcs and not entered
+                y = FR.leaky_relu(x, negative_slope=0.2)
+            assert mode.funcs[0] is FR.leaky_relu and torch.equal(y, want)
             z = FR.leaky_relu(x.as_subclass(Logged), 0.2)
-            assert ops.leaky_relu in Logged.funcs and not entered
+            assert Logged.funcs[0] is FR.leaky_relu and type(z) is Logged
+            assert torch.equal(z.as_subclass(torch.Tensor), want)
+            entered.clear()
+            with FunctionLog() as mode:
+                y, _ = A.kernel(ops.leaky_relu, x, 0.2, False)
+            assert mode.funcs == [ops.leaky_relu] and not entered and torch.equal(y, want)
             with DispatchLog() as mode:
                 w = FR.leaky_relu(x, 0.2)
-            assert ops.leaky_relu.default in mode.funcs and entered
+            assert ops.leaky_relu.default in mode.funcs and entered and torch.equal(w, want)
     finally:
         A._ENTRIES[ops.leaky_relu] = entry
-    want = F.leaky_relu(x, 0.2)
-    assert torch.equal(y, want) and torch.equal(z.as_subclass(torch.Tensor), want) and torch.equal(w, want)
+
+
+def test_fx_symbolic_trace_records_the_functions():
+    """torch.fx's symbolic tracing (torchvision's feature extraction, FX quantization) goes
+    through __torch_function__: a model built from fastreg's modules traces into one
+    call_function node per fastreg function, and the traced module computes what the model
+    does, dropout draws included (same default-generator seed)."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6), FN.GELU(approximate="tanh"), FN.LeakyReLU(0.2), FN.PReLU(6),
+        FN.ELU(0.5), FN.SELU(), FN.SiLU(), FN.Sigmoid(), FN.Tanh(), FN.ReLU(),
+        FN.BiasActDropout(6, "gelu", 0.3), FN.Dropout(0.2), FN.AlphaDropout(0.2), FN.DropPath(0.5),
+        FN.DropConnectLinear(6, 5, p=0.3),
+    )  # fmt: skip
+    graph = torch.fx.symbolic_trace(model)
+    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert [t.__name__ for t in targets] == [
+        "gelu", "leaky_relu", "prelu", "elu", "selu", "silu", "sigmoid", "tanh", "relu",
+        "bias_act_dropout", "dropout", "alpha_dropout", "drop_path", "dropconnect_linear",
+    ]  # fmt: skip
+    assert all(t is getattr(FR, t.__name__) for t in targets)
+    x = torch.randn(8, 4)
+    torch.manual_seed(3)
+    want = model(x)
+    torch.manual_seed(3)
+    assert torch.equal(graph(x), want)
