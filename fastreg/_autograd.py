@@ -47,6 +47,8 @@ def _like_layout(grad, stride):
 
 # op packet -> apply of a torch.autograd.Function holding the op's registered formula
 EAGER_AUTOGRAD = {}
+# op packet -> how many of the op's first outputs its eager Function returns, where not all
+EAGER_OUTPUTS = {}
 
 
 def _bw(op, *args):
@@ -61,26 +63,44 @@ def _bw(op, *args):
     return kernel(op, *args)
 
 
-def _register_autograd(name, backward, setup_context):
+def _register_autograd(name, backward, setup_context, eager_outputs=None):
     """The op's autograd formula, registered with torch.library (what torch.compile traces,
     opcheck checks and direct ``torch.ops.fastreg`` calls use), and the same two functions
     as a plain ``torch.autograd.Function``, which ``fastreg.functional`` applies in eager
     mode: it skips the dispatcher's round trip into Python and the library wrapper's
-    argument handling, about a third of a small training step's host time (bench/host_path.py)."""
+    argument handling, about a third of a small training step's host time (bench/host_path.py).
+    With `eager_outputs` = k, the Function returns only the op's first k outputs (the one
+    the caller uses when k is 1; the others, a 1-bit mask or a per-sample record, are only
+    saved for backward): each autograd output costs ~1.5 us of a small step's host time."""
     register_autograd(f"fastreg::{name}", backward, setup_context=setup_context)
     op = getattr(ops, name).default
 
-    def forward(ctx, *args):
-        output = kernel(op, *args)  # the kernel, not the autograd kernel again
-        setup_context(ctx, args, output)
-        return output
+    if eager_outputs is None:
+
+        def forward(ctx, *args):
+            output = kernel(op, *args)  # the kernel, not the autograd kernel again
+            setup_context(ctx, args, output)
+            return output
+
+        eager_backward = backward
+    else:
+        k, rest = eager_outputs, (None,) * (len(op._schema.returns) - eager_outputs)
+        EAGER_OUTPUTS[getattr(ops, name)] = k
+
+        def forward(ctx, *args):
+            output = kernel(op, *args)
+            setup_context(ctx, args, output)
+            return output[0] if k == 1 else output[:k]
+
+        def eager_backward(ctx, *grads):
+            return backward(ctx, *grads, *rest)
 
     # forward(ctx, ...) form: a separate setup_context staticmethod would make every
     # apply bind the arguments through inspect.signature (~10 us per call)
     function = type(
         f"{name}_function",
         (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+        {"forward": staticmethod(forward), "backward": staticmethod(eager_backward)},
     )
     EAGER_AUTOGRAD[getattr(ops, name)] = function.apply
 
@@ -151,7 +171,7 @@ def _register_mask(name):
         grad = _like_layout(grad, ctx.stride)
         return (_bw(backward_op, grad, mask, *ctx.params),) + (None,) * (len(ctx.params) + 1)
 
-    _register_autograd(name, backward, setup_context)
+    _register_autograd(name, backward, setup_context, eager_outputs=1)
 
 
 for _name in ("relu", "leaky_relu"):
@@ -295,7 +315,7 @@ def _bias_act_dropout_backward(ctx, grad, _grad_mask):
     return dx, (db if ctx.has_bias else None), None, None, None, None, None, None, None
 
 
-_register_autograd("bias_act_dropout", _bias_act_dropout_backward, _bias_act_dropout_setup)
+_register_autograd("bias_act_dropout", _bias_act_dropout_backward, _bias_act_dropout_setup, eager_outputs=1)
 
 
 # --- DropConnect: a composite of the dropout kernel and ATen's matmul ----------------------
@@ -434,7 +454,7 @@ def _mix_backward(ctx, grad_images, grad_soft, grad_params):
     return (g,) + (None,) * 12
 
 
-_register_autograd("mix", _mix_backward, _mix_setup)
+_register_autograd("mix", _mix_backward, _mix_setup, eager_outputs=2)
 
 
 # --- second order: formulas of the backward ops ---------------------------------------------

@@ -12,7 +12,7 @@ import torch.autograd.forward_ad as _forward_ad
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from . import reference as R
-from ._autograd import EAGER_AUTOGRAD, kernel
+from ._autograd import EAGER_AUTOGRAD, EAGER_OUTPUTS, kernel
 from ._random import MIX_MODES, check_p, seed_tensor
 
 ops = torch.ops.fastreg
@@ -86,6 +86,22 @@ def _call(op, *args, grad=None):
     return kernel(op, *args)
 
 
+def _call_first(op, *args, grad=None):
+    """The first outputs of _call(op, *args), as many as the op's eager Function returns
+    (_autograd.EAGER_OUTPUTS: the output for relu, leaky_relu and bias_act_dropout, images and
+    soft targets for mix); the others (a 1-bit mask, a per-sample record) are only saved."""
+    if torch.compiler.is_compiling():
+        out = op(*args)
+    else:
+        if grad is None:
+            grad = torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+        if grad:
+            return EAGER_AUTOGRAD[op](*args)
+        out = kernel(op, *args)
+    k = EAGER_OUTPUTS[op]
+    return out[0] if k == 1 else out[:k]
+
+
 def _for_inplace(input, inplace):
     """The reference's input when the call is in place: a copy, so that the in-place write of
     the result cannot overwrite a tensor the reference's own graph saved (silu's input)."""
@@ -122,7 +138,7 @@ def relu(input, inplace=False):
     _check_float(input, "relu")
     if _transforming():
         return _maybe_inplace(input, R.relu(_for_inplace(input, inplace)), inplace)
-    y, _ = _call(ops.relu, input, _needs_grad(input))
+    y = _call_first(ops.relu, input, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
 
@@ -135,7 +151,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
     slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
     if _transforming():
         return _maybe_inplace(input, R.leaky_relu(_for_inplace(input, inplace), slope), inplace)
-    y, _ = _call(ops.leaky_relu, input, slope, _needs_grad(input))
+    y = _call_first(ops.leaky_relu, input, slope, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
 
@@ -305,7 +321,7 @@ def bias_act_dropout(
     save_mask = activation in ("relu", "leaky_relu") and (
         _needs_grad(input) or (bias is not None and _needs_grad(bias))
     )
-    y, _ = _call(ops.bias_act_dropout, input, bias, s, activation, p, slope, alpha, approximate, save_mask)
+    y = _call_first(ops.bias_act_dropout, input, bias, s, activation, p, slope, alpha, approximate, save_mask)
     return y
 
 
@@ -621,7 +637,7 @@ def _mix(
         soft, _ = kernel(ops.mix_, images, *args)
         return images, soft
     # autograd follows the images only: probability targets are data (soft targets detached)
-    out, soft, _ = _call(ops.mix, images, *args, grad=_needs_grad(images))
+    out, soft = _call_first(ops.mix, images, *args, grad=_needs_grad(images))
     return (images.copy_(out) if inplace else out), soft
 
 
