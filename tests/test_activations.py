@@ -793,6 +793,38 @@ def test_convert(device):
     assert isinstance(fastreg.convert(torch.nn.ReLU()), FN.ReLU)
 
 
+def test_convert_timm_activations():
+    """timm's factory builds its own activation modules from names (`get_act_layer('gelu')`
+    is timm's GELU: ConvNeXt's MLPs, squeeze-excite gates): convert swaps each that has a
+    fastreg equivalent, keeps PReLU's weight, leaves in-place Sigmoid/Tanh (fastreg's, like
+    torch's, are out of place), and the eval outputs stay those of the timm model."""
+    timm = pytest.importorskip("timm")
+    from timm.layers import activations as act
+    from timm.layers.activations_me import SwishMe
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), act.GELU(), act.GELUTanh(), act.Swish(), act.PReLU(4), act.Sigmoid(),
+        act.Tanh(), SwishMe(), act.Sigmoid(inplace=True), act.Tanh(inplace=True),
+    ).eval()  # fmt: skip
+    weight = model[4].weight
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x)
+    fastreg.convert(model)
+    assert [type(m) for m in model[1:]] == [
+        FN.GELU, FN.GELU, FN.SiLU, FN.PReLU, FN.Sigmoid, FN.Tanh, FN.SiLU, act.Sigmoid, act.Tanh
+    ]  # fmt: skip
+    assert model[1].approximate == "none" and model[2].approximate == "tanh"
+    assert model[4].weight is weight and not model[1].training
+    torch.testing.assert_close(model(x), before)
+    convnext = timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = convnext(x)
+    fastreg.convert(convnext)
+    kinds = {type(m) for m in convnext.modules()}
+    assert FN.GELU in kinds and FN.DropPath in kinds and act.GELU not in kinds
+    torch.testing.assert_close(convnext(x), before)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_64bit_indexing(device):
     # more than 2^31 elements: offsets past int32 must reach the right place

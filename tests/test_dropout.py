@@ -722,6 +722,24 @@ def test_convert_timm_drop_path():
     assert isinstance(m[0], FN.DropPath) and m[0].drop_prob == 0.2
 
 
+def test_convert_torchvision_stochastic_depth():
+    """torchvision's StochasticDepth in 'row' mode is timm's drop path (one decision per
+    sample, scaled by 1 / (1 - p)): converted, with its p and training mode; 'batch' mode (one
+    decision for the whole batch) has no fastreg equivalent and stays. In training, the
+    converted module drops whole samples at the given rate and scales the others."""
+    tv = pytest.importorskip("torchvision")
+    model = torch.nn.Sequential(tv.ops.StochasticDepth(0.25, "row"), tv.ops.StochasticDepth(0.25, "batch"))
+    fastreg.convert(model)
+    assert isinstance(model[0], FN.DropPath) and model[0].drop_prob == 0.25 and model[0].scale_by_keep
+    assert type(model[1]) is tv.ops.StochasticDepth
+    x = torch.ones(4096, 3)
+    y = model[0](x)
+    kept = y[:, 0] != 0
+    assert bool((y[kept] == 1 / 0.75).all()) and bool((y[~kept] == 0).all())  # whole samples
+    assert abs(kept.float().mean().item() - 0.75) < 5 * (0.75 * 0.25 / 4096) ** 0.5
+    assert model[0].eval()(x) is x
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_input(device):
     x = torch.randn(4, 6, device=device)
