@@ -29,6 +29,8 @@ def kernel(op, *args):
     2-3 us less per call than torch.ops' boxed path) unless an argument or an active mode
     has a __torch_function__ (a tensor subclass, a TorchFunctionMode), which only torch.ops
     honours. Both go through the dispatcher, so dispatch modes and fake tensors see the op."""
+    if torch.compiler.is_compiling():  # traced: the op itself (dynamo cannot trace an entry)
+        return op(*args)
     entry = _ENTRIES.get(op)
     if entry is None or torch._C._has_torch_function(args):
         with torch._C._AutoDispatchBelowAutograd():

@@ -540,7 +540,8 @@ def random_erasing(
 
 def _check_alpha(alpha, fn, arg, allow_zero=False):
     alpha = _check_number(alpha, fn, arg)
-    if not (alpha >= 0.0 if allow_zero else alpha > 0.0) or math.isinf(alpha):
+    # (no math.isinf: under torch.compile(dynamic=True) alpha may be a SymFloat)
+    if not (alpha >= 0.0 if allow_zero else alpha > 0.0) or alpha == math.inf:
         raise ValueError(f"fastreg.{fn}: {arg} must be {'>= 0' if allow_zero else '> 0'}, got {alpha}")
     return alpha
 

@@ -884,3 +884,49 @@ def test_raw_inplace_ops_bump_the_version_counter(device):
     ops.mix_(x, t, seed, 10, 0.0, 1.0, 0.0, -1.0, -1.0, 1.0, 0.0, 2, True)
     versions.append(x._version)
     assert versions == sorted(set(versions)), versions  # each call bumped it
+
+
+INPLACE_MIXUP = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10, inplace=True)
+INPLACE_CALLS = {
+    "cutout": lambda x, t: (FR.cutout(x, 5, inplace=True, seed=2),),
+    "random_erasing": lambda x, t: (FR.random_erasing(x, 1.0, value="random", inplace=True, seed=3),),
+    "mixup": lambda x, t: FR.mixup(x, t, num_classes=10, mode="pair", inplace=True, seed=4),
+    "cutmix": lambda x, t: FR.cutmix(x, t, num_classes=10, mode="elem", inplace=True, seed=5),
+    "Mixup": lambda x, t: INPLACE_MIXUP(x, t, seed=6),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(INPLACE_CALLS))
+def test_inplace_batch_ops_compile(device, name):
+    """inplace=True under torch.compile(fullgraph=True): the in-place op is traced (functionalized
+    and written back), the images hold the eager result, and the soft targets equal eager's."""
+    x, t = mix_inputs(6, device)
+    call = INPLACE_CALLS[name]
+    want_x = x.clone()
+    want = call(want_x, t)
+    got_x = x.clone()
+    got = torch.compile(call, fullgraph=True)(got_x, t)
+    assert torch.equal(got_x, want_x) and not torch.equal(got_x, x)
+    assert all(torch.equal(a, b) for a, b in zip(got[1:], want[1:], strict=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_ops_compile_dynamic_shapes(device):
+    """torch.compile(dynamic=True) (symbolic batch size, and symbolic floats where dynamo
+    makes them so): one graph serves two batch sizes, with the eager results."""
+    calls = [
+        lambda x, t: FR.mixup(x, t, num_classes=10, mode="elem"),
+        lambda x, t: FR.cutmix(x, t, 0.5, num_classes=10, mode="pair"),
+        lambda x, t: FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=10)(x, t),
+        lambda x, t: (FR.cutout(x, 3), FR.random_erasing(x, 1.0)),
+    ]
+    for call in calls:
+        compiled = torch.compile(call, fullgraph=True, dynamic=True)
+        for B in (4, 7):
+            x, t = mix_inputs(B, device)
+            torch.manual_seed(1)
+            got = compiled(x, t)
+            torch.manual_seed(1)
+            want = call(x, t)
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

@@ -865,3 +865,25 @@ def check_large_against_cpu(device, dtype):
             torch.testing.assert_close(y, y_cpu, **tol, msg=lambda m: f"{act} {name}: {m}")
             torch.testing.assert_close(gx, gx_cpu, **tol, msg=lambda m: f"{act} {name}: {m}")
             torch.testing.assert_close(gb, gb_cpu, **bias_tol, msg=lambda m: f"{act} {name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_dynamic_shapes(device):
+    """A model of every activation and dropout-family module under torch.compile(dynamic=True):
+    one graph serves three batch sizes, forward and backward equal eager's (same seeds)."""
+    model = torch.nn.Sequential(
+        FN.DropConnectLinear(4, 6, p=0.2), FN.GELU(), FN.LeakyReLU(0.2), FN.PReLU(6),
+        FN.BiasActDropout(6, "relu", 0.1), FN.Dropout(0.1), FN.AlphaDropout(0.1), FN.DropPath(0.2),
+        FN.ReLU(), FN.SiLU(), FN.ELU(0.5), FN.SELU(), FN.Sigmoid(), FN.Tanh(),
+    ).to(device)  # fmt: skip
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for n in (3, 5, 17):
+        x = torch.randn(n, 4, device=device, requires_grad=True)
+        results = []
+        for run in (compiled, model):
+            torch.manual_seed(0)
+            y = run(x)
+            results.append((y, torch.autograd.grad(y, [x, model[0].weight], torch.cos(y.detach()))))
+        (y_c, g_c), (y_e, g_e) = results
+        assert torch.equal(y_c, y_e)
+        torch.testing.assert_close(g_c, g_e)
