@@ -76,21 +76,11 @@ def _call(op, *args, grad=None):
     a small leaky_relu training step's host time 69 -> 46 us, eager torch's 22 us), else
     straight to the kernel below autograd (a small inference call 7-8 -> 4.8 us), both
     through the op's typed entry (_autograd.kernel: 2-3 us less per op call than torch.ops).
-    Under torch.compile, the registered op itself."""
+    Under torch.compile, the registered op itself. Returns the outputs callers use: all the
+    op's, but only the first for relu, leaky_relu and bias_act_dropout and the first two for
+    mix (_autograd.EAGER_OUTPUTS: the others, a 1-bit mask or a per-sample record, are only
+    saved for backward, and their eager Functions do not return them)."""
     if torch.compiler.is_compiling():  # first: dynamo cannot trace _any_requires_grad
-        return op(*args)
-    if grad is None:
-        grad = torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
-    if grad:
-        return EAGER_AUTOGRAD[op](*args)
-    return kernel(op, *args)
-
-
-def _call_first(op, *args, grad=None):
-    """The first outputs of _call(op, *args), as many as the op's eager Function returns
-    (_autograd.EAGER_OUTPUTS: the output for relu, leaky_relu and bias_act_dropout, images and
-    soft targets for mix); the others (a 1-bit mask, a per-sample record) are only saved."""
-    if torch.compiler.is_compiling():
         out = op(*args)
     else:
         if grad is None:
@@ -98,8 +88,8 @@ def _call_first(op, *args, grad=None):
         if grad:
             return EAGER_AUTOGRAD[op](*args)
         out = kernel(op, *args)
-    k = EAGER_OUTPUTS[op]
-    return out[0] if k == 1 else out[:k]
+    k = EAGER_OUTPUTS.get(op)
+    return out if k is None else out[0] if k == 1 else out[:k]
 
 
 def _for_inplace(input, inplace):
@@ -138,7 +128,7 @@ def relu(input, inplace=False):
     _check_float(input, "relu")
     if _transforming():
         return _maybe_inplace(input, R.relu(_for_inplace(input, inplace)), inplace)
-    y = _call_first(ops.relu, input, _needs_grad(input))
+    y = _call(ops.relu, input, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
 
@@ -151,7 +141,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
     slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
     if _transforming():
         return _maybe_inplace(input, R.leaky_relu(_for_inplace(input, inplace), slope), inplace)
-    y = _call_first(ops.leaky_relu, input, slope, _needs_grad(input))
+    y = _call(ops.leaky_relu, input, slope, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
 
@@ -321,7 +311,7 @@ def bias_act_dropout(
     save_mask = activation in ("relu", "leaky_relu") and (
         _needs_grad(input) or (bias is not None and _needs_grad(bias))
     )
-    y = _call_first(ops.bias_act_dropout, input, bias, s, activation, p, slope, alpha, approximate, save_mask)
+    y = _call(ops.bias_act_dropout, input, bias, s, activation, p, slope, alpha, approximate, save_mask)
     return y
 
 
@@ -638,7 +628,7 @@ def _mix(
         soft, _ = kernel(ops.mix_, images, *args)
         return images, soft
     # autograd follows the images only: probability targets are data (soft targets detached)
-    out, soft = _call_first(ops.mix, images, *args, grad=_needs_grad(images))
+    out, soft = _call(ops.mix, images, *args, grad=_needs_grad(images))
     return (images.copy_(out) if inplace else out), soft
 
 
