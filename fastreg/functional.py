@@ -38,6 +38,8 @@ def _check_float(t, fn, arg="input"):
 
 
 def _check_number(value, fn, arg):
+    if type(value) is float:  # the common case, before the ABC check (0.7 -> 0.1 us)
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"fastreg.{fn}: {arg} must be a real number, got {type(value).__name__}")
     return float(value)
@@ -575,7 +577,8 @@ def _mix(
             raise TypeError(f"fastreg.{fn}: class-index target must be an integer tensor, got {target.dtype}")
         if num_classes is None:
             raise ValueError(f"fastreg.{fn}: num_classes is required when target holds class indices")
-        target = target.long()
+        if target.dtype != torch.int64:
+            target = target.long()
     else:
         if not target.dtype.is_floating_point:
             raise TypeError(
