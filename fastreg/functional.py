@@ -240,15 +240,9 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=
 def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None, seed=None):
     if has_torch_function_unary(input):
         return handle_torch_function(
-            alpha_dropout,
-            (input,),
-            input,
-            p=p,
-            training=training,
-            inplace=inplace,
-            generator=generator,
-            seed=seed,
-        )
+            alpha_dropout, (input,), input, p=p, training=training, inplace=inplace,
+            generator=generator, seed=seed,
+        )  # fmt: skip
     return _dropout("alpha_dropout", True, input, p, training, inplace, generator, seed)
 
 
@@ -259,19 +253,10 @@ def bias_act_dropout(
     """``dropout(act(input + bias))`` in one kernel (bias broadcast over the last dim)."""
     if has_torch_function((input, bias)):
         return handle_torch_function(
-            bias_act_dropout,
-            (input, bias),
-            input,
-            bias=bias,
-            activation=activation,
-            p=p,
-            training=training,
-            negative_slope=negative_slope,
-            alpha=alpha,
-            approximate=approximate,
-            generator=generator,
-            seed=seed,
-        )
+            bias_act_dropout, (input, bias), input, bias=bias, activation=activation, p=p,
+            training=training, negative_slope=negative_slope, alpha=alpha, approximate=approximate,
+            generator=generator, seed=seed,
+        )  # fmt: skip
     fn = "bias_act_dropout"
     _check_float(input, fn)
     if bias is not None:
@@ -321,15 +306,9 @@ def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=N
     """``residual + dropout(input)``; backward passes the gradient to ``residual`` as is."""
     if has_torch_function((input, residual)):
         return handle_torch_function(
-            dropout_add,
-            (input, residual),
-            input,
-            residual,
-            p=p,
-            training=training,
-            generator=generator,
-            seed=seed,
-        )
+            dropout_add, (input, residual), input, residual, p=p, training=training,
+            generator=generator, seed=seed,
+        )  # fmt: skip
     _check_float(input, "dropout_add")
     _check_float(residual, "dropout_add", "residual")
     if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
@@ -351,16 +330,9 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
     with ``residual``, returns ``residual + drop_path(input)`` in one kernel."""
     if has_torch_function((input, residual)):
         return handle_torch_function(
-            drop_path,
-            (input, residual),
-            input,
-            p=p,
-            training=training,
-            residual=residual,
-            scale_by_keep=scale_by_keep,
-            generator=generator,
-            seed=seed,
-        )
+            drop_path, (input, residual), input, p=p, training=training, residual=residual,
+            scale_by_keep=scale_by_keep, generator=generator, seed=seed,
+        )  # fmt: skip
     _check_float(input, "drop_path")
     if residual is not None:
         _check_float(residual, "drop_path", "residual")
@@ -382,16 +354,9 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
     saves the input and the seed, never the mask or the masked weight."""
     if has_torch_function((input, weight, bias)):
         return handle_torch_function(
-            dropconnect_linear,
-            (input, weight, bias),
-            input,
-            weight,
-            bias=bias,
-            p=p,
-            training=training,
-            generator=generator,
-            seed=seed,
-        )
+            dropconnect_linear, (input, weight, bias), input, weight, bias=bias, p=p, training=training,
+            generator=generator, seed=seed,
+        )  # fmt: skip
     fn = "dropconnect_linear"
     _check_float(input, fn)
     _check_float(weight, fn, "weight")
@@ -489,17 +454,9 @@ def random_erasing(
     ``value`` is a number or ``'random'`` (per-pixel standard normal, float images)."""
     if has_torch_function_unary(images):
         return handle_torch_function(
-            random_erasing,
-            (images,),
-            images,
-            p=p,
-            scale=scale,
-            ratio=ratio,
-            value=value,
-            inplace=inplace,
-            generator=generator,
-            seed=seed,
-        )
+            random_erasing, (images,), images, p=p, scale=scale, ratio=ratio, value=value,
+            inplace=inplace, generator=generator, seed=seed,
+        )  # fmt: skip
     fn = "random_erasing"
     _check_images(images, fn, allow_uint8=True)
     p = check_p(p, fn)
@@ -652,18 +609,9 @@ def mixup(
     ``(images, soft_targets)``: label-smoothed one-hot (or probability) targets mixed the same way."""
     if has_torch_function((images, target)):
         return handle_torch_function(
-            mixup,
-            (images, target),
-            images,
-            target,
-            alpha=alpha,
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
-            mode=mode,
-            inplace=inplace,
-            generator=generator,
-            seed=seed,
-        )
+            mixup, (images, target), images, target, alpha=alpha, num_classes=num_classes,
+            label_smoothing=label_smoothing, mode=mode, inplace=inplace, generator=generator, seed=seed,
+        )  # fmt: skip
     alpha = _check_alpha(alpha, "mixup", "alpha")
     return _mix(
         "mixup", images, target, num_classes, label_smoothing, alpha, 0.0, None, 1.0, 0.0, mode, True,
@@ -690,19 +638,10 @@ def cutmix(
     fraction. ``inplace=True`` writes only the boxes."""
     if has_torch_function((images, target)):
         return handle_torch_function(
-            cutmix,
-            (images, target),
-            images,
-            target,
-            alpha=alpha,
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
-            mode=mode,
-            correct_lam=correct_lam,
-            inplace=inplace,
-            generator=generator,
-            seed=seed,
-        )
+            cutmix, (images, target), images, target, alpha=alpha, num_classes=num_classes,
+            label_smoothing=label_smoothing, mode=mode, correct_lam=correct_lam, inplace=inplace,
+            generator=generator, seed=seed,
+        )  # fmt: skip
     alpha = _check_alpha(alpha, "cutmix", "alpha")
     return _mix(
         "cutmix", images, target, num_classes, label_smoothing, 0.0, alpha, None, 1.0, 0.0, mode,
