@@ -1198,3 +1198,69 @@ def test_fx_symbolic_trace_records_the_functions():
     want = model(x)
     torch.manual_seed(3)
     assert torch.equal(graph(x), want)
+
+
+def test_torch_function_hand_off_forwards_every_argument():
+    """Each fastreg.functional function hands itself and all its arguments to
+    handle_torch_function: under a TorchFunctionMode that only passes calls through, every
+    function called with non-default values for all its arguments gives what it gives
+    without the mode (a dropped or renamed argument would fall back to its default)."""
+    from torch.overrides import TorchFunctionMode
+
+    class PassThrough(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.funcs = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(6, 8)
+    w = torch.rand(8) * 0.5
+    b = torch.randn(8)
+    img = torch.rand(4, 3, 10, 10)
+    t = torch.tensor([0, 3, 1, 2])
+    calls = {
+        "sigmoid": lambda: FR.sigmoid(x), "tanh": lambda: FR.tanh(x),
+        "relu": lambda: FR.relu(x.clone(), inplace=True),
+        "leaky_relu": lambda: FR.leaky_relu(x.clone(), negative_slope=0.3, inplace=True),
+        "prelu": lambda: FR.prelu(x, w), "elu": lambda: FR.elu(x.clone(), alpha=0.4, inplace=True),
+        "selu": lambda: FR.selu(x.clone(), inplace=True), "gelu": lambda: FR.gelu(x, approximate="tanh"),
+        "silu": lambda: FR.silu(x.clone(), inplace=True),
+        "dropout": lambda: FR.dropout(x.clone(), p=0.3, training=True, inplace=True, seed=1),
+        "alpha_dropout": lambda: FR.alpha_dropout(x.clone(), p=0.3, training=True, inplace=True, seed=2),
+        "bias_act_dropout": lambda: FR.bias_act_dropout(
+            x, bias=b, activation="elu", p=0.3, training=True, negative_slope=0.2, alpha=0.5,
+            approximate="tanh", seed=3,
+        ),
+        "bias_act_dropout_leaky": lambda: FR.bias_act_dropout(
+            x, b, "leaky_relu", 0.3, negative_slope=0.2, seed=3
+        ),
+        "bias_act_dropout_gelu": lambda: FR.bias_act_dropout(x, b, "gelu", 0.3, approximate="tanh", seed=3),
+        "dropout_add": lambda: FR.dropout_add(x, x * 2, p=0.3, training=True, seed=4),
+        "drop_path": lambda: FR.drop_path(
+            x, p=0.5, training=True, residual=x * 2, scale_by_keep=False, seed=5
+        ),
+        "dropconnect_linear": lambda: FR.dropconnect_linear(
+            x, torch.ones(5, 8), bias=torch.ones(5), p=0.3, seed=6
+        ),
+        "cutout": lambda: FR.cutout(img.clone(), 4, p=0.7, fill=0.5, inplace=True, seed=7),
+        "random_erasing": lambda: FR.random_erasing(
+            img.clone(), p=0.9, scale=(0.1, 0.2), ratio=(0.5, 2.0), value=0.25, inplace=True, seed=8
+        ),
+        "mixup": lambda: FR.mixup(
+            img.clone(), t, alpha=0.4, num_classes=5, label_smoothing=0.1, mode="elem", inplace=True, seed=9
+        ),
+        "cutmix": lambda: FR.cutmix(
+            img.clone(), t, alpha=0.4, num_classes=5, label_smoothing=0.1, mode="pair", correct_lam=False,
+            inplace=True, seed=10,
+        ),
+    }  # fmt: skip
+    for name, call in calls.items():
+        want = call()
+        with PassThrough() as mode:
+            got = call()
+        assert getattr(FR, name.split("_leaky")[0].split("_gelu")[0]) in mode.funcs, name
+        want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+        assert all(torch.equal(a, c) for a, c in zip(want, got, strict=True)), name
