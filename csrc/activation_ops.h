@@ -85,6 +85,27 @@ at::Tensor act_backward(const char* name, const at::Tensor& grad, const at::Tens
   return dx;
 }
 
+// In-place forms (relu_, leaky_relu_, elu_, selu_, silu_, dropout_: torch's
+// `inplace=True`): the input is the output. The loops allow that (each element is read
+// before it is written, by the thread that writes it), so an in-place call moves what
+// torch's in-place op moves (read, write) instead of writing a fresh output and copying
+// it back. The input must be dense (its memory is the loops' linear walk, and the
+// mask's bit order); fastreg.functional takes the out-of-place op and a copy for any
+// other layout.
+inline void check_inplace(const at::Tensor& x, const char* name) {
+  check_float(x, name, "input");
+  FASTREG_CHECK_VALUE(x.is_non_overlapping_and_dense(), "fastreg.", name,
+                      ": input must be non-overlapping and dense for the in-place form (a "
+                      "contiguous, channels_last or permuted tensor), got shape ",
+                      shape_str(x));
+}
+
+template <class Loops, class Op>
+void act_forward_(const char* name, at::Tensor& x, const Op& op) {
+  check_inplace(x, name);
+  if (x.numel() > 0) Loops::forward(op, x, x);
+}
+
 // Mask activations (relu, leaky_relu): bit i of the mask (byte i/8, bit i%8)
 // belongs to element i of the output's memory order. `save_mask` false gives
 // an empty mask (inference: no bytes written for backward).
@@ -98,6 +119,16 @@ std::tuple<at::Tensor, at::Tensor> act_forward_mask(const char* name, const at::
       at::empty({save_mask ? mask_bytes(xd.numel()) : 0}, xd.options().dtype(at::kByte));
   if (y.numel() > 0) Loops::forward_mask(op, xd, y, save_mask ? mask.data_ptr<uint8_t>() : nullptr);
   return {y, mask};
+}
+
+// In place: returns the mask (bit i: element i of x's memory order).
+template <class Loops, class Op>
+at::Tensor act_forward_mask_(const char* name, at::Tensor& x, bool save_mask, const Op& op) {
+  check_inplace(x, name);
+  at::Tensor mask =
+      at::empty({save_mask ? mask_bytes(x.numel()) : 0}, x.options().dtype(at::kByte));
+  if (x.numel() > 0) Loops::forward_mask(op, x, x, save_mask ? mask.data_ptr<uint8_t>() : nullptr);
+  return mask;
 }
 
 // `grad` must be laid out like the forward output (the Python autograd formula
@@ -208,11 +239,17 @@ void register_activation_kernels(torch::Library& m) {
   m.impl("relu", [](const Tensor& x, bool save_mask) {
     return act_forward_mask<L>("relu", x, save_mask, Relu{});
   });
+  m.impl("relu_", [](Tensor& x, bool save_mask) {
+    return act_forward_mask_<L>("relu_", x, save_mask, Relu{});
+  });
   m.impl("relu_backward", [](const Tensor& g, const Tensor& mask) {
     return act_backward_mask<L>("relu_backward", g, mask, Relu{});
   });
   m.impl("leaky_relu", [](const Tensor& x, double slope, bool save_mask) {
     return act_forward_mask<L>("leaky_relu", x, save_mask, LeakyRelu{slope});
+  });
+  m.impl("leaky_relu_", [](Tensor& x, double slope, bool save_mask) {
+    return act_forward_mask_<L>("leaky_relu_", x, save_mask, LeakyRelu{slope});
   });
   m.impl("leaky_relu_backward", [](const Tensor& g, const Tensor& mask, double slope) {
     return act_backward_mask<L>("leaky_relu_backward", g, mask, LeakyRelu{slope});
@@ -220,10 +257,12 @@ void register_activation_kernels(torch::Library& m) {
   m.impl("elu", [](const Tensor& x, double alpha) {
     return act_forward<L>("elu", x, Elu{elu_alpha(alpha)});
   });
+  m.impl("elu_", [](Tensor& x, double alpha) { act_forward_<L>("elu_", x, Elu{elu_alpha(alpha)}); });
   m.impl("elu_backward", [](const Tensor& g, const Tensor& y, double alpha) {
     return act_backward<L>("elu_backward", g, y, Elu{elu_alpha(alpha)});
   });
   m.impl("selu", [](const Tensor& x) { return act_forward<L>("selu", x, Selu{}); });
+  m.impl("selu_", [](Tensor& x) { act_forward_<L>("selu_", x, Selu{}); });
   m.impl("selu_backward", [](const Tensor& g, const Tensor& y) {
     return act_backward<L>("selu_backward", g, y, Selu{});
   });
@@ -236,6 +275,7 @@ void register_activation_kernels(torch::Library& m) {
                                   : act_backward<L>("gelu_backward", g, x, Gelu{});
   });
   m.impl("silu", [](const Tensor& x) { return act_forward<L>("silu", x, Silu{}); });
+  m.impl("silu_", [](Tensor& x) { act_forward_<L>("silu_", x, Silu{}); });
   m.impl("silu_backward", [](const Tensor& g, const Tensor& x) {
     return act_backward<L>("silu_backward", g, x, Silu{});
   });

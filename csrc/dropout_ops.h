@@ -147,6 +147,15 @@ at::Tensor dropout_forward(const at::Tensor& x, const at::Tensor& seed, double p
   return y;
 }
 
+// In place (activation_ops.h, check_inplace): the input is the output.
+template <class L>
+void dropout_forward_(at::Tensor& x, const at::Tensor& seed, double p, bool alpha) {
+  check_inplace(x, "dropout_");
+  check_seed(seed, x, "dropout_");
+  check_p(p, "dropout_");
+  if (x.numel() > 0) L::dropout(x, std::nullopt, seed, dropout_params(p, alpha, false), x);
+}
+
 template <class L>
 at::Tensor dropout_add_forward(const at::Tensor& x, const at::Tensor& residual,
                                const at::Tensor& seed, double p) {
@@ -260,6 +269,9 @@ void register_dropout_kernels(torch::Library& m) {
   using sv = c10::string_view;
   m.impl("dropout", [](const Tensor& x, const Tensor& seed, double p, bool alpha) {
     return dropout_forward<L>(x, seed, p, alpha, false, "dropout");
+  });
+  m.impl("dropout_", [](Tensor& x, const Tensor& seed, double p, bool alpha) {
+    dropout_forward_<L>(x, seed, p, alpha);
   });
   m.impl("dropout_backward", [](const Tensor& g, const Tensor& seed, double p, bool alpha) {
     return dropout_forward<L>(g, seed, p, alpha, true, "dropout_backward");

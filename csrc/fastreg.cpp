@@ -83,6 +83,15 @@ TORCH_LIBRARY(fastreg, m) {
   def<Y(T, T)>(m, "tanh_backward(Tensor grad, Tensor output) -> Tensor");
   def<Y2(T, bool)>(m, "relu(Tensor input, bool save_mask) -> (Tensor, Tensor)");
   def<Y(T, T)>(m, "relu_backward(Tensor grad, Tensor mask) -> Tensor");
+  // In-place forms (inplace=True): the input is the output; relu_ and leaky_relu_ return
+  // the mask. For dense inputs; no autograd formula of their own (fastreg.functional
+  // applies the out-of-place op's backward in a Function that marks the input dirty).
+  def<Y(Mut, bool)>(m, "relu_(Tensor(a!) input, bool save_mask) -> Tensor");
+  def<Y(Mut, double, bool)>(
+      m, "leaky_relu_(Tensor(a!) input, float negative_slope, bool save_mask) -> Tensor");
+  def<void(Mut, double)>(m, "elu_(Tensor(a!) input, float alpha) -> ()");
+  def<void(Mut)>(m, "selu_(Tensor(a!) input) -> ()");
+  def<void(Mut)>(m, "silu_(Tensor(a!) input) -> ()");
   def<Y2(T, double, bool)>(
       m, "leaky_relu(Tensor input, float negative_slope, bool save_mask) -> (Tensor, Tensor)");
   def<Y(T, T, double)>(
@@ -106,6 +115,8 @@ TORCH_LIBRARY(fastreg, m) {
       m, "dropout(Tensor input, Tensor seed, float p, bool alpha) -> Tensor");
   def<Y(T, T, double, bool)>(
       m, "dropout_backward(Tensor grad, Tensor seed, float p, bool alpha) -> Tensor");
+  def<void(Mut, T, double, bool)>(
+      m, "dropout_(Tensor(a!) input, Tensor seed, float p, bool alpha) -> ()");
   def<Y(T, T, T, double)>(
       m, "dropout_add(Tensor input, Tensor residual, Tensor seed, float p) -> Tensor");
   def<Y(T, OptT, T, double, bool)>(
@@ -163,7 +174,7 @@ TORCH_LIBRARY(fastreg, m) {
   def<Y(T, T)>(m, "mix_backward(Tensor grad, Tensor params) -> Tensor");
 }
 
-// The in-place ops bump their images' version counter, as torch's in-place ops do, so
+// The in-place ops bump their input's version counter, as torch's in-place ops do, so
 // that autograd refuses a backward through a tensor they modified after it was saved.
 // ADInplaceOrView is the key where torch's own in-place ops bump it; without a kernel
 // there the dispatcher fell through and the counter stayed where it was. (torch's
@@ -190,7 +201,8 @@ void bump_mutated_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet k
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastreg, ADInplaceOrView, m) {
-  for (const char* op : {"cutout_", "random_erasing_", "mix_"})
+  for (const char* op : {"relu_", "leaky_relu_", "elu_", "selu_", "silu_", "dropout_", "cutout_",
+                         "random_erasing_", "mix_"})
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<&bump_mutated_arguments>());
 }
 

@@ -51,6 +51,8 @@ def _like_layout(grad, stride):
 EAGER_AUTOGRAD = {}
 # op packet -> how many of the op's first outputs its eager Function returns, where not all
 EAGER_OUTPUTS = {}
+# op name -> (setup_context, backward): its formula, which the in-place forms reuse
+FORMULAS = {}
 
 
 def _bw(op, *args):
@@ -75,6 +77,7 @@ def _register_autograd(name, backward, setup_context, eager_outputs=None):
     the caller uses when k is 1; the others, a 1-bit mask or a per-sample record, are only
     saved for backward): each autograd output costs ~1.5 us of a small step's host time."""
     register_autograd(f"fastreg::{name}", backward, setup_context=setup_context)
+    FORMULAS[name] = (setup_context, backward)
     op = getattr(ops, name).default
 
     if eager_outputs is None:
@@ -457,6 +460,74 @@ def _mix_backward(ctx, grad_images, grad_soft, grad_params):
 
 
 _register_autograd("mix", _mix_backward, _mix_setup, eager_outputs=2)
+
+
+# --- in-place forms (inplace=True): the input is the output -------------------------------
+# relu_, leaky_relu_ (return the mask), elu_, selu_, silu_, dropout_: for dense inputs in
+# eager mode (fastreg.functional); under torch.compile the out-of-place op and a copy are
+# traced instead. They have no autograd formula of their own: `inplace` applies the
+# out-of-place op's setup_context and backward in a Function that marks the input dirty,
+# as a custom in-place Function does, so autograd sees an in-place op (version counter,
+# views, "a leaf Variable that requires grad is being used in an in-place operation").
+@register_fake("fastreg::relu_")
+def _relu_inplace_fake(input, save_mask):
+    return input.new_empty(((input.numel() + 7) // 8 if save_mask else 0,), dtype=torch.uint8)
+
+
+@register_fake("fastreg::leaky_relu_")
+def _leaky_relu_inplace_fake(input, negative_slope, save_mask):
+    return input.new_empty(((input.numel() + 7) // 8 if save_mask else 0,), dtype=torch.uint8)
+
+
+for _name in ("elu_", "selu_", "silu_", "dropout_"):
+    register_fake(f"fastreg::{_name}")(lambda input, *params: None)
+
+# name -> (in-place op, whether it returns a mask, apply of its Function or None)
+_INPLACE = {}
+
+
+def _register_inplace(name, mask):
+    op_ = getattr(ops, name + "_").default
+    setup_context, backward = FORMULAS.get(name, (None, None))
+    function = None
+    if setup_context is not None and name != "silu":  # silu's backward needs the input
+
+        def forward(ctx, x, *params):
+            if mask:  # the out-of-place op's inputs end with save_mask, its output is (y, mask)
+                setup_context(ctx, (x, *params, True), (x, kernel(op_, x, *params, True)))
+            else:
+                kernel(op_, x, *params)
+                setup_context(ctx, (x, *params), x)
+            ctx.n_inputs = 1 + len(params)
+            ctx.mark_dirty(x)
+            return x
+
+        def inplace_backward(ctx, grad):
+            grads = backward(ctx, grad, None) if mask else backward(ctx, grad)
+            return grads[: ctx.n_inputs]
+
+        function = type(
+            f"{name}_inplace_function",
+            (torch.autograd.Function,),
+            {"forward": staticmethod(forward), "backward": staticmethod(inplace_backward)},
+        ).apply
+    _INPLACE[name] = (op_, mask, function)
+
+
+for _name, _mask in (("relu", True), ("leaky_relu", True), ("elu", False), ("selu", False),
+                     ("silu", False), ("dropout", False)):  # fmt: skip
+    _register_inplace(_name, _mask)
+
+
+def inplace(name, x, *params):
+    """The in-place form of op `name` on x (dense, eager mode; its parameters without
+    save_mask), returning x: straight to the kernel when x needs no gradient, else through
+    the Function above (not for silu, whose caller keeps its input)."""
+    op_, mask, function = _INPLACE[name]
+    if torch.is_grad_enabled() and x.requires_grad:
+        return function(x, *params)
+    kernel(op_, x, *params, *((False,) if mask else ()))
+    return x
 
 
 # --- second order: formulas of the backward ops ---------------------------------------------

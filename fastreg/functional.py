@@ -13,6 +13,7 @@ from torch.overrides import handle_torch_function, has_torch_function, has_torch
 
 from . import reference as R
 from ._autograd import EAGER_AUTOGRAD, EAGER_OUTPUTS, kernel
+from ._autograd import inplace as inplace_form
 from ._random import MIX_MODES, check_p, seed_tensor
 
 ops = torch.ops.fastreg
@@ -94,6 +95,16 @@ def _call(op, *args, grad=None):
     return out if k is None else out[0] if k == 1 else out[:k]
 
 
+def _inplace_kernel(input):
+    """Whether an inplace=True call runs the op's in-place form (_autograd.inplace: the
+    input is the output, no fresh tensor and copy back): in eager mode, for a contiguous or
+    channels_last input. Otherwise (other layouts, and under torch.compile, which reinplaces
+    itself) the op writes a fresh output that is copied into the input (_maybe_inplace)."""
+    if torch.compiler.is_compiling():
+        return False
+    return input.is_contiguous() or input.is_contiguous(memory_format=torch.channels_last)
+
+
 def _for_inplace(input, inplace):
     """The reference's input when the call is in place: a copy, so that the in-place write of
     the result cannot overwrite a tensor the reference's own graph saved (silu's input)."""
@@ -130,6 +141,8 @@ def relu(input, inplace=False):
     _check_float(input, "relu")
     if _transforming():
         return _maybe_inplace(input, R.relu(_for_inplace(input, inplace)), inplace)
+    if inplace and _inplace_kernel(input):
+        return inplace_form("relu", input)
     y = _call(ops.relu, input, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
@@ -143,6 +156,8 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
     slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
     if _transforming():
         return _maybe_inplace(input, R.leaky_relu(_for_inplace(input, inplace), slope), inplace)
+    if inplace and _inplace_kernel(input):
+        return inplace_form("leaky_relu", input, slope)
     y = _call(ops.leaky_relu, input, slope, _needs_grad(input))
     return _maybe_inplace(input, y, inplace)
 
@@ -177,6 +192,8 @@ def elu(input, alpha=1.0, inplace=False):
         raise ValueError(f"fastreg.elu: alpha must be >= 0 (backward uses the output), got {alpha}")
     if _transforming():
         return _maybe_inplace(input, R.elu(_for_inplace(input, inplace), alpha), inplace)
+    if inplace and _inplace_kernel(input):
+        return inplace_form("elu", input, alpha)
     return _maybe_inplace(input, _call(ops.elu, input, alpha), inplace)
 
 
@@ -186,6 +203,8 @@ def selu(input, inplace=False):
     _check_float(input, "selu")
     if _transforming():
         return _maybe_inplace(input, R.selu(_for_inplace(input, inplace)), inplace)
+    if inplace and _inplace_kernel(input):
+        return inplace_form("selu", input)
     return _maybe_inplace(input, _call(ops.selu, input), inplace)
 
 
@@ -210,6 +229,8 @@ def silu(input, inplace=False):
         # backward needs the input that in-place overwrites: save a copy of it,
         # as torch's in-place silu does
         return input.copy_(_call(ops.silu, input.clone()))
+    if inplace and _inplace_kernel(input):
+        return inplace_form("silu", input)
     return _maybe_inplace(input, _call(ops.silu, input), inplace)
 
 
@@ -225,8 +246,10 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
         reference = R.alpha_dropout if alpha else R.dropout
         y = reference(_for_inplace(input, inplace), p, True, generator=generator, seed=seed)
         return _maybe_inplace(input, y, inplace)
-    y = _call(ops.dropout, input, seed_tensor(input, generator, seed, fn), p, alpha)
-    return _maybe_inplace(input, y, inplace)
+    s = seed_tensor(input, generator, seed, fn)
+    if inplace and _inplace_kernel(input):
+        return inplace_form("dropout", input, s, p, alpha)
+    return _maybe_inplace(input, _call(ops.dropout, input, s, p, alpha), inplace)
 
 
 def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=None):

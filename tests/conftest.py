@@ -85,3 +85,21 @@ def check_raw_op_errors(device, cases):
     res = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, env=env)
     assert res.returncode == 0, f"child crashed (rc {res.returncode}): {res.stderr[-3000:]}"
     assert "FAILURES []" in res.stdout, res.stdout
+
+
+def ops_called(fn, *args):
+    """The ATen and fastreg ops (OpOverloads) that the dispatcher runs for fn(*args), in order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.funcs = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Log() as log:
+        fn(*args)
+    return log.funcs

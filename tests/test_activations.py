@@ -6,7 +6,15 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA, DEVICES, assert_same_bits, check_raw_op_errors, child_tensors, saved_bytes
+from conftest import (
+    CUDA,
+    DEVICES,
+    assert_same_bits,
+    check_raw_op_errors,
+    child_tensors,
+    ops_called,
+    saved_bytes,
+)
 
 import fastreg
 import fastreg.functional as FR
@@ -1058,6 +1066,10 @@ def _entry_scenario(device):
         lambda t: FR.drop_path(t, 0.5, True, residual=t * 2, seed=3),
         lambda t: FR.bias_act_dropout(t, b, "gelu", 0.3, seed=4),
         lambda t: FR.bias_act_dropout(t, b, "relu", 0.3, seed=4),
+        # the in-place forms (on a copy: in place on a leaf that requires grad is an error)
+        lambda t: FR.relu(t * 1, inplace=True), lambda t: FR.leaky_relu(t * 1, 0.2, inplace=True),
+        lambda t: FR.elu(t * 1, 0.7, inplace=True), lambda t: FR.selu(t * 1, inplace=True),
+        lambda t: FR.silu(t * 1, inplace=True), lambda t: FR.dropout(t * 1, 0.3, inplace=True, seed=1),
     ]  # fmt: skip
     batch = [
         lambda t: FR.cutout(t, 3, seed=5), lambda t: FR.random_erasing(t, 1.0, seed=6),
@@ -1264,3 +1276,79 @@ def test_torch_function_hand_off_forwards_every_argument():
         assert getattr(FR, name.split("_leaky")[0].split("_gelu")[0]) in mode.funcs, name
         want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
         assert all(torch.equal(a, c) for a, c in zip(want, got, strict=True)), name
+
+
+# name -> (fastreg in place, fastreg out of place, torch in place)
+INPLACE = {
+    "relu": (lambda t: FR.relu(t, inplace=True), FR.relu, lambda t: F.relu(t, inplace=True)),
+    "leaky_relu": (
+        lambda t: FR.leaky_relu(t, 0.2, inplace=True), lambda t: FR.leaky_relu(t, 0.2),
+        lambda t: F.leaky_relu(t, 0.2, inplace=True),
+    ),
+    "elu": (
+        lambda t: FR.elu(t, 0.7, inplace=True), lambda t: FR.elu(t, 0.7),
+        lambda t: F.elu(t, 0.7, inplace=True),
+    ),
+    "selu": (lambda t: FR.selu(t, inplace=True), FR.selu, lambda t: F.selu(t, inplace=True)),
+    "silu": (lambda t: FR.silu(t, inplace=True), FR.silu, lambda t: F.silu(t, inplace=True)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(INPLACE))
+def test_inplace_writes_the_input_itself(device, dtype, name):
+    """inplace=True on a contiguous or channels_last tensor runs the op's in-place form: the
+    result is written into the input's own memory (no fresh output copied back), bit for bit
+    the out-of-place result, and the version counter moves. With autograd (on a non-leaf, and
+    on a view of one) the gradients are the out-of-place op's and torch's in-place op's, and
+    what is saved is what the out-of-place op saves. Other layouts take the copy-back path;
+    a leaf that requires grad is refused as torch refuses it."""
+    inplace, outplace, torch_inplace = INPLACE[name]
+    x = (torch.randn(4, 6, 5, 7, device=device) * 3).to(dtype)
+    for layout in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, ::2]):
+        want = outplace(layout)
+        with torch.no_grad():
+            t = layout.clone()
+            ptr, version = t.data_ptr(), t._version
+            assert inplace(t) is t and t.data_ptr() == ptr and t._version > version
+            assert torch.equal(t, want) and t.stride() == layout.clone().stride()
+            if layout.is_contiguous() or layout.is_contiguous(memory_format=torch.channels_last):
+                assert ops_called(inplace, layout.clone()) == [getattr(ops, name + "_").default]
+    a = (torch.randn(4, 6, 5, 7, device=device) * 3).to(dtype).requires_grad_()
+    g = torch.randn_like(a)
+    n = a.numel()
+    nbytes, _, y = saved_bytes(lambda t: inplace(t * 1), a)
+    # DESIGN §4: relu and leaky_relu a 1-bit mask; elu and selu the output (the input itself,
+    # which holds it); silu in place a copy of its input, as torch's in-place silu keeps
+    assert nbytes == (n // 8 if name in ("relu", "leaky_relu") else n * dtype.itemsize)
+    want_y = outplace(a * 1)
+    assert torch.equal(y, want_y)
+    got = torch.autograd.grad(y, a, g)[0]
+    assert torch.equal(got, torch.autograd.grad(want_y, a, g)[0])
+    torch.testing.assert_close(got, torch.autograd.grad(torch_inplace(a * 1), a, g)[0])
+    base = a * 1  # in place on a view: autograd rebases the base's history
+    inplace(base[1:3])
+    want_base = torch.cat([a[:1] * 1, outplace(a[1:3] * 1), a[3:] * 1])
+    assert torch.equal(base, want_base)
+    assert torch.equal(torch.autograd.grad(base, a, g)[0], torch.autograd.grad(want_base, a, g)[0])
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        inplace(a)
+
+
+def test_inplace_forms_opcheck_and_compile():
+    """The in-place ops pass opcheck (schema, fake kernels, version counter); under
+    torch.compile(fullgraph=True) inplace=True is traced (out of place and a copy, which the
+    compiler reinplaces) and gives the eager result in the input."""
+    x = torch.randn(3, 8, 5)
+    seed = torch.tensor([3])
+    for op, args in (
+        (ops.relu_, (True,)), (ops.relu_, (False,)), (ops.leaky_relu_, (0.2, True)), (ops.elu_, (0.7,)),
+        (ops.selu_, ()), (ops.silu_, ()), (ops.dropout_, (seed, 0.3, False)),
+        (ops.dropout_, (seed, 0.3, True)),
+    ):  # fmt: skip
+        torch.library.opcheck(op, (x.clone(), *args))
+    for name, (inplace, outplace, _) in INPLACE.items():
+        t = x.clone()
+        out = torch.compile(inplace, fullgraph=True)(t)
+        assert torch.equal(t, outplace(x)) and torch.equal(out, t), name

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA, DEVICES, check_raw_op_errors, child_tensors, saved_bytes
+from conftest import CUDA, DEVICES, check_raw_op_errors, child_tensors, ops_called, saved_bytes
 from test_activations import make_input
 
 import fastreg
@@ -887,3 +887,33 @@ def test_torch_compile_dynamic_shapes(device):
         (y_c, g_c), (y_e, g_e) = results
         assert torch.equal(y_c, y_e)
         torch.testing.assert_close(g_c, g_e)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [False, True])
+def test_inplace_dropout_writes_the_input_itself(device, alpha):
+    """dropout / alpha_dropout with inplace=True on a contiguous tensor run the in-place
+    kernel: the input's memory holds the out-of-place result for the same seed, bit for bit;
+    with autograd the gradient is the out-of-place one and only the seed is saved; a strided
+    view takes the copy-back path with the same result."""
+    fn = FR.alpha_dropout if alpha else FR.dropout
+    x = torch.randn(64, 33, device=device)
+    for layout in (x, x[:, ::2]):
+        want = fn(layout, 0.3, True, seed=11)
+        with torch.no_grad():
+            t = layout.clone()
+            ptr = t.data_ptr()
+            assert fn(t, 0.3, True, True, seed=11) is t and t.data_ptr() == ptr
+            assert torch.equal(t, want)
+            if layout.is_contiguous():  # the seed's fill, then the in-place kernel alone
+                called = ops_called(lambda u: fn(u, 0.3, True, True, seed=11), layout.clone())
+                assert called[-1] == ops.dropout_.default and ops.dropout.default not in called
+    a = x.clone().requires_grad_()
+    g = torch.randn_like(a)
+    nbytes, _, y = saved_bytes(lambda t: fn(t * 1, 0.3, True, True, seed=12), a)
+    assert nbytes == 8  # the seed
+    want = fn(a * 1, 0.3, True, seed=12)
+    assert torch.equal(y, want)
+    assert torch.equal(torch.autograd.grad(y, a, g)[0], torch.autograd.grad(want, a, g)[0])
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        fn(a, 0.3, True, True)

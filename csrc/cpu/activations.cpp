@@ -18,6 +18,11 @@ namespace {
 // with its payload.
 template <class Op> constexpr bool kSelectsInput = false;
 template <> constexpr bool kSelectsInput<Relu> = true;
+// The forward loops select raw bits for the 2-byte types only: for float32 and float64
+// the functor's own select (x <= 0 ? 0 : x) gives the same bits with no conversion, and
+// GCC vectorizes it better than the integer select (an in-place float32 relu of 2^22
+// elements, which stays in the last-level cache, ran 0.30 ms against ATen's 0.14 ms).
+template <class Op, class T> constexpr bool kForwardSelectsRaw = kSelectsInput<Op> && sizeof(T) == 2;
 
 // Relu's keep bit !(x <= 0) (NaN keeps) read off the element's bits: for the 2-byte
 // types, not +-0 and either positive or a NaN, in 16-bit integer lanes (the generic
@@ -165,7 +170,7 @@ struct CpuLoops {
           const Op o = op;
           const scalar_t* __restrict x_ = xp;
           scalar_t* __restrict y_ = yp;
-          if constexpr (kSelectsInput<Op>) {
+          if constexpr (kForwardSelectsRaw<Op, scalar_t>) {
             const raw_t<scalar_t>* __restrict xr = raw(x_);
             raw_t<scalar_t>* __restrict yr = raw(y_);
             for (int64_t i = begin; i < end; ++i) yr[i] = relu_keep(o, x_, i) ? xr[i] : raw_t<scalar_t>(0);
@@ -235,7 +240,7 @@ struct CpuLoops {
           alignas(64) uint8_t bits[kMaskChunk];
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t i0 = ch * kMaskChunk, len = std::min(kMaskChunk, n - i0);
-            if constexpr (kSelectsInput<Op>) {
+            if constexpr (kForwardSelectsRaw<Op, scalar_t>) {
               const raw_t<scalar_t>* __restrict xr = raw(x_) + i0;
               raw_t<scalar_t>* __restrict yr = raw(y_) + i0;
               for (int64_t k = 0; k < len; ++k) {
