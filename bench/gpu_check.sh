@@ -69,6 +69,9 @@ if want bench; then
   step "host path (microseconds to issue one small call)"
   timeout 60 $PY bench/host_path.py --device cuda > "$OUT_DIR/host.log" 2>&1
   cat "$OUT_DIR/host.log"
+  step "in-place calls against torch's"
+  timeout 45 $PY bench/inplace.py --device cuda --rounds 3 > "$OUT_DIR/inplace.log" 2>&1
+  cat "$OUT_DIR/inplace.log"
   for fam in $(echo "${FAMILIES:-dropout,activations,batch}" | tr , ' '); do
     step "benchmark $fam"
     timeout $(( $(left) - ${AFTER_BENCH_S:-150} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \
