@@ -1352,3 +1352,16 @@ def test_inplace_forms_opcheck_and_compile():
         t = x.clone()
         out = torch.compile(inplace, fullgraph=True)(t)
         assert torch.equal(t, outplace(x)) and torch.equal(out, t), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_forms_gradcheck_and_gradgradcheck(device):
+    """First and second derivatives through the in-place forms (float64, on a non-leaf)."""
+    cases = [inplace for inplace, _, _ in INPLACE.values()] + [
+        lambda t: FR.dropout(t, 0.3, inplace=True, seed=3),
+        lambda t: FR.alpha_dropout(t, 0.3, True, inplace=True, seed=4),
+    ]
+    for inplace in cases:
+        x = torch.randn(5, 6, dtype=torch.float64, device=device, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t, f=inplace: f(t * 1), (x,))
+        assert torch.autograd.gradgradcheck(lambda t, f=inplace: f(t * 1), (x,))
