@@ -489,12 +489,19 @@ _INPLACE = {}
 def _register_inplace(name, mask):
     op_ = getattr(ops, name + "_").default
     setup_context, backward = FORMULAS.get(name, (None, None))
+    # silu's backward needs the input, which the in-place write overwrites: `inplace` hands
+    # the Function a copy made under autograd (so that double backward reaches x through
+    # it), as torch's in-place silu saves a copy of its input
+    saves_input = SAVES_OUTPUT.get(name) is False
     function = None
-    if setup_context is not None and name != "silu":  # silu's backward needs the input
+    if setup_context is not None:
 
         def forward(ctx, x, *params):
             if mask:  # the out-of-place op's inputs end with save_mask, its output is (y, mask)
                 setup_context(ctx, (x, *params, True), (x, kernel(op_, x, *params, True)))
+            elif saves_input:  # params[0]: the copy of x that `inplace` made before
+                kernel(op_, x, *params[1:])
+                setup_context(ctx, params, x)
             else:
                 kernel(op_, x, *params)
                 setup_context(ctx, (x, *params), x)
@@ -504,6 +511,8 @@ def _register_inplace(name, mask):
 
         def inplace_backward(ctx, grad):
             grads = backward(ctx, grad, None) if mask else backward(ctx, grad)
+            if saves_input:  # the gradient is x's; the copy was data for backward
+                return (grads[0], None) + grads[1 : ctx.n_inputs - 1]
             return grads[: ctx.n_inputs]
 
         function = type(
@@ -522,9 +531,11 @@ for _name, _mask in (("relu", True), ("leaky_relu", True), ("elu", False), ("sel
 def inplace(name, x, *params):
     """The in-place form of op `name` on x (dense, eager mode; its parameters without
     save_mask), returning x: straight to the kernel when x needs no gradient, else through
-    the Function above (not for silu, whose caller keeps its input)."""
+    the Function above."""
     op_, mask, function = _INPLACE[name]
     if torch.is_grad_enabled() and x.requires_grad:
+        if SAVES_OUTPUT.get(name) is False:
+            return function(x, x.clone(), *params)
         return function(x, *params)
     kernel(op_, x, *params, *((False,) if mask else ()))
     return x

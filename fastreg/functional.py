@@ -225,12 +225,12 @@ def silu(input, inplace=False):
     _check_float(input, "silu")
     if _transforming():
         return _maybe_inplace(input, R.silu(_for_inplace(input, inplace)), inplace)
+    if inplace and _inplace_kernel(input):  # under autograd it saves a copy of the input
+        return inplace_form("silu", input)
     if inplace and _needs_grad(input):
         # backward needs the input that in-place overwrites: save a copy of it,
         # as torch's in-place silu does
         return input.copy_(_call(ops.silu, input.clone()))
-    if inplace and _inplace_kernel(input):
-        return inplace_form("silu", input)
     return _maybe_inplace(input, _call(ops.silu, input), inplace)
 
 
