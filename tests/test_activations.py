@@ -1327,6 +1327,10 @@ def test_inplace_writes_the_input_itself(device, dtype, name):
     got = torch.autograd.grad(y, a, g)[0]
     assert torch.equal(got, torch.autograd.grad(want_y, a, g)[0])
     torch.testing.assert_close(got, torch.autograd.grad(torch_inplace(a * 1), a, g)[0])
+    cl = a.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    y_cl = inplace(cl * 1)  # channels_last in place: the mask / saved tensor in its memory order
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(y_cl, want_y)
+    assert torch.equal(torch.autograd.grad(y_cl, cl, g)[0], got)
     base = a * 1  # in place on a view: autograd rebases the base's history
     inplace(base[1:3])
     want_base = torch.cat([a[:1] * 1, outplace(a[1:3] * 1), a[3:] * 1])
