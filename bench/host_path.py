@@ -32,8 +32,9 @@ ops = torch.ops.fastreg
 ROUNDS = 7
 
 
-def per_call_us(fn, device, n=2000):
-    for _ in range(50):
+def per_call_us(fn, device, n=2000, warmup=50):
+    """Microseconds per call of fn, n calls after `warmup` (the device synchronized after)."""
+    for _ in range(warmup):
         fn()
     if device == "cuda":
         torch.cuda.synchronize()

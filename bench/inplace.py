@@ -14,7 +14,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fastreg.functional as FR  # noqa: E402
+from bench.host_path import per_call_us  # noqa: E402
 
 CASES = {
     "relu": (lambda t: FR.relu(t, inplace=True), lambda t: F.relu(t, inplace=True)),
@@ -36,16 +36,7 @@ CASES = {
 
 
 def per_call_ms(fn, device, n):
-    for _ in range(3):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e3
+    return per_call_us(fn, device, n, warmup=3) / 1e3
 
 
 def main():

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastreg  # noqa: F401  (registers the ops)
 
@@ -87,19 +89,32 @@ def check_raw_op_errors(device, cases):
     assert "FAILURES []" in res.stdout, res.stdout
 
 
+class DispatchLog(TorchDispatchMode):
+    """Records the ops (OpOverloads) the dispatcher runs, and runs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.funcs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.funcs.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+class FunctionLog(TorchFunctionMode):
+    """Records the functions that reach __torch_function__, and runs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.funcs = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.funcs.append(func)
+        return func(*args, **(kwargs or {}))
+
+
 def ops_called(fn, *args):
     """The ATen and fastreg ops (OpOverloads) that the dispatcher runs for fn(*args), in order."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.funcs = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.funcs.append(func)
-            return func(*args, **(kwargs or {}))
-
-    with Log() as log:
+    with DispatchLog() as log:
         fn(*args)
     return log.funcs

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from conftest import (
     CUDA,
     DEVICES,
+    DispatchLog,
+    FunctionLog,
     assert_same_bits,
     check_raw_op_errors,
     child_tensors,
@@ -1132,28 +1134,7 @@ def test_torch_function_overrides_see_the_functions_and_the_ops():
     function. Below them, the typed entries skip torch.ops' __torch_function__ handling, so
     `kernel` takes torch.ops whenever an override is active (a mode then sees the op as well).
     Dispatch modes see the op on the typed path too (it goes through the dispatcher)."""
-    from torch.overrides import TorchFunctionMode
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     import fastreg._autograd as A
-
-    class FunctionLog(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.funcs = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.funcs.append(func)
-            return func(*args, **(kwargs or {}))
-
-    class DispatchLog(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.funcs = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.funcs.append(func)
-            return func(*args, **(kwargs or {}))
 
     class Logged(torch.Tensor):
         funcs = []
@@ -1217,17 +1198,6 @@ def test_torch_function_hand_off_forwards_every_argument():
     handle_torch_function: under a TorchFunctionMode that only passes calls through, every
     function called with non-default values for all its arguments gives what it gives
     without the mode (a dropped or renamed argument would fall back to its default)."""
-    from torch.overrides import TorchFunctionMode
-
-    class PassThrough(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.funcs = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.funcs.append(func)
-            return func(*args, **(kwargs or {}))
-
     x = torch.randn(6, 8)
     w = torch.rand(8) * 0.5
     b = torch.randn(8)
@@ -1271,7 +1241,7 @@ def test_torch_function_hand_off_forwards_every_argument():
     }  # fmt: skip
     for name, call in calls.items():
         want = call()
-        with PassThrough() as mode:
+        with FunctionLog() as mode:
             got = call()
         assert getattr(FR, name.split("_leaky")[0].split("_gelu")[0]) in mode.funcs, name
         want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
