@@ -482,61 +482,58 @@ def _leaky_relu_inplace_fake(input, negative_slope, save_mask):
 for _name in ("elu_", "selu_", "silu_", "dropout_"):
     register_fake(f"fastreg::{_name}")(lambda input, *params: None)
 
-# name -> (in-place op, whether it returns a mask, apply of its Function or None)
+# name -> (in-place op, whether it returns a mask, whether its Function takes a copy of the
+# input, apply of its Function)
 _INPLACE = {}
 
 
-def _register_inplace(name, mask):
+def _register_inplace(name):
     op_ = getattr(ops, name + "_").default
-    setup_context, backward = FORMULAS.get(name, (None, None))
+    mask = len(op_._schema.returns) == 1  # relu_ and leaky_relu_ return their mask
+    setup_context, backward = FORMULAS[name]
     # silu's backward needs the input, which the in-place write overwrites: `inplace` hands
     # the Function a copy made under autograd (so that double backward reaches x through
     # it), as torch's in-place silu saves a copy of its input
     saves_input = SAVES_OUTPUT.get(name) is False
-    function = None
-    if setup_context is not None:
 
-        def forward(ctx, x, *params):
-            if mask:  # the out-of-place op's inputs end with save_mask, its output is (y, mask)
-                setup_context(ctx, (x, *params, True), (x, kernel(op_, x, *params, True)))
-            elif saves_input:  # params[0]: the copy of x that `inplace` made before
-                kernel(op_, x, *params[1:])
-                setup_context(ctx, params, x)
-            else:
-                kernel(op_, x, *params)
-                setup_context(ctx, (x, *params), x)
-            ctx.n_inputs = 1 + len(params)
-            ctx.mark_dirty(x)
-            return x
+    def forward(ctx, x, *params):
+        if mask:  # the out-of-place op's inputs end with save_mask, its output is (y, mask)
+            setup_context(ctx, (x, *params, True), (x, kernel(op_, x, *params, True)))
+        elif saves_input:  # params[0]: the copy of x that `inplace` made before
+            kernel(op_, x, *params[1:])
+            setup_context(ctx, params, x)
+        else:
+            kernel(op_, x, *params)
+            setup_context(ctx, (x, *params), x)
+        ctx.n_inputs = 1 + len(params)
+        ctx.mark_dirty(x)
+        return x
 
-        def inplace_backward(ctx, grad):
-            grads = backward(ctx, grad, None) if mask else backward(ctx, grad)
-            if saves_input:  # the gradient is x's; the copy was data for backward
-                return (grads[0], None) + grads[1 : ctx.n_inputs - 1]
-            return grads[: ctx.n_inputs]
+    def inplace_backward(ctx, grad):
+        grads = backward(ctx, grad, None) if mask else backward(ctx, grad)
+        if saves_input:  # the gradient is x's; the copy was data for backward
+            return (grads[0], None) + grads[1 : ctx.n_inputs - 1]
+        return grads[: ctx.n_inputs]
 
-        function = type(
-            f"{name}_inplace_function",
-            (torch.autograd.Function,),
-            {"forward": staticmethod(forward), "backward": staticmethod(inplace_backward)},
-        ).apply
-    _INPLACE[name] = (op_, mask, function)
+    function = type(
+        f"{name}_inplace_function",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(inplace_backward)},
+    ).apply
+    _INPLACE[name] = (op_, mask, saves_input, function)
 
 
-for _name, _mask in (("relu", True), ("leaky_relu", True), ("elu", False), ("selu", False),
-                     ("silu", False), ("dropout", False)):  # fmt: skip
-    _register_inplace(_name, _mask)
+for _name in ("relu", "leaky_relu", "elu", "selu", "silu", "dropout"):
+    _register_inplace(_name)
 
 
 def inplace(name, x, *params):
     """The in-place form of op `name` on x (dense, eager mode; its parameters without
     save_mask), returning x: straight to the kernel when x needs no gradient, else through
     the Function above."""
-    op_, mask, function = _INPLACE[name]
+    op_, mask, saves_input, function = _INPLACE[name]
     if torch.is_grad_enabled() and x.requires_grad:
-        if SAVES_OUTPUT.get(name) is False:
-            return function(x, x.clone(), *params)
-        return function(x, *params)
+        return function(x, x.clone(), *params) if saves_input else function(x, *params)
     kernel(op_, x, *params, *((False,) if mask else ()))
     return x
 
