@@ -1,3 +1,4 @@
+import io
 import os
 import shutil
 import subprocess
@@ -1156,17 +1157,31 @@ def test_torch_function_overrides_see_the_functions_and_the_ops():
         A._ENTRIES[ops.leaky_relu] = entry
 
 
-def test_fx_symbolic_trace_records_the_functions():
-    """torch.fx's symbolic tracing (torchvision's feature extraction, FX quantization) goes
-    through __torch_function__: a model built from fastreg's modules traces into one
-    call_function node per fastreg function, and the traced module computes what the model
-    does, dropout draws included (same default-generator seed)."""
-    model = torch.nn.Sequential(
+def every_module_model():
+    """A model of every activation and dropout-family module of fastreg.nn, in a line."""
+    return torch.nn.Sequential(
         torch.nn.Linear(4, 6), FN.GELU(approximate="tanh"), FN.LeakyReLU(0.2), FN.PReLU(6),
         FN.ELU(0.5), FN.SELU(), FN.SiLU(), FN.Sigmoid(), FN.Tanh(), FN.ReLU(),
         FN.BiasActDropout(6, "gelu", 0.3), FN.Dropout(0.2), FN.AlphaDropout(0.2), FN.DropPath(0.5),
         FN.DropConnectLinear(6, 5, p=0.3),
     )  # fmt: skip
+
+
+# the fastreg ops every_module_model runs, in order (alpha dropout is the dropout op)
+EVERY_MODULE_OPS = [
+    "gelu", "leaky_relu", "prelu", "elu", "selu", "silu", "sigmoid", "tanh", "relu",
+    "bias_act_dropout", "dropout", "dropout", "drop_path", "dropconnect_linear",
+]  # fmt: skip
+# in eval mode the dropouts are the identity and DropConnect a plain linear
+EVAL_MODULE_OPS = [o for o in EVERY_MODULE_OPS if o not in ("dropout", "drop_path", "dropconnect_linear")]
+
+
+def test_fx_symbolic_trace_records_the_functions():
+    """torch.fx's symbolic tracing (torchvision's feature extraction, FX quantization) goes
+    through __torch_function__: a model built from fastreg's modules traces into one
+    call_function node per fastreg function, and the traced module computes what the model
+    does, dropout draws included (same default-generator seed)."""
+    model = every_module_model()
     graph = torch.fx.symbolic_trace(model)
     targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
     assert [t.__name__ for t in targets] == [
@@ -1179,6 +1194,73 @@ def test_fx_symbolic_trace_records_the_functions():
     want = model(x)
     torch.manual_seed(3)
     assert torch.equal(graph(x), want)
+
+
+def fastreg_ops_in(graph_module):
+    return [
+        n.target._schema.name.removeprefix("fastreg::")
+        for n in graph_module.graph.nodes
+        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+        and n.target.namespace == "fastreg"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_torch_export_keeps_the_ops(device, strict, training):
+    """torch.export (both tracers) keeps each fastreg op as one node of the exported program,
+    also after run_decompositions (so an exported or deployed model still runs the fused
+    kernels); in training mode each random op's seed is an
+    aten.randint node, so the exported module draws what the model draws after the same
+    manual_seed, its parameter gradients are the model's and it saves the bytes the model
+    saves for backward; a save/load round trip
+    (torch.export.save/load, with fastreg imported) gives the same program."""
+    model = every_module_model().to(device).train(training)
+    x = torch.randn(8, 4, device=device)
+    ep = torch.export.export(model, (x,), strict=strict)
+    want_ops = EVERY_MODULE_OPS if training else EVAL_MODULE_OPS
+    assert fastreg_ops_in(ep.graph_module) == want_ops
+    randints = [n for n in ep.graph.nodes if n.target == torch.ops.aten.randint.low_generator]
+    assert len(randints) == (5 if training else 0)  # one seed per random op
+    decomposed = ep.run_decompositions()
+    assert fastreg_ops_in(decomposed.graph_module) == want_ops
+
+    buffer = io.BytesIO()
+    torch.export.save(ep, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer)
+    g = torch.randn(8, 5, device=device)
+    params = list(model.parameters())
+    torch.manual_seed(5)
+    want = model(x)
+    want_grads = torch.autograd.grad(want, params, g)
+    for program in (ep, decomposed, loaded):
+        module = program.module()
+        torch.manual_seed(5)
+        got = module(x)
+        assert torch.equal(got, want)
+        if program is ep:  # the training IR: autograd runs the ops' formulas, saving what they save
+            assert all(map(torch.equal, torch.autograd.grad(got, list(module.parameters()), g), want_grads))
+            assert saved_bytes(module, x)[0] == saved_bytes(model, x)[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_aot_inductor_package_runs_the_ops(device, tmp_path):
+    """An exported eval-mode model compiled ahead of time by AOTInductor (a shared library
+    in a .pt2 package, the C++ deployment path) calls each fastreg op, through the
+    dispatcher, as one op (none is decomposed or generated anew), and gives the model's
+    output bit for bit."""
+    model = every_module_model().to(device).eval()
+    x = torch.randn(8, 4, device=device)
+    ep = torch.export.export(model, (x,))
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "model.pt2"))
+    with DispatchLog() as log:
+        got = torch._inductor.aoti_load_package(path)(x)
+    assert [
+        f._schema.name.removeprefix("fastreg::") for f in log.funcs if f.namespace == "fastreg"
+    ] == EVAL_MODULE_OPS
+    torch.testing.assert_close(got, model(x), rtol=0, atol=0)
 
 
 def test_torch_function_hand_off_forwards_every_argument():
