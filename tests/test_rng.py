@@ -119,7 +119,7 @@ def test_same_seed_same_masks_on_cpu_and_cuda():
 
 @pytest.mark.parametrize("isa", ["default", "avx2", "portable"])
 def test_cpu_words_past_2_to_the_32_blocks(isa):
-    """The CPU's word generator (16 blocks per AVX-512 pass where the CPU has it) against
+    """The CPU's word generator (16 blocks per AVX-512 pass, 12 per AVX2 pass) against
     the reference around the low counter word's wrap (block 2^32) and far beyond."""
     code = "\n".join(
         [

@@ -27,11 +27,15 @@ FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t
   const int64_t b0 = i0 >> 2, nb = (len + 3) >> 2;
   const philox::Key key = philox::key_schedule(seed);
   int64_t b = 0;
-#ifdef FASTREG_HAVE_AVX512_PHILOX
+#ifdef FASTREG_HAVE_SIMD_PHILOX
   if (cpu_isa() >= Isa::Avx512) {  // 16 blocks per AVX-512 pass, the rest below
     const int64_t groups = nb / 16;
     philox_words_avx512(key, stream, static_cast<uint64_t>(b0), groups, words);
     b = groups * 16;
+  } else if (cpu_isa() == Isa::Avx2) {  // 4 blocks per AVX2 register, the rest below
+    const int64_t quads = nb / 4;
+    philox_words_avx2(key, stream, static_cast<uint64_t>(b0), quads, words);
+    b = quads * 4;
   }
 #endif
   for (; b < nb; ++b) {
@@ -457,7 +461,7 @@ namespace fastreg::cpu {
 namespace {
 
 // Test-only: the words of elements first .. first + n - 1 as the CPU kernels make
-// them (the AVX-512 path where the CPU has it), to check counters past 2^32 blocks.
+// them (the AVX-512 or AVX2 path where the CPU has it), to check counters past 2^32 blocks.
 at::Tensor philox_words_op(const at::Tensor& seed, int64_t stream, int64_t first, int64_t n) {
   FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
                      "fastreg._philox_words: seed must be a one-element int64 tensor");

@@ -1,6 +1,7 @@
-// Philox4x32-10 for 16 or 32 counter blocks at a time in AVX-512 registers: the
-// same function as csrc/philox.h (tested equal word for word), written with
-// intrinsics because GCC vectorizes the scalar rounds poorly (64-bit products).
+// Philox4x32-10 for many counter blocks at a time in SIMD registers (AVX-512, and
+// AVX2 for CPUs without it): the same function as csrc/philox.h (tested equal word
+// for word), written with intrinsics because GCC vectorizes the scalar rounds
+// poorly (64-bit products).
 // Each block lives in a 64-bit lane, its 32-bit words in the lanes' low halves:
 // one _mm512_mul_epu32 is then the full 32x32->64 product of 8 blocks (hi = the
 // product >> 32, lo = the product itself, whose high half the next multiply
@@ -19,7 +20,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define FASTREG_HAVE_AVX512_PHILOX 1
+#define FASTREG_HAVE_SIMD_PHILOX 1
 
 // GCC 12 warns about the intrinsics' own _mm512_undefined operands.
 #pragma GCC diagnostic push
@@ -95,6 +96,77 @@ FASTREG_AVX512_FN inline void philox_words_avx512(const philox::Key& key, uint32
   int64_t g = 0;
   for (; g + 2 <= groups; g += 2) philox_groups<2>(key, stream, b0 + static_cast<uint64_t>(g) * 16, words + 64 * g);
   if (g < groups) philox_groups<1>(key, stream, b0 + static_cast<uint64_t>(g) * 16, words + 64 * g);
+}
+
+// AVX2: the same layout with 4 blocks per 256-bit register (Lanes4), two XORs where
+// AVX-512 has one ternary-logic op, and 3 chains per pass, which fit AVX2's 16
+// registers (state, multipliers, round keys, products). Standalone on one core of
+// the development machine (a Zen 4, so a 256-bit op costs what it costs on AVX2
+// CPUs of its generation): 0.63 ns per word against 0.66 / 0.68 for 2 / 4 chains,
+// 0.76 for one, and 1.66 for the scalar rounds the AVX2 path ran before.
+#define FASTREG_AVX2_PHILOX_FN __attribute__((target("avx2"), noinline))
+
+// The four counter words of 4 blocks, one block per 64-bit lane (low halves).
+struct Lanes4 {
+  __m256i c0, c1, c2, c3;
+};
+
+__attribute__((target("avx2"), always_inline)) inline void philox_round4(Lanes4& a, __m256i m0, __m256i m1,
+                                                                         __m256i k0, __m256i k1) {
+  const __m256i p0 = _mm256_mul_epu32(a.c0, m0), p1 = _mm256_mul_epu32(a.c2, m1);
+  a.c0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), a.c1), k0);  // hi1 ^ c1 ^ k0
+  a.c2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), a.c3), k1);  // hi0 ^ c3 ^ k1
+  a.c1 = p1;
+  a.c3 = p0;
+}
+
+// The counters of blocks first .. first + 3, as philox_counters8 makes them.
+__attribute__((target("avx2"), always_inline)) inline void philox_counters4(uint64_t first, __m256i stream,
+                                                                            Lanes4& a) {
+  const __m256i index =
+      _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(first)), _mm256_setr_epi64x(0, 1, 2, 3));
+  a.c0 = index;
+  a.c1 = _mm256_srli_epi64(index, 32);
+  a.c2 = stream;
+  a.c3 = _mm256_setzero_si256();
+}
+
+// 4 blocks' words -> 16 words in element order at out: words 0, 1 (and 2, 3) of each
+// block paired in its qword by a shift and a blend, then the qword pairs of blocks
+// 0, 2 and 1, 3 unpacked per 128-bit lane and the lanes put in block order.
+__attribute__((target("avx2"), always_inline)) inline void philox_store4(const Lanes4& a, uint32_t* out) {
+  const __m256i t01 = _mm256_blend_epi32(a.c0, _mm256_slli_epi64(a.c1, 32), 0xaa);  // qword j: words 0, 1
+  const __m256i t23 = _mm256_blend_epi32(a.c2, _mm256_slli_epi64(a.c3, 32), 0xaa);  // qword j: words 2, 3
+  const __m256i even = _mm256_unpacklo_epi64(t01, t23);                              // blocks 0 | 2
+  const __m256i odd = _mm256_unpackhi_epi64(t01, t23);                               // blocks 1 | 3
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(even, odd, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_permute2x128_si256(even, odd, 0x31));
+}
+
+// G chains of 4 blocks from block `first`.
+template <int G>
+__attribute__((target("avx2"), always_inline)) inline void philox_chains4(const philox::Key& key, uint32_t stream,
+                                                                          uint64_t first, uint32_t* out) {
+  const __m256i m0 = _mm256_set1_epi64x(philox::kM0), m1 = _mm256_set1_epi64x(philox::kM1);
+  const __m256i st = _mm256_set1_epi64x(stream);
+  Lanes4 s[G];
+  for (int q = 0; q < G; ++q) philox_counters4(first + 4 * static_cast<uint64_t>(q), st, s[q]);
+#pragma GCC unroll 10
+  for (int r = 0; r < 10; ++r) {
+    const __m256i k0 = _mm256_set1_epi32(static_cast<int>(key.k0[r]));
+    const __m256i k1 = _mm256_set1_epi32(static_cast<int>(key.k1[r]));
+#pragma GCC unroll 4
+    for (int q = 0; q < G; ++q) philox_round4(s[q], m0, m1, k0, k1);
+  }
+  for (int q = 0; q < G; ++q) philox_store4(s[q], out + 16 * q);
+}
+
+// words[0 .. 16 * quads) = the words of blocks b0 .. b0 + 4 * quads, in element order.
+FASTREG_AVX2_PHILOX_FN inline void philox_words_avx2(const philox::Key& key, uint32_t stream, uint64_t b0,
+                                                     int64_t quads, uint32_t* __restrict words) {
+  int64_t q = 0;
+  for (; q + 3 <= quads; q += 3) philox_chains4<3>(key, stream, b0 + static_cast<uint64_t>(q) * 4, words + 16 * q);
+  for (; q < quads; ++q) philox_chains4<1>(key, stream, b0 + static_cast<uint64_t>(q) * 4, words + 16 * q);
 }
 
 }  // namespace fastreg::cpu
