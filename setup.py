@@ -121,10 +121,22 @@ else:
         extra_link_args=["-fopenmp"],
     )
 
+
+
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """pip's editable install (`make build`) hands build_ext a fresh temporary folder on
+    every run, so ninja recompiled every file (about 5 minutes here) after any change;
+    the objects live in build/temp instead, and ninja recompiles only what changed."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(ROOT, "build", "temp")
+
+
 setup(
     name="fastreg",
     version=VERSION,
     packages=["fastreg"],
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
 )
