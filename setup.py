@@ -122,7 +122,6 @@ else:
     )
 
 
-
 class BuildExt(BuildExtension.with_options(use_ninja=True)):
     """pip's editable install (`make build`) hands build_ext a fresh temporary folder on
     every run, so ninja recompiled every file (about 5 minutes here) after any change;
