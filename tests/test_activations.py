@@ -972,6 +972,41 @@ def test_mask_loops_same_bits_on_every_cpu_path(path, tmp_path):
     assert_same_bits(child_tensors(MASK_PATHS_SCRIPT, tmp_path / f"{path}.pt", **env), portable)
 
 
+MAP_PATHS_SCRIPT = """
+import sys, torch, fastreg, fastreg.functional as FR
+specials = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0, 1e-40, -1e-40, 65504.0, -7e4, 1e-6, 88.0])
+calls = [FR.sigmoid, FR.tanh, lambda t: FR.elu(t, 0.7), FR.selu, FR.gelu, lambda t: FR.gelu(t, approximate="tanh"),
+         FR.silu, lambda t: FR.leaky_relu(t, 0.2)]
+out = []
+gen = torch.Generator().manual_seed(0)
+for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    for n in (1, 15, 16, 31, 33, 1000, 65536 + 13):
+        x = torch.randn(2, 3, n, generator=gen) * 4
+        k = torch.randperm(x.numel(), generator=gen)[: max(1, x.numel() // 40)]
+        x.view(-1)[k] = specials[torch.arange(k.numel()) % specials.numel()]
+        x = x.to(dtype).requires_grad_()
+        g = (torch.randn(2, 3, n, generator=gen) * 2).to(dtype)
+        w = (torch.rand(3, generator=gen) - 0.3).to(dtype).requires_grad_()
+        for f in calls:
+            with torch.no_grad():
+                out.append(f(x))
+            out += torch.autograd.grad(f(x), x, g)
+        out += [FR.prelu(x.detach(), w.detach()), *torch.autograd.grad(FR.prelu(x, w), (x, w), g)]
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_activation_maps_same_bits_on_every_cpu_path(isa, tmp_path):
+    """Every activation's forward and backward, and PReLU's with its weight gradient, give the
+    portable loops' bits on the AVX2 and AVX-512 paths (one-pass conversions of the 2-byte
+    types by instruction, map_avx2 / map_avx512, PReLU's AVX2 backward row), through
+    infinities, signed zeros, denormals and float16 overflow, for lengths that leave partial
+    vectors, 32-element blocks and tasks."""
+    portable = child_tensors(MAP_PATHS_SCRIPT, tmp_path / "portable.pt", FASTREG_CPU_ISA="portable")
+    assert_same_bits(child_tensors(MAP_PATHS_SCRIPT, tmp_path / f"{isa}.pt", FASTREG_CPU_ISA=isa), portable)
+
+
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
 def test_other_cpu_instruction_sets(isa):
     # The CPU loops are compiled for AVX-512, AVX2 and a portable path (and use

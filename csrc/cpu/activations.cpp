@@ -158,6 +158,35 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_backward512(const
 }
 #endif
 
+#ifdef FASTREG_HAVE_AVX512_BF16
+// PReLU's backward over the first 16k of a row's n elements for the 2-byte types on AVX2,
+// by intrinsics (Prelu's formulas as selects: blend g or w * g, and g * x or +0 into the
+// 16 running sums `lane`, element i + k into lane k as the generic loop adds them); returns
+// where it stopped. GCC left the generic loop scalar, with branches, there (bfloat16
+// backward 28.6 ms for 2^22 elements on one core, against 2.6 ms on the AVX-512 path).
+// A, the accumulator type, is float for the 2-byte types.
+template <class T, class A>
+FASTREG_TARGET_AVX2_F16C __attribute__((noinline)) int64_t prelu_backward_row_avx2(const T* __restrict g,
+                                                                                 const T* __restrict x,
+                                                                                 T* __restrict dx, int64_t n, A w,
+                                                                                 A* __restrict lane) {
+  static_assert(std::is_same_v<A, float>, "the 2-byte types accumulate in float");
+  const __m256 ws = _mm256_set1_ps(w), zero = _mm256_setzero_ps();
+  __m256 lo = _mm256_loadu_ps(lane), hi = _mm256_loadu_ps(lane + 8);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 ga = load8(g + i), gb = load8(g + i + 8), xa = load8(x + i), xb = load8(x + i + 8);
+    const __m256 pa = _mm256_cmp_ps(xa, zero, _CMP_GT_OQ), pb = _mm256_cmp_ps(xb, zero, _CMP_GT_OQ);
+    store8x2(dx + i, _mm256_blendv_ps(_mm256_mul_ps(ws, ga), ga, pa), _mm256_blendv_ps(_mm256_mul_ps(ws, gb), gb, pb));
+    lo = _mm256_add_ps(lo, _mm256_andnot_ps(pa, _mm256_mul_ps(ga, xa)));
+    hi = _mm256_add_ps(hi, _mm256_andnot_ps(pb, _mm256_mul_ps(gb, xb)));
+  }
+  _mm256_storeu_ps(lane, lo);
+  _mm256_storeu_ps(lane + 8, hi);
+  return i;
+}
+#endif
+
 struct CpuLoops {
   template <class Op>
   static void forward(const Op& op, const at::Tensor& x, at::Tensor& y) {
@@ -359,13 +388,18 @@ struct CpuLoops {
         for (int64_t t = t0; t < t1; ++t) {
           acc_t* __restrict part = partial.data() + t * C;
           const int64_t r1 = std::min(rows, (t + 1) * grain);
-          run_isa<kNarrowSelect<scalar_t>>([&](auto) FASTREG_INLINE_LAMBDA {
+          run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
             for (int64_t r = t * grain, c = r % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
               const int64_t base = r * inner;
               const acc_t wc = load(wp, c);
               // 16 running sums: a single one would serialize on the add latency.
               acc_t lane[16] = {};
               int64_t i = 0;
+#ifdef FASTREG_HAVE_AVX512_BF16
+              if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa == Isa::Avx2) {
+                if (inner >= 16) i = prelu_backward_row_avx2(gp + base, xp + base, dp + base, inner, wc, lane);
+              }
+#endif
               for (; i + 16 <= inner; i += 16) {
                 for (int k = 0; k < 16; ++k) {
                   const acc_t gi = load(gp, base + i + k), xi = load(xp, base + i + k);

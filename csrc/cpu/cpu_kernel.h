@@ -121,7 +121,9 @@ inline Isa detect_isa() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && want != "avx2") {
     return __builtin_cpu_supports("avx512bf16") && want != "avx512" ? Isa::Avx512Bf16 : Isa::Avx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return Isa::Avx2;  // (every AVX2 CPU has F16C: the float16 conversions)
+  }
 #endif
   return Isa::Portable;
 }
@@ -148,7 +150,7 @@ inline const char* isa_name(Isa isa) {
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,avx2,fma")))
 #define FASTREG_TARGET_AVX512_256 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,avx2,fma,prefer-vector-width=256")))
-#define FASTREG_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FASTREG_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define FASTREG_TARGET_AVX512
 #define FASTREG_TARGET_AVX512_256
@@ -163,8 +165,8 @@ template <Isa I> struct IsaTag {
 
 // The body (an always_inline lambda taking an IsaTag) is inlined into each
 // wrapper, so the vectorizer sees it with that wrapper's instruction set.
-// `flatten` also inlines what the body calls: convert_simd.h's AVX-512 loops carry
-// the wrapper's target attribute, which a default-target lambda cannot inline
+// `flatten` also inlines what the body calls: convert_simd.h's AVX-512 and AVX2 loops
+// carry the wrapper's target attribute, which a default-target lambda cannot inline
 // itself, so they reach the body's loop only through the wrapper.
 template <class F> FASTREG_TARGET_AVX512 __attribute__((noinline, flatten)) void run_avx512(const F& f) {
   f(IsaTag<Isa::Avx512>{});
@@ -172,7 +174,9 @@ template <class F> FASTREG_TARGET_AVX512 __attribute__((noinline, flatten)) void
 template <class F> FASTREG_TARGET_AVX512_256 __attribute__((noinline, flatten)) void run_avx512_256(const F& f) {
   f(IsaTag<Isa::Avx512>{});
 }
-template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline)) void run_avx2(const F& f) { f(IsaTag<Isa::Avx2>{}); }
+template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline, flatten)) void run_avx2(const F& f) {
+  f(IsaTag<Isa::Avx2>{});
+}
 template <class F> __attribute__((noinline)) void run_portable(const F& f) { f(IsaTag<Isa::Portable>{}); }
 
 // kNarrow: on an AVX-512 CPU, vectorize with 256-bit registers (AVX-512VL
