@@ -314,6 +314,9 @@ def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, ex
         "threads": torch.get_num_threads(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "copy": {"bytes": copy_bytes, "ms": copy_ms, "gbps": copy_gbps},
+        # the instruction set of eager torch's CPU kernels (ATEN_CPU_CAPABILITY caps it; fastreg's
+        # own is build_info()'s cpu_isa, capped by FASTREG_CPU_ISA)
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     try:
         import fastreg
