@@ -975,8 +975,8 @@ def test_mask_loops_same_bits_on_every_cpu_path(path, tmp_path):
 MAP_PATHS_SCRIPT = """
 import sys, torch, fastreg, fastreg.functional as FR
 specials = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0, 1e-40, -1e-40, 65504.0, -7e4, 1e-6, 88.0])
-calls = [FR.sigmoid, FR.tanh, lambda t: FR.elu(t, 0.7), FR.selu, FR.gelu, lambda t: FR.gelu(t, approximate="tanh"),
-         FR.silu, lambda t: FR.leaky_relu(t, 0.2)]
+calls = [FR.sigmoid, FR.tanh, lambda t: FR.elu(t, 0.7), FR.selu, FR.gelu,
+         lambda t: FR.gelu(t, approximate="tanh"), FR.silu, lambda t: FR.leaky_relu(t, 0.2)]
 out = []
 gen = torch.Generator().manual_seed(0)
 for dtype in (torch.float16, torch.bfloat16, torch.float32):
