@@ -289,6 +289,22 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store32(T* p, c
                      bf16i);
 }
 
+// out[k] = f(i + k, v[0][k] ...) for the 32 elements of a step of map_avx512 / map_avx2,
+// with N inputs converted into v; inlined into their loops.
+template <size_t N, class F>
+FASTREG_HOST void map_block(float* __restrict out, const float (*v)[32], int64_t i, const F& f) {
+  if constexpr (N == 0) {
+    _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+    for (int k = 0; k < 32; ++k) out[k] = f(i + k);
+  } else if constexpr (N == 1) {
+    _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+    for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k]);
+  } else {
+    _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+    for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k], v[1][k]);
+  }
+}
+
 // The AVX-512 form of map_rows: y[i] = f(i, a[i]...) in one pass, a 64-byte line of
 // y at a time. The 2-byte types are converted by instruction (VCVTPH2PS/VCVTPS2PH,
 // AVX512_BF16) into 32-element arrays around the functor's loop, which GCC turns into
@@ -310,16 +326,7 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
       alignas(64) float v[N + 1][32];
       alignas(64) float out[32];
       for (size_t j = 0; j < N; ++j) load32(v[j], ptr[j] + i);
-      if constexpr (N == 0) {
-        _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-        for (int k = 0; k < 32; ++k) out[k] = f(i + k);
-      } else if constexpr (N == 1) {
-        _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-        for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k]);
-      } else {
-        _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-        for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k], v[1][k]);
-      }
+      map_block<N>(out, v, i, f);
       store32<kStream, kBytes>(y + i, out, bf16i);
     }
   } else if constexpr (kStream) {  // float, double, raw bits: four lines of L elements
@@ -356,16 +363,7 @@ FASTREG_TARGET_AVX2_F16C void map_avx2(T* __restrict y, int64_t i, int64_t end, 
     for (size_t j = 0; j < N; ++j) {
       for (int q = 0; q < 32; q += 8) _mm256_store_ps(v[j] + q, load8(ptr[j] + i + q));
     }
-    if constexpr (N == 0) {
-      _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-      for (int k = 0; k < 32; ++k) out[k] = f(i + k);
-    } else if constexpr (N == 1) {
-      _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-      for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k]);
-    } else {
-      _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-      for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k], v[1][k]);
-    }
+    map_block<N>(out, v, i, f);
     store8x2(y + i, _mm256_load_ps(out), _mm256_load_ps(out + 8));
     store8x2(y + i + 16, _mm256_load_ps(out + 16), _mm256_load_ps(out + 24));
   }
