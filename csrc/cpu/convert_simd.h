@@ -346,11 +346,13 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
 }
 
 // The AVX2 form for the 2-byte types, as map_avx512's: 32 elements per step converted
-// by instruction (load8, store8x2) into float arrays around the functor's loop, which
-// GCC keeps in registers. It replaced, on AVX2 CPUs, float16 rows of 256 elements
-// converted into L1 buffers and bfloat16 converted element by element inside the
-// functor's loop (fastreg and ATen both under the AVX2 cap on this project's Zen 4,
-// 2^22 elements: float16 leaky_relu forward 0.53x eager, bfloat16 gelu 0.61x). Reached
+// by instruction (load8, store8x2) into float arrays around the functor's loop (with 16
+// registers GCC keeps them in L1, not in registers). It replaced, on AVX2 CPUs, float16
+// rows of 256 elements converted into L1 buffers and bfloat16 converted element by
+// element inside the functor's loop: fastreg and ATen both under the AVX2 cap on this
+// project's Zen 4, 2^22 elements, float16 leaky_relu forward+backward 0.60 -> 0.88x eager,
+// bfloat16 0.70 -> 0.90x; float16's long math loops (gelu, tanh, elu forward) ran 3-10 %
+// slower than through the 256-element rows (bench/NOTES.md, twelfth session). Reached
 // only through run_avx2's flatten (its target attribute).
 template <class T, class F, class... P>
 FASTREG_TARGET_AVX2_F16C void map_avx2(T* __restrict y, int64_t i, int64_t end, const F& f, P... in) {
