@@ -212,15 +212,11 @@ inline bool bf16_convert() {
 }
 
 // Whether float16 loads and stores go through the conversion instructions
-// (AVX-512F's on AVX-512 CPUs, F16C's on AVX2 ones; FASTREG_CPU_ISA=portable keeps
-// the generic ones).
+// (AVX-512F's on AVX-512 CPUs, F16C's on AVX2 ones: cpu_isa() takes the AVX2 path only
+// with F16C; FASTREG_CPU_ISA=portable keeps the generic ones).
 inline bool half_convert() {
 #ifdef FASTREG_HAVE_AVX512_BF16
-  static const bool f16c = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("f16c") != 0;
-  }();
-  return cpu_isa() >= Isa::Avx512 || (cpu_isa() == Isa::Avx2 && f16c);
+  return cpu_isa() >= Isa::Avx2;
 #else
   return false;
 #endif
@@ -390,7 +386,7 @@ FASTREG_HOST void map_rows(Tag, T* __restrict y, int64_t begin, int64_t end, con
       return map_avx512<false, kBytes>(y, begin, end, f, in...);
     }
   } else if constexpr (kTwoByte<T> && Tag::isa == Isa::Avx2) {
-    if (std::is_same_v<T, c10::BFloat16> || half_convert()) return map_avx2(y, begin, end, f, in...);
+    return map_avx2(y, begin, end, f, in...);  // (the AVX2 path has F16C: cpu_isa())
   }
 #endif
   (void)stream;  // streaming is AVX-512 only (stream_stores())
