@@ -286,10 +286,25 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store32(T* p, c
 }
 
 // out[k] = f(i + k, v[0][k] ...) for the 32 elements of a step of map_avx512 / map_avx2,
-// with N inputs converted into v; inlined into their loops.
-template <size_t N, class F>
+// with N inputs converted into v; inlined into their loops. kLoop (map_avx512): the loop
+// is kept a loop for the vectorizer, which turns its 32 elements into two 512-bit
+// registers (unrolled first, it stays scalar). On AVX2 the same pragma left four
+// 256-bit iterations over arrays in L1 around a loop of one vector each; without it GCC
+// vectorizes the loop, then unrolls the four vectors in registers (load, math and
+// rounding of a step without a store between them).
+template <bool kLoop, size_t N, class F>
 FASTREG_HOST void map_block(float* __restrict out, const float (*v)[32], int64_t i, const F& f) {
-  if constexpr (N == 0) {
+  if constexpr (!kLoop) {
+    for (int k = 0; k < 32; ++k) {
+      if constexpr (N == 0) {
+        out[k] = f(i + k);
+      } else if constexpr (N == 1) {
+        out[k] = f(i + k, v[0][k]);
+      } else {
+        out[k] = f(i + k, v[0][k], v[1][k]);
+      }
+    }
+  } else if constexpr (N == 0) {
     _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
     for (int k = 0; k < 32; ++k) out[k] = f(i + k);
   } else if constexpr (N == 1) {
@@ -322,7 +337,7 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
       alignas(64) float v[N + 1][32];
       alignas(64) float out[32];
       for (size_t j = 0; j < N; ++j) load32(v[j], ptr[j] + i);
-      map_block<N>(out, v, i, f);
+      map_block<true, N>(out, v, i, f);
       store32<kStream, kBytes>(y + i, out, bf16i);
     }
   } else if constexpr (kStream) {  // float, double, raw bits: four lines of L elements
@@ -361,7 +376,7 @@ FASTREG_TARGET_AVX2_F16C void map_avx2(T* __restrict y, int64_t i, int64_t end, 
     for (size_t j = 0; j < N; ++j) {
       for (int q = 0; q < 32; q += 8) _mm256_store_ps(v[j] + q, load8(ptr[j] + i + q));
     }
-    map_block<N>(out, v, i, f);
+    map_block<false, N>(out, v, i, f);
     store8x2(y + i, _mm256_load_ps(out), _mm256_load_ps(out + 8));
     store8x2(y + i + 16, _mm256_load_ps(out + 16), _mm256_load_ps(out + 24));
   }
