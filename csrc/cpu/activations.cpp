@@ -156,6 +156,105 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_backward512(const
   }
   for (; i < end; ++i) raw(dx)[i] = (m[i / 8] >> (i % 8)) & 1 ? raw(g)[i] : uint16_t(0);
 }
+
+// The same four loops on AVX2 CPUs (no mask registers): the keep lanes of a compare
+// become mask bits by movemask (8 float32 lanes are one mask byte; relu's 16-bit lanes are
+// packed to bytes first), and mask bits become lanes again by a variable shift (bit k to
+// lane k's sign, which blendv reads) or a test against one bit per 16-bit lane. Against
+// the generic loops (a keep byte per element, then a packing pass; one core, 2^20
+// elements): forward with mask 1.6-2.2x, backward 1.1-1.2x faster; bfloat16 leaky_relu's
+// training step 0.85 -> 1.02-1.04x AVX2 eager's (2^22, two cores).
+
+// y[i .. end) and the mask bits of those elements; i a multiple of 8.
+template <class T>
+FASTREG_TARGET_AVX2 __attribute__((noinline)) void leaky_mask_forward_avx2(const T* __restrict x, T* __restrict y,
+                                                                         uint8_t* __restrict m, int64_t i,
+                                                                         int64_t end, float slope) {
+  const __m256 s = _mm256_set1_ps(slope), zero = _mm256_setzero_ps();
+  for (; i + 16 <= end; i += 16) {
+    const __m256 a = load8(x + i), b = load8(x + i + 8);
+    const __m256 ka = _mm256_cmp_ps(a, zero, _CMP_GT_OQ), kb = _mm256_cmp_ps(b, zero, _CMP_GT_OQ);
+    store8x2(y + i, _mm256_blendv_ps(_mm256_mul_ps(a, s), a, ka), _mm256_blendv_ps(_mm256_mul_ps(b, s), b, kb));
+    const uint16_t bits = uint16_t(_mm256_movemask_ps(ka) | (_mm256_movemask_ps(kb) << 8));
+    std::memcpy(m + i / 8, &bits, 2);
+  }
+  mask_forward_tail(m, i, end, [&](int64_t j) {
+    const float v = load(x, j);
+    store(y, j, v > 0.0f ? v : v * slope);
+    return v > 0.0f;
+  });
+}
+
+// Mask byte `byte` as 8 float32 lanes whose sign is its bit k (blendv's selector).
+FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256 mask_byte_lanes(uint8_t byte) {
+  const __m256i shift = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+  return _mm256_castsi256_ps(_mm256_sllv_epi32(_mm256_set1_epi32(byte), shift));
+}
+
+template <class T>
+FASTREG_TARGET_AVX2 __attribute__((noinline)) void leaky_mask_backward_avx2(const T* __restrict g,
+                                                                          const uint8_t* __restrict m,
+                                                                          T* __restrict dx, int64_t i, int64_t end,
+                                                                          float slope) {
+  const __m256 s = _mm256_set1_ps(slope);
+  for (; i + 16 <= end; i += 16) {
+    const __m256 a = load8(g + i), b = load8(g + i + 8);
+    store8x2(dx + i, _mm256_blendv_ps(_mm256_mul_ps(a, s), a, mask_byte_lanes(m[i / 8])),
+             _mm256_blendv_ps(_mm256_mul_ps(b, s), b, mask_byte_lanes(m[i / 8 + 1])));
+  }
+  for (; i < end; ++i) {
+    const float v = load(g, i);
+    store(dx, i, (m[i / 8] >> (i % 8)) & 1 ? v : v * slope);
+  }
+}
+
+// relu_keep's rule on 16 raw 16-bit lanes: all ones where kept.
+template <class T> FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256i relu_keep16(__m256i h) {
+  constexpr short inf = std::is_same_v<T, c10::Half> ? 0x7c00 : 0x7f80;
+  const __m256i a = _mm256_and_si256(h, _mm256_set1_epi16(0x7fff));
+  const __m256i zero = _mm256_cmpeq_epi16(a, _mm256_setzero_si256());
+  const __m256i positive = _mm256_cmpgt_epi16(h, _mm256_set1_epi16(-1));
+  const __m256i nan = _mm256_cmpgt_epi16(a, _mm256_set1_epi16(inf));
+  return _mm256_andnot_si256(zero, _mm256_or_si256(positive, nan));
+}
+
+template <class T>
+FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_forward_avx2(const T* __restrict x, T* __restrict y,
+                                                                        uint8_t* __restrict m, int64_t i,
+                                                                        int64_t end) {
+  for (; i + 32 <= end; i += 32) {
+    const __m256i h0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    const __m256i h1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 16));
+    const __m256i k0 = relu_keep16<T>(h0), k1 = relu_keep16<T>(h1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm256_and_si256(h0, k0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i + 16), _mm256_and_si256(h1, k1));
+    // bytes k0 0-7, k1 0-7 | k0 8-15, k1 8-15 -> element order, then one bit per byte
+    const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(k0, k1), 0xd8);
+    const uint32_t bits = uint32_t(_mm256_movemask_epi8(bytes));
+    std::memcpy(m + i / 8, &bits, 4);
+  }
+  mask_forward_tail(m, i, end, [&](int64_t j) {
+    const bool kept = relu_keep(Relu{}, x, j);
+    raw(y)[j] = kept ? raw(x)[j] : uint16_t(0);
+    return kept;
+  });
+}
+
+template <class T>
+FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_backward_avx2(const T* __restrict g,
+                                                                         const uint8_t* __restrict m,
+                                                                         T* __restrict dx, int64_t i, int64_t end) {
+  const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                                        short(0x8000));
+  for (; i + 16 <= end; i += 16) {
+    uint16_t bits;
+    std::memcpy(&bits, m + i / 8, 2);
+    const __m256i keep = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16(short(bits)), bit), bit);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dx + i), _mm256_and_si256(v, keep));
+  }
+  for (; i < end; ++i) raw(dx)[i] = (m[i / 8] >> (i % 8)) & 1 ? raw(g)[i] : uint16_t(0);
+}
 #endif
 
 #ifdef FASTREG_HAVE_AVX512_BF16
@@ -260,6 +359,13 @@ struct CpuLoops {
               static_assert(std::is_same_v<Op, Relu>, "the 1-bit-mask ops: relu, leaky_relu");
               return relu_mask_forward512(xp, yp, mask, i0, i1);
             }
+          } else if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa == Isa::Avx2) {
+            const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
+            if constexpr (std::is_same_v<Op, LeakyRelu>) {
+              return leaky_mask_forward_avx2(xp, yp, mask, i0, i1, static_cast<float>(op.negative_slope));
+            } else {
+              return relu_mask_forward_avx2(xp, yp, mask, i0, i1);
+            }
           }
 #endif
           const Op o = op;
@@ -314,6 +420,13 @@ struct CpuLoops {
             } else {
               if (stream && aligned) return relu_mask_backward512<true>(gp, mask, dp, i0, i1);
               return relu_mask_backward512<false>(gp, mask, dp, i0, i1);
+            }
+          } else if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa == Isa::Avx2) {
+            const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
+            if constexpr (std::is_same_v<Op, LeakyRelu>) {
+              return leaky_mask_backward_avx2(gp, mask, dp, i0, i1, static_cast<float>(op.negative_slope));
+            } else {
+              return relu_mask_backward_avx2(gp, mask, dp, i0, i1);
             }
           }
 #endif
