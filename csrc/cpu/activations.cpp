@@ -72,6 +72,34 @@ template <class Put> FASTREG_HOST void mask_forward_tail(uint8_t* m, int64_t i, 
   }
 }
 
+// The scalar tails of the vector loops below (leaky_relu's and relu's forward with mask and
+// backward from it), from element i, a multiple of 8, to end.
+template <class T>
+FASTREG_HOST void leaky_mask_forward_tail(const T* x, T* y, uint8_t* m, int64_t i, int64_t end, float slope) {
+  mask_forward_tail(m, i, end, [&](int64_t j) {
+    const float v = load(x, j);
+    store(y, j, v > 0.0f ? v : v * slope);
+    return v > 0.0f;
+  });
+}
+template <class T>
+FASTREG_HOST void leaky_mask_backward_tail(const T* g, const uint8_t* m, T* dx, int64_t i, int64_t end, float slope) {
+  for (; i < end; ++i) {
+    const float v = load(g, i);
+    store(dx, i, (m[i / 8] >> (i % 8)) & 1 ? v : v * slope);
+  }
+}
+template <class T> FASTREG_HOST void relu_mask_forward_tail(const T* x, T* y, uint8_t* m, int64_t i, int64_t end) {
+  mask_forward_tail(m, i, end, [&](int64_t j) {
+    const bool kept = relu_keep(Relu{}, x, j);
+    raw(y)[j] = kept ? raw(x)[j] : uint16_t(0);
+    return kept;
+  });
+}
+template <class T> FASTREG_HOST void relu_mask_backward_tail(const T* g, const uint8_t* m, T* dx, int64_t i, int64_t end) {
+  for (; i < end; ++i) raw(dx)[i] = (m[i / 8] >> (i % 8)) & 1 ? raw(g)[i] : uint16_t(0);
+}
+
 // y[i .. end) and the mask bits of those elements; i a multiple of 8.
 template <class T>
 FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_forward512(const T* __restrict x, T* __restrict y,
@@ -87,11 +115,7 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_forward512(const
     const uint32_t bits = uint32_t(ka) | (uint32_t(kb) << 16);
     std::memcpy(m + i / 8, &bits, 4);
   }
-  mask_forward_tail(m, i, end, [&](int64_t j) {
-    const float v = load(x, j);
-    store(y, j, v > 0.0f ? v : v * slope);
-    return v > 0.0f;
-  });
+  leaky_mask_forward_tail(x, y, m, i, end, slope);
 }
 
 // dx[i .. end) from g and the mask; i a multiple of 8 (kStream: dx + i 64-byte aligned).
@@ -109,10 +133,7 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_backward512(cons
     const __mmask16 da = __mmask16(~bits), db = __mmask16(~bits >> 16);  // dropped: times the slope
     store16x2<kStream>(dx + i, _mm512_mask_mul_ps(a, da, a, s), _mm512_mask_mul_ps(b, db, b, s), bf16i);
   }
-  for (; i < end; ++i) {
-    const float v = load(g, i);
-    store(dx, i, (m[i / 8] >> (i % 8)) & 1 ? v : v * slope);
-  }
+  leaky_mask_backward_tail(g, m, dx, i, end, slope);
 }
 
 // relu's for the 2-byte types: the keep test !(x <= 0) on the raw bits of 32 elements
@@ -138,11 +159,7 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_forward512(const 
     const uint32_t bits = k;
     std::memcpy(m + i / 8, &bits, 4);
   }
-  mask_forward_tail(m, i, end, [&](int64_t j) {
-    const bool kept = relu_keep(Relu{}, x, j);
-    raw(y)[j] = kept ? raw(x)[j] : uint16_t(0);
-    return kept;
-  });
+  relu_mask_forward_tail(x, y, m, i, end);
 }
 
 template <bool kStream, class T>
@@ -154,7 +171,7 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_backward512(const
     std::memcpy(&bits, m + i / 8, 4);
     line_store<kStream>(raw(dx + i), _mm512_maskz_mov_epi16(__mmask32(bits), _mm512_loadu_si512(g + i)));
   }
-  for (; i < end; ++i) raw(dx)[i] = (m[i / 8] >> (i % 8)) & 1 ? raw(g)[i] : uint16_t(0);
+  relu_mask_backward_tail(g, m, dx, i, end);
 }
 
 // The same four loops on AVX2 CPUs (no mask registers): the keep lanes of a compare
@@ -178,11 +195,7 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void leaky_mask_forward_avx2(const
     const uint16_t bits = uint16_t(_mm256_movemask_ps(ka) | (_mm256_movemask_ps(kb) << 8));
     std::memcpy(m + i / 8, &bits, 2);
   }
-  mask_forward_tail(m, i, end, [&](int64_t j) {
-    const float v = load(x, j);
-    store(y, j, v > 0.0f ? v : v * slope);
-    return v > 0.0f;
-  });
+  leaky_mask_forward_tail(x, y, m, i, end, slope);
 }
 
 // Mask byte `byte` as 8 float32 lanes whose sign is its bit k (blendv's selector).
@@ -202,10 +215,7 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void leaky_mask_backward_avx2(cons
     store8x2(dx + i, _mm256_blendv_ps(_mm256_mul_ps(a, s), a, mask_byte_lanes(m[i / 8])),
              _mm256_blendv_ps(_mm256_mul_ps(b, s), b, mask_byte_lanes(m[i / 8 + 1])));
   }
-  for (; i < end; ++i) {
-    const float v = load(g, i);
-    store(dx, i, (m[i / 8] >> (i % 8)) & 1 ? v : v * slope);
-  }
+  leaky_mask_backward_tail(g, m, dx, i, end, slope);
 }
 
 // relu_keep's rule on 16 raw 16-bit lanes: all ones where kept.
@@ -233,11 +243,7 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_forward_avx2(const 
     const uint32_t bits = uint32_t(_mm256_movemask_epi8(bytes));
     std::memcpy(m + i / 8, &bits, 4);
   }
-  mask_forward_tail(m, i, end, [&](int64_t j) {
-    const bool kept = relu_keep(Relu{}, x, j);
-    raw(y)[j] = kept ? raw(x)[j] : uint16_t(0);
-    return kept;
-  });
+  relu_mask_forward_tail(x, y, m, i, end);
 }
 
 template <class T>
@@ -253,7 +259,7 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_backward_avx2(const
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + i));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dx + i), _mm256_and_si256(v, keep));
   }
-  for (; i < end; ++i) raw(dx)[i] = (m[i / 8] >> (i % 8)) & 1 ? raw(g)[i] : uint16_t(0);
+  relu_mask_backward_tail(g, m, dx, i, end);
 }
 #endif
 
@@ -265,7 +271,7 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_backward_avx2(const
 // backward 28.6 ms for 2^22 elements on one core, against 2.6 ms on the AVX-512 path).
 // A, the accumulator type, is float for the 2-byte types.
 template <class T, class A>
-FASTREG_TARGET_AVX2_F16C __attribute__((noinline)) int64_t prelu_backward_row_avx2(const T* __restrict g,
+FASTREG_TARGET_AVX2 __attribute__((noinline)) int64_t prelu_backward_row_avx2(const T* __restrict g,
                                                                                  const T* __restrict x,
                                                                                  T* __restrict dx, int64_t n, A w,
                                                                                  A* __restrict lane) {

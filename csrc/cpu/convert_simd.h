@@ -131,11 +131,10 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void store_row512(T* __restrict 
 
 // The AVX2 forms, 8 elements per 256-bit register, for CPUs without AVX-512: bfloat16
 // by integer ops (as c10 rounds: nearest even, NaN -> 0x7fc0, in 32-bit lanes),
-// float16 by F16C (every AVX2 CPU has it; cpu_isa() checks).
-#define FASTREG_TARGET_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+// float16 by F16C (every AVX2 CPU has it; cpu_isa() checks): FASTREG_TARGET_AVX2 names it.
 
 // The 8 values of the 2-byte type T at p as float32 (exact).
-template <class T> FASTREG_TARGET_AVX2_F16C inline __attribute__((always_inline)) __m256 load8(const T* p) {
+template <class T> FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256 load8(const T* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   if constexpr (std::is_same_v<T, c10::Half>) {
     return _mm256_cvtph_ps(h);
@@ -145,7 +144,7 @@ template <class T> FASTREG_TARGET_AVX2_F16C inline __attribute__((always_inline)
 }
 
 // 8 float32 values rounded to bfloat16 as float_to_bf16 does, one per 32-bit lane.
-FASTREG_TARGET_AVX2_F16C inline __attribute__((always_inline)) __m256i bf16x8_round(__m256 v) {
+FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256i bf16x8_round(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
@@ -158,7 +157,7 @@ FASTREG_TARGET_AVX2_F16C inline __attribute__((always_inline)) __m256i bf16x8_ro
 // 2^16), float16 by F16C, whose only difference from c10 (a NaN's payload) sends a
 // vector holding a NaN to the generic rounding.
 template <class T>
-FASTREG_TARGET_AVX2_F16C inline __attribute__((always_inline)) void store8x2(T* p, __m256 a, __m256 b) {
+FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) void store8x2(T* p, __m256 a, __m256 b) {
   __m256i* q = reinterpret_cast<__m256i*>(p);
   if constexpr (std::is_same_v<T, c10::Half>) {
     if (__builtin_expect(_mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q),
@@ -177,7 +176,7 @@ FASTREG_TARGET_AVX2_F16C inline __attribute__((always_inline)) void store8x2(T* 
   }
 }
 
-FASTREG_TARGET_AVX2_F16C __attribute__((noinline)) inline void half_store_row256(uint16_t* __restrict dst,
+FASTREG_TARGET_AVX2 __attribute__((noinline)) inline void half_store_row256(uint16_t* __restrict dst,
                                                                                  const float* __restrict src,
                                                                                  int64_t n) {
   int64_t k = 0;
@@ -366,7 +365,7 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
 // slower than through the 256-element rows (bench/NOTES.md, twelfth session). Reached
 // only through run_avx2's flatten (its target attribute).
 template <class T, class F, class... P>
-FASTREG_TARGET_AVX2_F16C void map_avx2(T* __restrict y, int64_t i, int64_t end, const F& f, P... in) {
+FASTREG_TARGET_AVX2 void map_avx2(T* __restrict y, int64_t i, int64_t end, const F& f, P... in) {
   constexpr size_t N = sizeof...(P);
   static_assert(N <= 2 && (std::is_same_v<P, const T*> && ...), "map_avx2: up to two inputs of y's type");
   const T* const ptr[N + 1] = {in..., nullptr};
