@@ -356,8 +356,10 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
 }
 
 // The AVX2 form for the 2-byte types, as map_avx512's: 32 elements per step converted
-// by instruction (load8, store8x2) into float arrays around the functor's loop (with 16
-// registers GCC keeps them in L1, not in registers). It replaced, on AVX2 CPUs, float16
+// by instruction (load8, store8x2) into float arrays around the functor's loop, which GCC
+// turns into four 256-bit registers (map_block<false>: with the loop pinned as a loop they
+// stayed arrays in L1, and the maps took 1.02-1.67x the time; steps of 16 elements took
+// 1.0-1.2x, and left some loops scalar: thirteenth session). It replaced, on AVX2 CPUs, float16
 // rows of 256 elements converted into L1 buffers and bfloat16 converted element by
 // element inside the functor's loop: fastreg and ATen both under the AVX2 cap on this
 // project's Zen 4, 2^22 elements, float16 leaky_relu forward+backward 0.60 -> 0.88x eager,
