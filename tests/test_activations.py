@@ -919,14 +919,15 @@ torch.save(out, sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("isa", ["default", "avx512"])
+@pytest.mark.parametrize("isa", ["default", "avx512", "avx2"])
 def test_streaming_backward_gives_the_same_bits(isa, tmp_path):
     """Backward loops of relu, leaky_relu, sigmoid, tanh, elu and selu write with
     non-temporal stores when the op's bytes reach the last-level cache;
     FASTREG_CPU_STREAM_MIN_BYTES=0 sends every call down that path, which must give the
     same bits as the ordinary stores (gelu, which never streams, is the control): every
     dtype, unaligned views, lengths that leave partial lines and buffers. Under the
-    avx512 cap the half types take the generic rounding into the streamed buffer."""
+    avx512 cap the half types take the generic rounding into the streamed buffer; under the
+    avx2 cap the AVX2 path's streamed maps and mask loops."""
     cap = {} if isa == "default" else {"FASTREG_CPU_ISA": isa}
     ordinary = child_tensors(STREAM_BACKWARD_SCRIPT, tmp_path / "ordinary.pt", **cap)
     streamed = child_tensors(
@@ -958,15 +959,16 @@ torch.save(out, sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("path", ["default", "stream", "avx512", "avx2"])
+@pytest.mark.parametrize("path", ["default", "stream", "avx512", "avx2", "avx2-stream"])
 def test_mask_loops_same_bits_on_every_cpu_path(path, tmp_path):
     """relu and leaky_relu with a 1-bit mask: outputs, mask bytes and gradients are bit for
-    bit the portable loops' on every other CPU path (AVX-512's mask-register loops for the
-    half types, streamed backward stores, the avx512 and avx2 caps), through NaN, infinities,
-    signed zeros, denormals and float16 overflow, for lengths that leave partial mask bytes,
-    32-element blocks and tasks."""
+    bit the portable loops' on every other CPU path (the mask-register loops of AVX-512 and
+    the movemask loops of AVX2 for the half types, streamed backward stores, the avx512 and
+    avx2 caps), through NaN, infinities, signed zeros, denormals and float16 overflow, for
+    lengths that leave partial mask bytes, 32-element blocks and tasks."""
     portable = child_tensors(MASK_PATHS_SCRIPT, tmp_path / "portable.pt", FASTREG_CPU_ISA="portable")
-    env = {"stream": {"FASTREG_CPU_STREAM_MIN_BYTES": "0"}, "default": {}}.get(
+    stream = {"FASTREG_CPU_STREAM_MIN_BYTES": "0"}
+    env = {"stream": stream, "default": {}, "avx2-stream": {**stream, "FASTREG_CPU_ISA": "avx2"}}.get(
         path, {"FASTREG_CPU_ISA": path}
     )
     assert_same_bits(child_tensors(MASK_PATHS_SCRIPT, tmp_path / f"{path}.pt", **env), portable)

@@ -152,11 +152,22 @@ FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256i bf16x8_round(_
   return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
 }
 
+// 32 bytes at q (kStream: a non-temporal store, q 32-byte aligned).
+template <bool kStream = false>
+FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) void store256(__m256i* q, __m256i v) {
+  if constexpr (kStream) {
+    _mm256_stream_si256(q, v);
+  } else {
+    _mm256_storeu_si256(q, v);
+  }
+}
+
 // 16 float32 values (a: elements 0-7, b: 8-15) rounded to the 2-byte type T at p, as c10
 // rounds: bfloat16 by bf16x8_round and an unsigned pack (exact: every lane is below
 // 2^16), float16 by F16C, whose only difference from c10 (a NaN's payload) sends a
 // vector holding a NaN to the generic rounding.
-template <class T>
+// kStream: a non-temporal store (p 32-byte aligned; the generic rounding stores as usual).
+template <bool kStream = false, class T>
 FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) void store8x2(T* p, __m256 a, __m256 b) {
   __m256i* q = reinterpret_cast<__m256i*>(p);
   if constexpr (std::is_same_v<T, c10::Half>) {
@@ -164,7 +175,7 @@ FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) void store8x2(T* p, __
                                                          _mm256_cmp_ps(b, b, _CMP_UNORD_Q))) == 0,
                          1)) {
       constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-      return _mm256_storeu_si256(q, _mm256_set_m128i(_mm256_cvtps_ph(b, kNearest), _mm256_cvtps_ph(a, kNearest)));
+      return store256<kStream>(q, _mm256_set_m128i(_mm256_cvtps_ph(b, kNearest), _mm256_cvtps_ph(a, kNearest)));
     }
     alignas(32) float v[16];
     _mm256_store_ps(v, a);
@@ -172,7 +183,7 @@ FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) void store8x2(T* p, __
     for (int k = 0; k < 16; ++k) raw(p)[k] = float_to_half(v[k]);
   } else {
     const __m256i packed = _mm256_packus_epi32(bf16x8_round(a), bf16x8_round(b));  // a0-3 b0-3 | a4-7 b4-7
-    _mm256_storeu_si256(q, _mm256_permute4x64_epi64(packed, 0xd8));               // a0-7 b0-7
+    store256<kStream>(q, _mm256_permute4x64_epi64(packed, 0xd8));                 // a0-7 b0-7
   }
 }
 
@@ -222,11 +233,11 @@ inline bool half_convert() {
 }
 
 // Whether an op whose reads and writes come to `bytes` writes its output with
-// non-temporal stores (stream_min_bytes(): the output cannot stay cached; AVX-512
-// CPUs only). The loops that do end each task with store_fence().
+// non-temporal stores (stream_min_bytes(): the output cannot stay cached; the AVX-512
+// and AVX2 paths). The loops that do end each task with store_fence().
 inline bool stream_stores(int64_t bytes) {
 #ifdef FASTREG_HAVE_AVX512_BF16
-  return cpu_isa() >= Isa::Avx512 && bytes >= stream_min_bytes();
+  return cpu_isa() >= Isa::Avx2 && bytes >= stream_min_bytes();
 #else
   (void)bytes;
   return false;
@@ -366,20 +377,38 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
 // bfloat16 0.70 -> 0.90x; float16's long math loops (gelu, tanh, elu forward) ran 3-10 %
 // slower than through the 256-element rows (bench/NOTES.md, twelfth session). Reached
 // only through run_avx2's flatten (its target attribute).
-template <class T, class F, class... P>
+// kStream: as map_avx512's, for every type (the 4- and 8-byte types take this function
+// only to stream).
+template <bool kStream, class T, class F, class... P>
 FASTREG_TARGET_AVX2 void map_avx2(T* __restrict y, int64_t i, int64_t end, const F& f, P... in) {
   constexpr size_t N = sizeof...(P);
   static_assert(N <= 2 && (std::is_same_v<P, const T*> && ...), "map_avx2: up to two inputs of y's type");
-  const T* const ptr[N + 1] = {in..., nullptr};
-  for (; i + 32 <= end; i += 32) {
-    alignas(32) float v[N + 1][32];
-    alignas(32) float out[32];
-    for (size_t j = 0; j < N; ++j) {
-      for (int q = 0; q < 32; q += 8) _mm256_store_ps(v[j] + q, load8(ptr[j] + i + q));
+  if constexpr (kStream) {
+    for (; i < end && reinterpret_cast<uintptr_t>(y + i) % 64 != 0; ++i) store(y, i, f(i, load(in, i)...));
+  }
+  if constexpr (kTwoByte<T>) {
+    const T* const ptr[N + 1] = {in..., nullptr};
+    for (; i + 32 <= end; i += 32) {
+      alignas(32) float v[N + 1][32];
+      alignas(32) float out[32];
+      for (size_t j = 0; j < N; ++j) {
+        for (int q = 0; q < 32; q += 8) _mm256_store_ps(v[j] + q, load8(ptr[j] + i + q));
+      }
+      map_block<false, N>(out, v, i, f);
+      store8x2<kStream>(y + i, _mm256_load_ps(out), _mm256_load_ps(out + 8));
+      store8x2<kStream>(y + i + 16, _mm256_load_ps(out + 16), _mm256_load_ps(out + 24));
     }
-    map_block<false, N>(out, v, i, f);
-    store8x2(y + i, _mm256_load_ps(out), _mm256_load_ps(out + 8));
-    store8x2(y + i + 16, _mm256_load_ps(out + 16), _mm256_load_ps(out + 24));
+  } else if constexpr (kStream) {  // float, double, raw bits: four lines of L elements
+    constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
+    for (; i + 4 * L <= end; i += 4 * L) {
+      alignas(64) T out[4 * L];
+      _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
+      for (int64_t k = 0; k < 4 * L; ++k) out[k] = f(i + k, in[i + k]...);
+      for (int64_t j = 0; j < 4 * L; j += L / 2) {
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(y + i + j),
+                            _mm256_load_si256(reinterpret_cast<const __m256i*>(out + j)));
+      }
+    }
   }
   for (; i < end; ++i) store(y, i, f(i, load(in, i)...));
 }
@@ -401,11 +430,12 @@ FASTREG_HOST void map_rows(Tag, T* __restrict y, int64_t begin, int64_t end, con
     if (std::is_same_v<T, c10::Half> || (std::is_same_v<T, c10::BFloat16> && bf16_convert())) {
       return map_avx512<false, kBytes>(y, begin, end, f, in...);
     }
-  } else if constexpr (kTwoByte<T> && Tag::isa == Isa::Avx2) {
-    return map_avx2(y, begin, end, f, in...);  // (the AVX2 path has F16C: cpu_isa())
+  } else if constexpr (Tag::isa == Isa::Avx2) {
+    if (stream) return map_avx2<true>(y, begin, end, f, in...);
+    if constexpr (kTwoByte<T>) return map_avx2<false>(y, begin, end, f, in...);  // (with F16C: cpu_isa())
   }
 #endif
-  (void)stream;  // streaming is AVX-512 only (stream_stores())
+  (void)stream;  // streaming is for the AVX-512 and AVX2 paths (stream_stores())
   for (int64_t i = begin; i < end; ++i) store(y, i, f(i, load(in, i)...));
 }
 

@@ -175,9 +175,12 @@ struct CpuLoops {
       // through AVX512_BF16's conversion (forward 13-15 % faster on this project's Zen 4,
       // and 7 % faster than a float32 buffer for map_store); non-temporal stores when the
       // op's bytes exceed the last-level cache (float32 forward+backward of 2^22 elements
-      // 16-26 % faster; bfloat16 at that size, half the bytes, was not)
+      // 16-26 % faster; bfloat16 at that size, half the bytes, was not). AVX-512 only: on the
+      // AVX2 path (Philox words cost twice as much: compute, not memory, bounds the loop)
+      // 256-bit streaming stores made float32 dropout 1.03-1.2x slower (thirteenth session)
       const int64_t bytes = n * static_cast<int64_t>(sizeof(scalar_t)) * (residual ? 3 : 2);
-      const bool stream = !affine && stream_stores(bytes) && reinterpret_cast<uintptr_t>(yp) % 64 == 0;
+      const bool stream = !affine && cpu_isa() >= Isa::Avx512 && stream_stores(bytes) &&
+                          reinterpret_cast<uintptr_t>(yp) % 64 == 0;
       at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
         run_isa([&](auto isa) FASTREG_INLINE_LAMBDA {
           // locals, not captures: the loops must not re-read them after each store
