@@ -106,8 +106,8 @@ template <class T> FASTREG_HOST void relu_mask_backward_tail(const T* g, const u
 // y[i .. end) and the mask bits of those elements; i a multiple of 8.
 template <class T>
 FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_forward512(const T* __restrict x, T* __restrict y,
-                                                                         uint8_t* __restrict m, int64_t i,
-                                                                         int64_t end, float slope) {
+                                                                           uint8_t* __restrict m, int64_t i,
+                                                                           int64_t end, float slope) {
   const bool bf16i = bf16_convert();
   const __m512 s = _mm512_set1_ps(slope), zero = _mm512_setzero_ps();
   for (; i + 32 <= end; i += 32) {
@@ -124,9 +124,9 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_forward512(const
 // dx[i .. end) from g and the mask; i a multiple of 8 (kStream: dx + i 64-byte aligned).
 template <bool kStream, class T>
 FASTREG_TARGET_AVX512 __attribute__((noinline)) void leaky_mask_backward512(const T* __restrict g,
-                                                                          const uint8_t* __restrict m,
-                                                                          T* __restrict dx, int64_t i, int64_t end,
-                                                                          float slope) {
+                                                                            const uint8_t* __restrict m,
+                                                                            T* __restrict dx, int64_t i, int64_t end,
+                                                                            float slope) {
   const bool bf16i = bf16_convert();
   const __m512 s = _mm512_set1_ps(slope);
   for (; i + 32 <= end; i += 32) {
@@ -153,8 +153,8 @@ template <class T> FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) _
 
 template <class T>
 FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_forward512(const T* __restrict x, T* __restrict y,
-                                                                        uint8_t* __restrict m, int64_t i,
-                                                                        int64_t end) {
+                                                                          uint8_t* __restrict m, int64_t i,
+                                                                          int64_t end) {
   for (; i + 32 <= end; i += 32) {
     const __m512i h = _mm512_loadu_si512(x + i);
     const __mmask32 k = relu_keep32<T>(h);
@@ -167,8 +167,8 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_forward512(const 
 
 template <bool kStream, class T>
 FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_backward512(const T* __restrict g,
-                                                                         const uint8_t* __restrict m,
-                                                                         T* __restrict dx, int64_t i, int64_t end) {
+                                                                           const uint8_t* __restrict m,
+                                                                           T* __restrict dx, int64_t i, int64_t end) {
   for (; i + 32 <= end; i += 32) {
     uint32_t bits;
     std::memcpy(&bits, m + i / 8, 4);
@@ -188,8 +188,8 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_backward512(const
 // y[i .. end) and the mask bits of those elements; i a multiple of 8.
 template <class T>
 FASTREG_TARGET_AVX2 __attribute__((noinline)) void leaky_mask_forward_avx2(const T* __restrict x, T* __restrict y,
-                                                                         uint8_t* __restrict m, int64_t i,
-                                                                         int64_t end, float slope) {
+                                                                           uint8_t* __restrict m, int64_t i,
+                                                                           int64_t end, float slope) {
   const __m256 s = _mm256_set1_ps(slope), zero = _mm256_setzero_ps();
   for (; i + 16 <= end; i += 16) {
     const __m256 a = load8(x + i), b = load8(x + i + 8);
@@ -210,9 +210,9 @@ FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256 mask_byte_lanes
 // (kStream: dx + i 64-byte aligned)
 template <bool kStream, class T>
 FASTREG_TARGET_AVX2 __attribute__((noinline)) void leaky_mask_backward_avx2(const T* __restrict g,
-                                                                          const uint8_t* __restrict m,
-                                                                          T* __restrict dx, int64_t i, int64_t end,
-                                                                          float slope) {
+                                                                            const uint8_t* __restrict m,
+                                                                            T* __restrict dx, int64_t i, int64_t end,
+                                                                            float slope) {
   const __m256 s = _mm256_set1_ps(slope);
   for (; i + 16 <= end; i += 16) {
     const __m256 a = load8(g + i), b = load8(g + i + 8);
@@ -234,8 +234,8 @@ template <class T> FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m
 
 template <class T>
 FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_forward_avx2(const T* __restrict x, T* __restrict y,
-                                                                        uint8_t* __restrict m, int64_t i,
-                                                                        int64_t end) {
+                                                                          uint8_t* __restrict m, int64_t i,
+                                                                          int64_t end) {
   for (; i + 32 <= end; i += 32) {
     const __m256i h0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
     const __m256i h1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 16));
@@ -252,8 +252,8 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_forward_avx2(const 
 
 template <bool kStream, class T>
 FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_backward_avx2(const T* __restrict g,
-                                                                         const uint8_t* __restrict m,
-                                                                         T* __restrict dx, int64_t i, int64_t end) {
+                                                                           const uint8_t* __restrict m,
+                                                                           T* __restrict dx, int64_t i, int64_t end) {
   const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
                                         short(0x8000));
   for (; i + 16 <= end; i += 16) {
@@ -276,9 +276,9 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_backward_avx2(const
 // A, the accumulator type, is float for the 2-byte types.
 template <class T, class A>
 FASTREG_TARGET_AVX2 __attribute__((noinline)) int64_t prelu_backward_row_avx2(const T* __restrict g,
-                                                                                 const T* __restrict x,
-                                                                                 T* __restrict dx, int64_t n, A w,
-                                                                                 A* __restrict lane) {
+                                                                              const T* __restrict x,
+                                                                              T* __restrict dx, int64_t n, A w,
+                                                                              A* __restrict lane) {
   static_assert(std::is_same_v<A, float>, "the 2-byte types accumulate in float");
   const __m256 ws = _mm256_set1_ps(w), zero = _mm256_setzero_ps();
   __m256 lo = _mm256_loadu_ps(lane), hi = _mm256_loadu_ps(lane + 8);

@@ -188,8 +188,8 @@ FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) void store8x2(T* p, __
 }
 
 FASTREG_TARGET_AVX2 __attribute__((noinline)) inline void half_store_row256(uint16_t* __restrict dst,
-                                                                                 const float* __restrict src,
-                                                                                 int64_t n) {
+                                                                            const float* __restrict src,
+                                                                            int64_t n) {
   int64_t k = 0;
   for (; k + 8 <= n; k += 8) {
     const __m256 v = _mm256_loadu_ps(src + k);
