@@ -268,6 +268,34 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_backward_avx2(const
 #endif
 
 #ifdef FASTREG_HAVE_AVX512_BF16
+// The half types' mask loops above of instruction set I (AVX-512 or AVX2) for Op, over the
+// elements [i0, i1), i0 a multiple of 8 (kStream: dx + i0 64-byte aligned).
+template <Isa I, class Op, class T>
+FASTREG_HOST void mask_forward_isa(const Op& op, const T* x, T* y, uint8_t* m, int64_t i0, int64_t i1) {
+  if constexpr (std::is_same_v<Op, LeakyRelu>) {
+    const float slope = static_cast<float>(op.negative_slope);
+    if constexpr (I >= Isa::Avx512) return leaky_mask_forward512(x, y, m, i0, i1, slope);
+    else return leaky_mask_forward_avx2(x, y, m, i0, i1, slope);
+  } else {
+    static_assert(std::is_same_v<Op, Relu>, "the 1-bit-mask ops: relu, leaky_relu");
+    if constexpr (I >= Isa::Avx512) return relu_mask_forward512(x, y, m, i0, i1);
+    else return relu_mask_forward_avx2(x, y, m, i0, i1);
+  }
+}
+template <Isa I, bool kStream, class Op, class T>
+FASTREG_HOST void mask_backward_isa(const Op& op, const T* g, const uint8_t* m, T* dx, int64_t i0, int64_t i1) {
+  if constexpr (std::is_same_v<Op, LeakyRelu>) {
+    const float slope = static_cast<float>(op.negative_slope);
+    if constexpr (I >= Isa::Avx512) return leaky_mask_backward512<kStream>(g, m, dx, i0, i1, slope);
+    else return leaky_mask_backward_avx2<kStream>(g, m, dx, i0, i1, slope);
+  } else {
+    if constexpr (I >= Isa::Avx512) return relu_mask_backward512<kStream>(g, m, dx, i0, i1);
+    else return relu_mask_backward_avx2<kStream>(g, m, dx, i0, i1);
+  }
+}
+#endif
+
+#ifdef FASTREG_HAVE_AVX512_BF16
 // PReLU's backward over the first 16k of a row's n elements for the 2-byte types on AVX2,
 // by intrinsics (Prelu's formulas as selects: blend g or w * g, and g * x or +0 into the
 // 16 running sums `lane`, element i + k into lane k as the generic loop adds them); returns
@@ -361,21 +389,9 @@ struct CpuLoops {
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
 #ifdef FASTREG_HAVE_AVX512_BF16
-          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx512) {
+          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx2) {
             const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
-            if constexpr (std::is_same_v<Op, LeakyRelu>) {
-              return leaky_mask_forward512(xp, yp, mask, i0, i1, static_cast<float>(op.negative_slope));
-            } else {
-              static_assert(std::is_same_v<Op, Relu>, "the 1-bit-mask ops: relu, leaky_relu");
-              return relu_mask_forward512(xp, yp, mask, i0, i1);
-            }
-          } else if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa == Isa::Avx2) {
-            const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
-            if constexpr (std::is_same_v<Op, LeakyRelu>) {
-              return leaky_mask_forward_avx2(xp, yp, mask, i0, i1, static_cast<float>(op.negative_slope));
-            } else {
-              return relu_mask_forward_avx2(xp, yp, mask, i0, i1);
-            }
+            return mask_forward_isa<decltype(isa)::isa>(op, xp, yp, mask, i0, i1);
           }
 #endif
           const Op o = op;
@@ -420,28 +436,13 @@ struct CpuLoops {
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
 #ifdef FASTREG_HAVE_AVX512_BF16
-          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx512) {
+          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx2) {
+            constexpr Isa I = decltype(isa)::isa;
             const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
-            const bool aligned = reinterpret_cast<uintptr_t>(dp + i0) % 64 == 0;
-            if constexpr (std::is_same_v<Op, LeakyRelu>) {
-              const float slope = static_cast<float>(op.negative_slope);
-              if (stream && aligned) return leaky_mask_backward512<true>(gp, mask, dp, i0, i1, slope);
-              return leaky_mask_backward512<false>(gp, mask, dp, i0, i1, slope);
-            } else {
-              if (stream && aligned) return relu_mask_backward512<true>(gp, mask, dp, i0, i1);
-              return relu_mask_backward512<false>(gp, mask, dp, i0, i1);
+            if (stream && reinterpret_cast<uintptr_t>(dp + i0) % 64 == 0) {
+              return mask_backward_isa<I, true>(op, gp, mask, dp, i0, i1);
             }
-          } else if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa == Isa::Avx2) {
-            const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
-            const bool aligned = reinterpret_cast<uintptr_t>(dp + i0) % 64 == 0;
-            if constexpr (std::is_same_v<Op, LeakyRelu>) {
-              const float slope = static_cast<float>(op.negative_slope);
-              if (stream && aligned) return leaky_mask_backward_avx2<true>(gp, mask, dp, i0, i1, slope);
-              return leaky_mask_backward_avx2<false>(gp, mask, dp, i0, i1, slope);
-            } else {
-              if (stream && aligned) return relu_mask_backward_avx2<true>(gp, mask, dp, i0, i1);
-              return relu_mask_backward_avx2<false>(gp, mask, dp, i0, i1);
-            }
+            return mask_backward_isa<I, false>(op, gp, mask, dp, i0, i1);
           }
 #endif
           const Op o = op;
