@@ -71,6 +71,11 @@ def time_calls(fn, device, reps=None):
     return timer.blocked_autorange(min_run_time=0.3).median * 1e3, None
 
 
+# The variables that cap the instruction sets of the CPU code eager torch and fastreg run:
+# ATen's kernels, oneDNN's JIT kernels (eager GELU), MKL's (float32 matmul), fastreg's.
+CPU_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FASTREG_CPU_ISA")
+
+
 def steady_cpu_allocator():
     """Makes glibc's malloc keep freed blocks of up to 32 MiB in the heap (M_MMAP_THRESHOLD)
     and never hand the heap's top back to the system (M_TRIM_THRESHOLD), so a benchmark loop
@@ -317,6 +322,9 @@ def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, ex
         # the instruction set of eager torch's CPU kernels (ATEN_CPU_CAPABILITY caps it; fastreg's
         # own is build_info()'s cpu_isa, capped by FASTREG_CPU_ISA)
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # oneDNN's JIT kernels (eager GELU on the CPU) pick their own instruction set, capped
+        # only by ONEDNN_MAX_CPU_ISA; MKL's (float32 matmul) by MKL_ENABLE_INSTRUCTIONS
+        "cpu_isa_env": {k: os.environ.get(k) for k in CPU_ISA_ENV},
     }
     try:
         import fastreg

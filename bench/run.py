@@ -1,7 +1,7 @@
 """`make bench`: every family's benchmark on the default device, a table, JSON and a PNG.
 
 python bench/run.py [--device cuda] [--numel N] [--dtypes float32,bfloat16]
-                    [--compile-ops relu,gelu] [--out DIR]
+                    [--compile-ops relu,gelu] [--out DIR] [--cpu-isa avx2]
 """
 
 import argparse
@@ -19,6 +19,30 @@ import bench_dropout  # noqa: E402
 import harness  # noqa: E402
 
 FAMILIES = {"activations": bench_activations, "dropout": bench_dropout, "batch": bench_batch}
+
+# What --cpu-isa caps, in each library eager torch and fastreg run on the CPU: ATen's own
+# kernels (ATEN_CPU_CAPABILITY), oneDNN's JIT kernels (ONEDNN_MAX_CPU_ISA: eager torch's
+# float32 and bfloat16 GELU, forward and backward, run there, and ATEN_CPU_CAPABILITY does not
+# reach them), MKL's (MKL_ENABLE_INSTRUCTIONS: float32 matmul) and fastreg's
+# (FASTREG_CPU_ISA). Each is read when its library loads or first runs, so the cap is applied
+# by running the script again with them set.
+CPU_ISA_CAPS = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FASTREG_CPU_ISA": "avx2",
+    },
+}
+
+
+def cap_cpu_isa(isa):
+    """Re-executes this script with every library capped to `isa` (CPU_ISA_CAPS), unless the
+    environment already holds those caps; returns the caps in force."""
+    caps = CPU_ISA_CAPS[isa]
+    if any(os.environ.get(k) != v for k, v in caps.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **caps})
+    return caps
 
 
 def main():
@@ -44,11 +68,25 @@ def main():
         help="GPU: interleaved rounds, fastest kept (1); CPU: 0.3 s of alternating batches per round (3)",
     )
     p.add_argument(
+        "--cpu-isa",
+        choices=sorted(CPU_ISA_CAPS),
+        default=None,
+        help="CPU: cap eager torch (ATen, oneDNN, MKL) and fastreg to this instruction set, "
+        "to time the code a CPU without AVX-512 runs",
+    )
+    p.add_argument(
         "--system-malloc",
         action="store_true",
         help="CPU: keep glibc's adaptive malloc thresholds (page faults make timings bimodal)",
     )
     args = p.parse_args()
+    caps = cap_cpu_isa(args.cpu_isa) if args.cpu_isa else None
+    if not caps and any(os.environ.get(k) for k in harness.CPU_ISA_ENV):
+        print(
+            "note: only some CPU instruction-set caps are set "
+            f"({', '.join(f'{k}={os.environ.get(k)}' for k in harness.CPU_ISA_ENV)}); "
+            "--cpu-isa sets all of them (ATEN_CPU_CAPABILITY does not cap eager GELU's oneDNN kernels)"
+        )
 
     device = args.device
     on_gpu = torch.device(device).type == "cuda"
@@ -74,7 +112,14 @@ def main():
             rows.append(harness.run_case(case, device, copy_gbps, rounds))
             print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
     base = harness.write_results(
-        rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel, "malloc": malloc}, args.tag
+        rows,
+        device,
+        copy_gbps,
+        copy_ms,
+        copy_bytes,
+        args.out,
+        {"numel": numel, "malloc": malloc, "cpu_isa_caps": caps},
+        args.tag,
     )
     print()
     print(harness.format_table(rows, copy_gbps))
