@@ -46,8 +46,10 @@ def _finish(input, y, inplace=False):
 
 
 def sigmoid(input):
-    x = _opmath(input)
-    return _finish(input, 1 / (1 + torch.exp(-x)))
+    # torch.sigmoid, not 1 / (1 + exp(-x)): that quotient's derivative, exp(-x) / (1 + exp(-x))^2,
+    # is inf / inf = NaN where exp(-x) overflows (x < -88 in float32), and torch.func transforms
+    # and forward AD differentiate this reference (fastreg.functional)
+    return _finish(input, torch.sigmoid(_opmath(input)))
 
 
 def tanh(input):
@@ -71,14 +73,21 @@ def prelu(input, weight):
     return _finish(input, torch.where(x > 0, x, w * x))
 
 
+def _expm1_neg(x):
+    """expm1(min(x, 0)), as the kernels compute ELU's negative branch: where x > 0 selects the
+    other branch, this one's derivative is then exp(0) = 1 rather than exp(x), which overflows
+    to inf for large x and makes the unselected branch's zero gradient 0 * inf = NaN."""
+    return torch.expm1(torch.clamp(x, max=0))
+
+
 def elu(input, alpha=1.0, inplace=False):
     x = _opmath(input)
-    return _finish(input, torch.where(x > 0, x, alpha * torch.expm1(x)), inplace)
+    return _finish(input, torch.where(x > 0, x, alpha * _expm1_neg(x)), inplace)
 
 
 def selu(input, inplace=False):
     x = _opmath(input)
-    return _finish(input, SELU_SCALE * torch.where(x > 0, x, SELU_ALPHA * torch.expm1(x)), inplace)
+    return _finish(input, SELU_SCALE * torch.where(x > 0, x, SELU_ALPHA * _expm1_neg(x)), inplace)
 
 
 def gelu(input, approximate="none"):
@@ -91,7 +100,7 @@ def gelu(input, approximate="none"):
 
 def silu(input, inplace=False):
     x = _opmath(input)
-    return _finish(input, x / (1 + torch.exp(-x)), inplace)
+    return _finish(input, x * torch.sigmoid(x), inplace)  # (not x / (1 + exp(-x)): see sigmoid)
 
 
 # --- dropout family: the same bits as the kernels (fastreg/_random.py, csrc/philox.h) ---------

@@ -270,6 +270,38 @@ def test_torch_func_transforms_and_forward_ad(device, name):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", CASES)
+def test_gradients_where_exp_overflows(device, dtype, name):
+    """Far from zero (|x| of 100 and more: exp(-x) or exp(x) overflows in float32, 10^4 in
+    float64) torch's gradients stay finite: sigmoid's and silu's vanish below zero, elu's and
+    selu's are their slope above it. fastreg's equal them through autograd (the kernels), in
+    the reference, and through torch.func.grad and jvp, which differentiate the reference
+    (fastreg.functional under a transform). The reference's quotient 1 / (1 + exp(-x)) and
+    ELU's unselected expm1(x) branch gave NaN there (inf / inf, 0 * inf)."""
+    from torch.func import grad, jvp
+
+    fr, tf, ref, kw = CASES[name]
+    x = torch.tensor([-1e30, -1e4, -100.0, -30.0, 0.5, 30.0, 100.0, 1e4, 1e30], dtype=dtype, device=device)
+    want = grad(lambda v: tf(v, **kw).sum())(x)
+
+    def autograd_of(f):
+        v = x.clone().requires_grad_()
+        return torch.autograd.grad(f(v, **kw).sum(), v)[0]
+
+    got = {
+        "kernel": autograd_of(fr),
+        "reference": autograd_of(ref),
+        "torch.func.grad": grad(lambda v: fr(v, **kw).sum())(x),
+        "jvp": jvp(lambda v: fr(v, **kw), (x,), (torch.ones_like(x),))[1],
+    }
+    for what, g in got.items():
+        torch.testing.assert_close(g, want, equal_nan=True, msg=lambda m, what=what: f"{what}: {m}")
+    if name != "gelu_tanh":  # torch's tanh GELU: 0 * inf at x = +-1e30 (x^3 overflows)
+        assert not want.isnan().any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_inplace_under_torch_func(device):
     """inplace=True inside torch.func.grad: the same gradient as torch's in-place function
     (silu's reference saves its input, which the in-place write must not overwrite)."""

@@ -93,6 +93,39 @@ def test_bias_act_dropout_matches_reference(device, dtype, activation):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ACTS)
+def test_bias_act_dropout_gradients_where_exp_overflows(device, activation):
+    """Pre-activations far from zero (exp overflows in float32): the kernel's input and bias
+    gradients equal the reference's and torch's eager composite's (dropout(act(x + b)), the
+    same mask), and none is NaN; through torch.func.grad too (which differentiates the
+    reference). The reference's sigmoid, silu, elu and selu gave NaN there."""
+    from torch.func import grad
+
+    x = torch.tensor([[-1e30, -1e4, -100.0, -30.0, 0.5, 30.0, 100.0, 1e4]] * 4, device=device)
+    b = torch.linspace(-1, 1, 8, device=device)
+    seed = torch.tensor([5], device=device)
+    keep = R.keep_mask(x, seed, 0.3).to(x.dtype) / 0.7
+    torch_act = TORCH_ACTS[activation]
+
+    def grads(f):
+        xv, bv = x.clone().requires_grad_(), b.clone().requires_grad_()
+        return torch.autograd.grad(f(xv, bv).sum(), (xv, bv))
+
+    want = grads(lambda xv, bv: torch_act(xv + bv) * keep)
+    got = {
+        "kernel": grads(lambda xv, bv: FR.bias_act_dropout(xv, bv, activation, 0.3, seed=5)),
+        "reference": grads(lambda xv, bv: R.bias_act_dropout(xv, bv, activation, 0.3, seed=5)),
+        "torch.func.grad": grad(
+            lambda xv, bv: FR.bias_act_dropout(xv, bv, activation, 0.3, seed=5).sum(), (0, 1)
+        )(x, b),
+    }
+    assert not any(t.isnan().any() for t in want)
+    for what, (gx, gb) in got.items():
+        torch.testing.assert_close(gx, want[0], msg=lambda m, what=what: f"{what}, input: {m}")
+        torch.testing.assert_close(gb, want[1], msg=lambda m, what=what: f"{what}, bias: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ACTS)
 def test_bias_act_dropout_without_dropout_is_bias_plus_activation(device, activation):
     x = make_input((4, 33), "contiguous", torch.float32, device)
     b = torch.randn(33, device=device)
