@@ -77,7 +77,7 @@ def _expm1_neg(x):
     """expm1(min(x, 0)), as the kernels compute ELU's negative branch: where x > 0 selects the
     other branch, this one's derivative is then exp(0) = 1 rather than exp(x), which overflows
     to inf for large x and makes the unselected branch's zero gradient 0 * inf = NaN."""
-    return torch.expm1(torch.clamp(x, max=0))
+    return torch.expm1(torch.where(x > 0, torch.zeros_like(x), x))  # (clamp passes no gradient at 0)
 
 
 def elu(input, alpha=1.0, inplace=False):

@@ -282,7 +282,9 @@ def test_gradients_where_exp_overflows(device, dtype, name):
     from torch.func import grad, jvp
 
     fr, tf, ref, kw = CASES[name]
-    x = torch.tensor([-1e30, -1e4, -100.0, -30.0, 0.5, 30.0, 100.0, 1e4, 1e30], dtype=dtype, device=device)
+    x = torch.tensor(
+        [-1e30, -1e4, -100.0, -30.0, -0.0, 0.0, 0.5, 30.0, 100.0, 1e4, 1e30], dtype=dtype, device=device
+    )
     want = grad(lambda v: tf(v, **kw).sum())(x)
 
     def autograd_of(f):

@@ -100,8 +100,8 @@ def test_bias_act_dropout_gradients_where_exp_overflows(device, activation):
     reference). The reference's sigmoid, silu, elu and selu gave NaN there."""
     from torch.func import grad
 
-    x = torch.tensor([[-1e30, -1e4, -100.0, -30.0, 0.5, 30.0, 100.0, 1e4]] * 4, device=device)
-    b = torch.linspace(-1, 1, 8, device=device)
+    x = torch.tensor([[-1e30, -1e4, -100.0, -30.0, 0.0, 0.5, 30.0, 100.0, 1e4, 1e30]] * 4, device=device)
+    b = torch.tensor([0.5, -0.5, 1.0, 0.0, 0.0, -0.5, 0.0, 1.0, -1.0, 0.5], device=device)
     seed = torch.tensor([5], device=device)
     keep = R.keep_mask(x, seed, 0.3).to(x.dtype) / 0.7
     torch_act = TORCH_ACTS[activation]
