@@ -112,14 +112,7 @@ def main():
             rows.append(harness.run_case(case, device, copy_gbps, rounds))
             print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
     base = harness.write_results(
-        rows,
-        device,
-        copy_gbps,
-        copy_ms,
-        copy_bytes,
-        args.out,
-        {"numel": numel, "malloc": malloc, "cpu_isa_caps": caps},
-        args.tag,
+        rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel, "malloc": malloc}, args.tag
     )
     print()
     print(harness.format_table(rows, copy_gbps))
