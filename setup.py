@@ -93,7 +93,7 @@ def write_build_info(arch):
             f.write(text)
 
 
-sources = ["csrc/fastreg.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+sources = ["csrc/fastreg.cpp", "csrc/testing.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 macros = []
 # No errno, no FP traps: lets GCC if-convert and vectorize the activation math.
 # No contraction of a*b+c into an FMA behind our back: the random ops must round

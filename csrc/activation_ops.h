@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 
@@ -64,6 +65,14 @@ inline at::Tensor like_layout(const at::Tensor& t, const at::Tensor& ref) {
 
 inline int64_t mask_bytes(int64_t numel) { return (numel + 7) / 8; }
 
+// A dense tensor's memory viewed as [outer][size(dim)][inner], the view of every
+// kernel with a per-channel (or per-sample) value: inner is the stride of `dim`,
+// except where dim has size 1, whose stride in a dense tensor is arbitrary (0, or
+// larger than the tensor): then everything is one channel, inner = numel.
+inline int64_t inner_of(const at::Tensor& dense, int64_t dim) {
+  return dense.size(dim) == 1 ? std::max<int64_t>(dense.numel(), 1) : dense.stride(dim);
+}
+
 template <class Loops, class Op>
 at::Tensor act_forward(const char* name, const at::Tensor& x, const Op& op) {
   check_float(x, name, "input");
@@ -73,11 +82,14 @@ at::Tensor act_forward(const char* name, const at::Tensor& x, const Op& op) {
   return y;
 }
 
+// `saved` is the forward's output or input (`saved_arg` names it, as the schema does).
 template <class Loops, class Op>
 at::Tensor act_backward(const char* name, const at::Tensor& grad, const at::Tensor& saved,
                         const Op& op) {
-  check_float(saved, name, "saved");
-  check_like(grad, saved, name, "grad", "saved");
+  const char* saved_arg = Op::saved == Saved::Output ? "output" : "input";
+  check_float(grad, name, "grad");
+  check_float(saved, name, saved_arg);
+  check_like(saved, grad, name, saved_arg, "grad");
   const at::Tensor s = dense(saved);
   const at::Tensor g = like_layout(grad, s);
   at::Tensor dx = at::empty_like(s);
@@ -131,22 +143,34 @@ at::Tensor act_forward_mask_(const char* name, at::Tensor& x, bool save_mask, co
   return mask;
 }
 
+// A 1-bit mask argument (`arg` of op `name`) for a gradient like `grad`: a 1-D uint8
+// tensor of mask_bytes(grad.numel()) bytes on grad's device. The kernels read its
+// bytes in order, so a strided view of the mask is made contiguous first.
+inline at::Tensor checked_mask(const at::Tensor& mask, const at::Tensor& grad, const char* name,
+                               const char* arg) {
+  FASTREG_CHECK_VALUE(mask.defined(), "fastreg.", name, ": ", arg, " is undefined");
+  FASTREG_CHECK_TYPE(mask.scalar_type() == at::kByte, "fastreg.", name, ": ", arg,
+                     " must be a uint8 tensor (the forward's 1-bit mask), got ", mask.scalar_type());
+  FASTREG_CHECK_VALUE(mask.dim() == 1, "fastreg.", name, ": ", arg, " must be 1-D, got shape ",
+                      shape_str(mask));
+  FASTREG_CHECK(mask.device() == grad.device(), "fastreg.", name, ": ", arg, " is on ",
+                mask.device(), " but grad is on ", grad.device());
+  FASTREG_CHECK_VALUE(mask.numel() == mask_bytes(grad.numel()), "fastreg.", name, ": ", arg,
+                      " has ", mask.numel(), " bytes but grad needs ", mask_bytes(grad.numel()),
+                      " (was the forward run with save_mask=False?)");
+  return mask.contiguous();
+}
+
 // `grad` must be laid out like the forward output (the Python autograd formula
 // ensures it); its memory order is the mask's.
 template <class Loops, class Op>
 at::Tensor act_backward_mask(const char* name, const at::Tensor& grad, const at::Tensor& mask,
                              const Op& op) {
   check_float(grad, name, "grad");
-  FASTREG_CHECK_TYPE(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.is_contiguous(),
-              "fastreg.", name, ": mask must be a contiguous 1-D uint8 tensor");
-  FASTREG_CHECK(mask.device() == grad.device(), "fastreg.", name, ": mask is on ", mask.device(),
-              " but grad is on ", grad.device());
-  FASTREG_CHECK_VALUE(mask.numel() == mask_bytes(grad.numel()), "fastreg.", name, ": mask has ",
-              mask.numel(), " bytes but grad needs ", mask_bytes(grad.numel()),
-              " (was the forward run with save_mask=False?)");
+  const at::Tensor m = checked_mask(mask, grad, name, "mask");
   const at::Tensor g = dense(grad);
   at::Tensor dx = at::empty_like(g);
-  if (dx.numel() > 0) Loops::backward_mask(op, g, mask.data_ptr<uint8_t>(), dx);
+  if (dx.numel() > 0) Loops::backward_mask(op, g, m.const_data_ptr<uint8_t>(), dx);
   return dx;
 }
 
@@ -178,7 +202,7 @@ inline void check_prelu(const at::Tensor& x, const at::Tensor& weight, const cha
 inline PreluShape prelu_shape(const at::Tensor& xd, const at::Tensor& weight) {
   const int64_t c = weight.numel();
   if (c == 1) return {1, std::max<int64_t>(xd.numel(), 1)};
-  return {c, xd.stride(1)};
+  return {c, inner_of(xd, 1)};
 }
 
 template <class Loops>

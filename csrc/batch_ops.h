@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -51,6 +52,14 @@ inline void check_images(const at::Tensor& images, const at::Tensor& seed, const
                 " but images are on ", images.device());
 }
 
+// The in-place forms write into images: elements that share memory (an expanded view)
+// would be written several times with different values, as torch's in-place ops refuse.
+inline void check_writable(const at::Tensor& images, const char* op) {
+  FASTREG_CHECK_VALUE(at::has_internal_overlap(images) != at::MemOverlap::Yes, "fastreg.", op,
+                      ": images has elements that share memory (an expanded view); the in-place form ",
+                      "would write them more than once: clone() it first");
+}
+
 inline void check_sample_beta(const at::Tensor& seed, int64_t n, double a, double b) {
   FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
                      "fastreg._sample_beta: seed must be a one-element int64 tensor");
@@ -62,10 +71,11 @@ inline void check_prob(double p, const char* op, const char* name) {
   FASTREG_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.", op, ": ", name, " must be in [0, 1], got ", p);
 }
 
-inline sampling::BoxRule cutout_rule(const at::Tensor& images, const at::Tensor& seed, int64_t size, double p) {
-  check_images(images, seed, "cutout", true);
-  FASTREG_CHECK_VALUE(size > 0, "fastreg.cutout: size must be > 0, got ", size);
-  check_prob(p, "cutout", "p");
+inline sampling::BoxRule cutout_rule(const at::Tensor& images, const at::Tensor& seed, int64_t size, double p,
+                                     const char* name) {
+  check_images(images, seed, name, true);
+  FASTREG_CHECK_VALUE(size > 0, "fastreg.", name, ": size must be > 0, got ", size);
+  check_prob(p, name, "p");
   sampling::BoxRule r{};
   r.erase = false;
   r.size = size;
@@ -74,14 +84,15 @@ inline sampling::BoxRule cutout_rule(const at::Tensor& images, const at::Tensor&
 }
 
 inline sampling::BoxRule erase_rule(const at::Tensor& images, const at::Tensor& seed, double p, double scale_lo,
-                                    double scale_hi, double log_ratio_lo, double log_ratio_hi, bool random) {
-  check_images(images, seed, "random_erasing", !random);
-  check_prob(p, "random_erasing", "p");
-  FASTREG_CHECK_VALUE(scale_lo >= 0.0 && scale_lo <= scale_hi && scale_hi <= 1.0,
-                      "fastreg.random_erasing: scale must satisfy 0 <= scale[0] <= scale[1] <= 1, got (",
-                      scale_lo, ", ", scale_hi, ")");
+                                    double scale_hi, double log_ratio_lo, double log_ratio_hi, bool random,
+                                    const char* name) {
+  check_images(images, seed, name, !random);
+  check_prob(p, name, "p");
+  FASTREG_CHECK_VALUE(scale_lo >= 0.0 && scale_lo <= scale_hi && scale_hi <= 1.0, "fastreg.", name,
+                      ": scale must satisfy 0 <= scale[0] <= scale[1] <= 1, got (", scale_lo, ", ", scale_hi,
+                      ")");
   FASTREG_CHECK_VALUE(std::isfinite(log_ratio_lo) && log_ratio_lo <= log_ratio_hi && std::isfinite(log_ratio_hi),
-                      "fastreg.random_erasing: ratio must satisfy 0 < ratio[0] <= ratio[1]");
+                      "fastreg.", name, ": ratio must satisfy 0 < ratio[0] <= ratio[1]");
   sampling::BoxRule r{};
   r.erase = true;
   r.e.H = images.size(2);
@@ -103,32 +114,32 @@ struct MixArgs {
 };
 
 inline sampling::MixSpec mix_spec(const at::Tensor& images, const at::Tensor& target, const at::Tensor& seed,
-                                  const MixArgs& a) {
-  check_images(images, seed, "mixup", false);
+                                  const MixArgs& a, const char* name) {
+  check_images(images, seed, name, false);
   const int64_t B = images.size(0), H = images.size(2), W = images.size(3);
-  FASTREG_CHECK_VALUE(a.mode >= 0 && a.mode <= 2, "fastreg.mixup: mode must be 'batch', 'pair' or 'elem'");
+  FASTREG_CHECK_VALUE(a.mode >= 0 && a.mode <= 2, "fastreg.", name, ": mode must be 'batch', 'pair' or 'elem'");
   FASTREG_CHECK_VALUE(a.mixup_alpha >= 0.0 && a.cutmix_alpha >= 0.0 && a.mixup_alpha + a.cutmix_alpha > 0.0,
-                      "fastreg.mixup: alpha must be > 0 (mixup_alpha ", a.mixup_alpha, ", cutmix_alpha ",
+                      "fastreg.", name, ": alpha must be > 0 (mixup_alpha ", a.mixup_alpha, ", cutmix_alpha ",
                       a.cutmix_alpha, ")");
-  check_prob(a.prob, "mixup", "prob");
-  check_prob(a.switch_prob, "mixup", "switch_prob");
+  check_prob(a.prob, name, "prob");
+  check_prob(a.switch_prob, name, "switch_prob");
   FASTREG_CHECK_VALUE(a.label_smoothing >= 0.0 && a.label_smoothing <= 1.0,
-                      "fastreg.mixup: label_smoothing must be in [0, 1], got ", a.label_smoothing);
-  FASTREG_CHECK_VALUE(a.num_classes > 0, "fastreg.mixup: num_classes must be > 0, got ", a.num_classes);
-  FASTREG_CHECK_VALUE(B < (int64_t(1) << 32), "fastreg.mixup: batch too large");
-  FASTREG_CHECK(target.device() == images.device(), "fastreg.mixup: target is on ", target.device(),
+                      "fastreg.", name, ": label_smoothing must be in [0, 1], got ", a.label_smoothing);
+  FASTREG_CHECK_VALUE(a.num_classes > 0, "fastreg.", name, ": num_classes must be > 0, got ", a.num_classes);
+  FASTREG_CHECK_VALUE(B < (int64_t(1) << 32), "fastreg.", name, ": batch too large");
+  FASTREG_CHECK(target.device() == images.device(), "fastreg.", name, ": target is on ", target.device(),
                 " but images are on ", images.device());
   if (target.dim() == 1) {
-    FASTREG_CHECK_TYPE(target.scalar_type() == at::kLong, "fastreg.mixup: class-index target must be int64, got ",
+    FASTREG_CHECK_TYPE(target.scalar_type() == at::kLong, "fastreg.", name, ": class-index target must be int64, got ",
                        target.scalar_type());
   } else {
     FASTREG_CHECK_VALUE(target.dim() == 2 && target.size(1) == a.num_classes,
-                        "fastreg.mixup: target must be class indices (B,) or probabilities (B, num_classes=",
+                        "fastreg.", name, ": target must be class indices (B,) or probabilities (B, num_classes=",
                         a.num_classes, "), got shape ", target.sizes());
     FASTREG_CHECK_TYPE(at::isFloatingType(target.scalar_type()),
-                       "fastreg.mixup: probability target must be a float tensor, got ", target.scalar_type());
+                       "fastreg.", name, ": probability target must be a float tensor, got ", target.scalar_type());
   }
-  FASTREG_CHECK_VALUE(target.size(0) == B, "fastreg.mixup: target has ", target.size(0),
+  FASTREG_CHECK_VALUE(target.size(0) == B, "fastreg.", name, ": target has ", target.size(0),
                       " samples but images have ", B);
   sampling::MixSpec s{};
   s.H = H;
@@ -145,7 +156,7 @@ inline sampling::MixSpec mix_spec(const at::Tensor& images, const at::Tensor& ta
     s.span_h = static_cast<int64_t>(H * a.cut_max) - s.min_h;
     s.span_w = static_cast<int64_t>(W * a.cut_max) - s.min_w;
     FASTREG_CHECK_VALUE(a.cut_max <= 1.0 && s.span_h > 0 && s.span_w > 0,
-                        "fastreg.mixup: cutmix_minmax (", a.cut_min, ", ", a.cut_max,
+                        "fastreg.", name, ": cutmix_minmax (", a.cut_min, ", ", a.cut_max,
                         ") gives no box side range for a ", H, "x", W, " image");
   }
   return s;
@@ -158,9 +169,30 @@ inline at::Tensor walkable(const at::Tensor& t) { return is_nchw(t) || is_nhwc(t
 // Checks, each sample's draw (params) and the soft targets: what mix and mix_ share.
 template <class Loops>
 std::pair<at::Tensor, at::Tensor> draw_mix(const at::Tensor& images, const at::Tensor& target,
-                                           const at::Tensor& seed, const MixArgs& a) {
-  const auto spec = mix_spec(images, target, seed, a);
+                                           const at::Tensor& seed, const MixArgs& a, const char* name) {
+  const auto spec = mix_spec(images, target, seed, a, name);
   return Loops::mix_draw(seed, target, static_cast<int>(a.mode), spec, a.num_classes, a.label_smoothing);
+}
+
+// mix_backward's arguments: a float (B, C, H, W) gradient and the forward's record of
+// each sample's draw, (B, kMixParamCols) float64 on the gradient's device. The kernels
+// read the record row by row, so a strided view of it is made contiguous.
+inline at::Tensor checked_mix_params(const at::Tensor& grad, const at::Tensor& params) {
+  const auto st = grad.scalar_type();
+  FASTREG_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+                     "fastreg.mix_backward: grad must be a float tensor, got ", st);
+  FASTREG_CHECK_VALUE(grad.dim() == 4, "fastreg.mix_backward: grad must be 4-D (B, C, H, W), got ",
+                      grad.dim(), "-D");
+  FASTREG_CHECK_TYPE(params.scalar_type() == at::kDouble,
+                     "fastreg.mix_backward: params must be the forward's float64 record, got ",
+                     params.scalar_type());
+  FASTREG_CHECK_VALUE(params.dim() == 2 && params.size(0) == grad.size(0) &&
+                          params.size(1) == sampling::kMixParamCols,
+                      "fastreg.mix_backward: params must have shape (B, ", sampling::kMixParamCols,
+                      ") with B = ", grad.size(0), ", got ", params.sizes());
+  FASTREG_CHECK(params.device() == grad.device(), "fastreg.mix_backward: params is on ",
+                params.device(), " but grad is on ", grad.device());
+  return params.contiguous();
 }
 
 // The mixing pass out of place (forward, or backward on the gradient), in t's layout.
@@ -180,26 +212,28 @@ void register_batch_kernels(torch::Library& m) {
   });
 
   m.impl("cutout", [](const at::Tensor& images, const at::Tensor& seed, int64_t size, double p, double fill) {
-    const auto rule = cutout_rule(images, seed, size, p);
+    const auto rule = cutout_rule(images, seed, size, p, "cutout");
     at::Tensor out = images.clone();  // keeps the layout
     if (out.numel() > 0) Loops::fill_boxes(out, seed, rule, fill, false);
     return out;
   });
   m.impl("cutout_", [](at::Tensor& images, const at::Tensor& seed, int64_t size, double p, double fill) {
-    const auto rule = cutout_rule(images, seed, size, p);
+    const auto rule = cutout_rule(images, seed, size, p, "cutout_");
+    check_writable(images, "cutout_");
     if (images.numel() > 0) Loops::fill_boxes(images, seed, rule, fill, false);
   });
 
   m.impl("random_erasing", [](const at::Tensor& images, const at::Tensor& seed, double p, double s0, double s1,
                               double r0, double r1, double value, bool random) {
-    const auto rule = erase_rule(images, seed, p, s0, s1, r0, r1, random);
+    const auto rule = erase_rule(images, seed, p, s0, s1, r0, r1, random, "random_erasing");
     at::Tensor out = images.clone();  // dense: the per-element normals are keyed by its memory order
     if (out.numel() > 0) Loops::fill_boxes(out, seed, rule, value, random);
     return out;
   });
   m.impl("random_erasing_", [](at::Tensor& images, const at::Tensor& seed, double p, double s0, double s1,
                                double r0, double r1, double value, bool random) {
-    const auto rule = erase_rule(images, seed, p, s0, s1, r0, r1, random);
+    const auto rule = erase_rule(images, seed, p, s0, s1, r0, r1, random, "random_erasing_");
+    check_writable(images, "random_erasing_");
     if (images.numel() == 0) return;
     if (random && !images.is_non_overlapping_and_dense()) {
       at::Tensor out = images.clone();
@@ -214,14 +248,16 @@ void register_batch_kernels(torch::Library& m) {
                    double eps, double mixup_alpha, double cutmix_alpha, double cut_min, double cut_max,
                    double prob, double switch_prob, int64_t mode, bool correct_lam) {
     const MixArgs a{K, eps, mixup_alpha, cutmix_alpha, cut_min, cut_max, prob, switch_prob, mode, correct_lam};
-    const auto [params, soft] = draw_mix<Loops>(images, target, seed, a);
+    const auto [params, soft] = draw_mix<Loops>(images, target, seed, a, "mix");
     return std::make_tuple(mixed<Loops>(images, params, false), soft, params);
   });
   m.impl("mix_", [](at::Tensor& images, const at::Tensor& target, const at::Tensor& seed, int64_t K, double eps,
                     double mixup_alpha, double cutmix_alpha, double cut_min, double cut_max, double prob,
                     double switch_prob, int64_t mode, bool correct_lam) {
     const MixArgs a{K, eps, mixup_alpha, cutmix_alpha, cut_min, cut_max, prob, switch_prob, mode, correct_lam};
-    const auto [params, soft] = draw_mix<Loops>(images, target, seed, a);
+    check_images(images, seed, "mix_", false);  // before check_writable's look at its memory
+    check_writable(images, "mix_");
+    const auto [params, soft] = draw_mix<Loops>(images, target, seed, a, "mix_");
     if (images.numel() > 0) {
       if (is_nchw(images) || is_nhwc(images)) {
         Loops::mix_images(images, images, params, row_layout(images), true, false);
@@ -234,10 +270,7 @@ void register_batch_kernels(torch::Library& m) {
     return std::make_tuple(soft, params);
   });
   m.impl("mix_backward", [](const at::Tensor& grad, const at::Tensor& params) {
-    FASTREG_CHECK_VALUE(grad.dim() == 4 && params.dim() == 2 && params.size(0) == grad.size(0),
-                        "fastreg.mix_backward: grad must be (B, C, H, W) with params (B, ",
-                        sampling::kMixParamCols, ")");
-    return mixed<Loops>(grad, params, true);
+    return mixed<Loops>(grad, checked_mix_params(grad, params), true);
   });
 }
 

@@ -32,11 +32,12 @@ inline void check_p(double p, const char* op) {
                     ": p (dropout probability) must be in [0, 1], got ", p);
 }
 
-inline void check_seed(const at::Tensor& seed, const at::Tensor& x, const char* op) {
+inline void check_seed(const at::Tensor& seed, const at::Tensor& x, const char* op,
+                       const char* x_arg = "input") {
   FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
-                   ": seed must be a one-element int64 tensor");
-  FASTREG_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(),
-              " but input is on ", x.device());
+                     ": seed must be a one-element int64 tensor");
+  FASTREG_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(), " but ",
+                x_arg, " is on ", x.device());
 }
 
 constexpr double kAlphaDropoutAlpha = 1.7580993408473766;
@@ -97,7 +98,7 @@ FASTREG_HD T act_grad(const Op& op, T g, T z, bool bit) {
   }
 }
 
-// bias indexes the last dimension: memory is [outer][K][inner], inner = stride(-1).
+// bias indexes the last dimension: memory is [outer][K][inner] (inner_of).
 struct BiasShape {
   int64_t channels;  // K (1 without a bias)
   int64_t inner;
@@ -105,22 +106,24 @@ struct BiasShape {
 
 inline bool has(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bias) {
+// `x_arg`: what op `name` calls its tensor that the bias is added to (input, or grad).
+inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bias, const char* name,
+                       const char* x_arg) {
   if (!has(bias)) return;
   const at::Tensor& b = *bias;
-  check_float(b, "bias_act_dropout", "bias");
-  FASTREG_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fastreg.bias_act_dropout: bias has dtype ",
-                   b.scalar_type(), " but input has dtype ", x.scalar_type());
-  FASTREG_CHECK(b.device() == x.device(), "fastreg.bias_act_dropout: bias is on ", b.device(),
-              " but input is on ", x.device());
-  FASTREG_CHECK_VALUE(x.dim() >= 1 && b.dim() == 1 && b.size(0) == x.size(-1),
-                    "fastreg.bias_act_dropout: bias must be 1-D with input.size(-1) = ",
-                    x.dim() >= 1 ? x.size(-1) : 0, " elements, got shape ", shape_str(b));
+  check_float(b, name, "bias");
+  FASTREG_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fastreg.", name, ": bias has dtype ",
+                     b.scalar_type(), " but ", x_arg, " has dtype ", x.scalar_type());
+  FASTREG_CHECK(b.device() == x.device(), "fastreg.", name, ": bias is on ", b.device(), " but ",
+                x_arg, " is on ", x.device());
+  FASTREG_CHECK_VALUE(x.dim() >= 1 && b.dim() == 1 && b.size(0) == x.size(-1), "fastreg.", name,
+                      ": bias must be 1-D with ", x_arg, ".size(-1) = ", x.dim() >= 1 ? x.size(-1) : 0,
+                      " elements, got shape ", shape_str(b));
 }
 
 inline BiasShape bias_shape(const at::Tensor& xd, const std::optional<at::Tensor>& bias) {
   if (!has(bias)) return {1, std::max<int64_t>(xd.numel(), 1)};
-  return {bias->size(0), xd.stride(-1)};
+  return {bias->size(0), inner_of(xd, -1)};
 }
 
 // drop path: one decision per sample of dim 0; memory is [outer][B][inner].
@@ -131,14 +134,14 @@ struct SampleShape {
 
 inline SampleShape sample_shape(const at::Tensor& xd) {
   if (xd.dim() == 0) return {1, 1};
-  return {xd.size(0), std::max<int64_t>(xd.stride(0), 1)};
+  return {xd.size(0), inner_of(xd, 0)};
 }
 
 template <class L>
 at::Tensor dropout_forward(const at::Tensor& x, const at::Tensor& seed, double p, bool alpha,
                            bool backward, const char* name) {
   check_float(x, name, backward ? "grad" : "input");
-  check_seed(seed, x, name);
+  check_seed(seed, x, name, backward ? "grad" : "input");
   check_p(p, name);
   const at::Tensor xd = dense(x);
   at::Tensor y = at::empty_like(xd);
@@ -177,9 +180,9 @@ inline double drop_path_scale(double p, bool scale_by_keep) {
 template <class L>
 at::Tensor drop_path_forward(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                              const at::Tensor& seed, double p, bool scale_by_keep,
-                             const char* name) {
-  check_float(x, name, "input");
-  check_seed(seed, x, name);
+                             const char* name, const char* x_arg) {
+  check_float(x, name, x_arg);
+  check_seed(seed, x, name, x_arg);
   check_p(p, name);
   if (has(residual)) check_like(*residual, x, name, "residual", "input");
   const at::Tensor xd = dense(x);
@@ -200,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_forward(
   check_float(x, "bias_act_dropout", "input");
   check_seed(seed, x, "bias_act_dropout");
   check_p(p, "bias_act_dropout");
-  check_bias(x, bias);
+  check_bias(x, bias, "bias_act_dropout", "input");
   check_activation(activation, alpha, approximate);
   const at::Tensor xd = dense(x);
   const BiasShape shape = bias_shape(xd, bias);
@@ -227,24 +230,18 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_backward(
     double alpha, c10::string_view approximate) {
   const char* name = "bias_act_dropout_backward";
   check_float(grad, name, "grad");
-  check_seed(seed, grad, name);
+  check_seed(seed, grad, name, "grad");
   check_p(p, name);
-  check_bias(grad, bias);
+  check_bias(grad, bias, name, "grad");
   check_activation(activation, alpha, approximate);
   return with_activation(activation, negative_slope, alpha, approximate, [&](auto op) {
     using Op = decltype(op);
-    if constexpr (Op::saved == Saved::Mask) {
-      FASTREG_CHECK_VALUE(saved.scalar_type() == at::kByte && saved.numel() == mask_bytes(grad.numel()),
-                        "fastreg.", name, ": saved must be the forward's mask of ",
-                        mask_bytes(grad.numel()), " bytes");
-    } else {
-      check_like(grad, saved, name, "grad", "input");
-    }
     at::Tensor g, s;
     if constexpr (Op::saved == Saved::Mask) {
+      s = checked_mask(saved, grad, name, "saved");
       g = dense(grad);
-      s = saved;
     } else {
+      check_like(saved, grad, name, "saved", "grad");
       s = dense(saved);
       g = like_layout(grad, s);
     }
@@ -280,10 +277,10 @@ void register_dropout_kernels(torch::Library& m) {
     return dropout_add_forward<L>(x, r, seed, p);
   });
   m.impl("drop_path", [](const Tensor& x, OptT r, const Tensor& seed, double p, bool sbk) {
-    return drop_path_forward<L>(x, r, seed, p, sbk, "drop_path");
+    return drop_path_forward<L>(x, r, seed, p, sbk, "drop_path", "input");
   });
   m.impl("drop_path_backward", [](const Tensor& g, const Tensor& seed, double p, bool sbk) {
-    return drop_path_forward<L>(g, std::nullopt, seed, p, sbk, "drop_path_backward");
+    return drop_path_forward<L>(g, std::nullopt, seed, p, sbk, "drop_path_backward", "grad");
   });
   m.impl("bias_act_dropout", [](const Tensor& x, OptT bias, const Tensor& seed, sv act, double p,
                                 double slope, double alpha, sv approx, bool save_mask) {

@@ -208,6 +208,8 @@ TORCH_LIBRARY_IMPL(fastreg, ADInplaceOrView, m) {
 
 namespace fastreg {
 
+void bind_testing(pybind11::module_& m);  // testing.cpp
+
 void throw_type_error(const std::string& msg) { TORCH_CHECK_TYPE(false, msg); }
 void throw_value_error(const std::string& msg) { TORCH_CHECK_VALUE(false, msg); }
 void throw_runtime_error(const std::string& msg) { TORCH_CHECK(false, msg); }
@@ -244,4 +246,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "How this extension was built");
   auto below = m.def_submodule("below", "each op's typed entry below autograd (_autograd.kernel)");
   for (const auto& [name, bind] : entries()) bind(below, name);
+  auto testing =
+      m.def_submodule("_testing", "launch plans and index arithmetic of the CUDA kernels, for tests");
+  fastreg::bind_testing(testing);
 }

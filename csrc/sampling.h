@@ -356,9 +356,16 @@ struct MixMember {
   double lam;
   int64_t y0, y1, x0, x1;
 
-  FASTREG_PHILOX_HD static MixMember from_row(const double* row) {
-    return {static_cast<int>(row[2]), row[0], static_cast<int64_t>(row[3]), static_cast<int64_t>(row[4]),
-            static_cast<int64_t>(row[5]), static_cast<int64_t>(row[6])};
+  // A row of an H x W image's params. Rows come from mix_draw, but mix_backward takes
+  // them as an argument: a kind other than blend or cut reads as none, and box edges
+  // are clipped to the image (NaN to 0), so no values make the kernels leave the image.
+  FASTREG_PHILOX_HD static MixMember from_row(const double* row, int64_t H, int64_t W) {
+    const double k = row[2];
+    const int kind = k == double(kMixBlend) ? kMixBlend : (k == double(kMixCut) ? kMixCut : kMixNone);
+    return {kind, row[0], edge(row[3], H), edge(row[4], H), edge(row[5], W), edge(row[6], W)};
+  }
+  FASTREG_PHILOX_HD static int64_t edge(double v, int64_t hi) {
+    return v > 0.0 ? (v < static_cast<double>(hi) ? static_cast<int64_t>(v) : hi) : 0;
   }
   FASTREG_PHILOX_HD double rest() const { return 1.0 - lam; }
   // the mode of every element outside a box

@@ -40,6 +40,22 @@ def child_tensors(script, path, *args, **env):
     return torch.load(path)
 
 
+def run_child(script, *args, timeout=600):
+    """Runs `script` in a child interpreter and returns its stdout; fails the test with the
+    child's exit status and stderr when it does not exit 0 (a crash there, such as a
+    SIGFPE or SIGSEGV in a kernel, fails one test instead of killing the whole run)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    res = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert res.returncode == 0, f"child exited with {res.returncode}: {res.stderr[-3000:]}"
+    return res.stdout
+
+
 def assert_same_bits(got, want):
     """Two lists of tensors (child_tensors) equal bit for bit, element by element."""
     assert len(got) == len(want)

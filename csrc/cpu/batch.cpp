@@ -150,7 +150,7 @@ struct CpuLoops {
   // own / partner the coefficients (1, 0), (0, 1) or (lam, 1 - lam) of each mode.
   static void mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
                          bool inplace, bool backward) {
-    const int64_t B = src.size(0), H = src.size(2);
+    const int64_t B = src.size(0), H = src.size(2), W = src.size(3);
     const int64_t pairs = (B + 1) / 2;
     const double* prm = params.const_data_ptr<double>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "fastreg_mix_images", [&] {
@@ -172,8 +172,8 @@ struct CpuLoops {
             const int64_t r1 = std::min(rows, r0 + rows_per_task);
             const int64_t i = q, p = B - 1 - q;
             const bool self = i == p;
-            const MixMember mi = MixMember::from_row(prm + i * sampling::kMixParamCols);
-            const MixMember mp = MixMember::from_row(prm + p * sampling::kMixParamCols);
+            const MixMember mi = MixMember::from_row(prm + i * sampling::kMixParamCols, H, W);
+            const MixMember mp = MixMember::from_row(prm + p * sampling::kMixParamCols, H, W);
             if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
             const T* a = sp + i * L.sample;
             const T* b = sp + p * L.sample;

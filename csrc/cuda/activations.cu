@@ -250,34 +250,24 @@ void ActivationLoops::prelu_backward(const at::Tensor& g, const at::Tensor& x, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_prelu_bwd", [&] {
     using A = opmath_t<scalar_t>;
     const auto stream = at::cuda::getCurrentCUDAStream();
-    const int64_t smem = C * static_cast<int64_t>(sizeof(A));
     const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
     const ChannelIndex channel_of(n, C, shape.inner);
     const bool aligned = aligned16(g.const_data_ptr<scalar_t>()) &&
                          aligned16(x.const_data_ptr<scalar_t>()) &&
                          aligned16(dx.const_data_ptr<scalar_t>());
-    if (smem > kMaxSharedPartials || at::globalContext().deterministicAlgorithms()) {
-      // More channels than a block's shared memory holds, or deterministic algorithms
-      // requested (the shared partial sums take atomics in a varying order between warps):
-      // grad_input here, grad_weight by an ATen reduction (a second pass, only in this case).
-      prelu_backward_kernel<<<grid, kBlock, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-          w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-          static_cast<A*>(nullptr), n, C, channel_of, aligned);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const at::Tensor xa = x.to(c10::CppTypeToScalarType<A>::value);
-      std::vector<int64_t> dims;
-      for (int64_t d = 0; d < x.dim(); ++d)
-        if (d != 1) dims.push_back(d);
-      dw.copy_((g.to(xa.scalar_type()) * xa * (xa <= 0)).sum(dims));
+    const bool shared = plan::prelu_grad_path(shape, at::globalContext().deterministicAlgorithms(),
+                                              sizeof(A)) == plan::ParamGrad::kSharedPartials;
+    at::Tensor partial;
+    if (shared) partial = at::empty({grid * C}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
+    prelu_backward_kernel<<<grid, kBlock, shared ? C * sizeof(A) : 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        dx.mutable_data_ptr<scalar_t>(), shared ? partial.mutable_data_ptr<A>() : nullptr, n, C,
+        channel_of, aligned);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!shared) {  // kReduction: grad_weight by an ATen reduction (a second pass)
+      plan::prelu_weight_grad_by_reduction(g, x, shape, dw);
       return;
     }
-    at::Tensor partial = at::empty({grid * C}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
-    prelu_backward_kernel<<<grid, kBlock, smem, stream>>>(
-        g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-        w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-        partial.mutable_data_ptr<A>(), n, C, channel_of, aligned);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     reduce_partials_kernel<<<reduce_partials_grid(C), kBlock, 0, stream>>>(
         partial.const_data_ptr<A>(), dw.mutable_data_ptr<scalar_t>(), grid, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

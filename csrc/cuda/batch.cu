@@ -116,12 +116,12 @@ __global__ void __launch_bounds__(kBlock)
                       int64_t H, int64_t sw, FastDivmod by_row, bool inplace, bool backward) {
   using A = opmath_t<T>;
   using P = Pack<T, N>;
-  const int64_t pairs = (B + 1) / 2, packs = sample / N;
+  const int64_t pairs = (B + 1) / 2, packs = sample / N, W = by_row.d / sw;
   for (int64_t q = blockIdx.y; q < pairs; q += gridDim.y) {
     const int64_t i = q, p = B - 1 - q;
     const bool self = i == p;
-    const MixMember mi = MixMember::from_row(params + i * sampling::kMixParamCols);
-    const MixMember mp = MixMember::from_row(params + p * sampling::kMixParamCols);
+    const MixMember mi = MixMember::from_row(params + i * sampling::kMixParamCols, H, W);
+    const MixMember mp = MixMember::from_row(params + p * sampling::kMixParamCols, H, W);
     if (inplace && mi.kind == sampling::kMixNone && mp.kind == sampling::kMixNone) continue;
     const bool cut = mi.kind == sampling::kMixCut || mp.kind == sampling::kMixCut;
     const A li = static_cast<A>(mi.lam), ri = static_cast<A>(mi.rest());
@@ -232,17 +232,16 @@ std::pair<at::Tensor, at::Tensor> BatchLoops::mix_draw(const at::Tensor& seed, c
 void BatchLoops::mix_images(const at::Tensor& src, at::Tensor& dst, const at::Tensor& params, const RowLayout& L,
                        bool inplace, bool backward) {
   const c10::cuda::CUDAGuard guard(src.device());
-  const int64_t B = src.size(0), pairs = (B + 1) / 2;
+  const int64_t B = src.size(0);
   const FastDivmod by_row(L.row_len, L.sample);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "fastreg_mix_images", [&] {
     using T = scalar_t;
     constexpr int N = kVec<T>;
-    const bool vec = L.sample % N == 0 && aligned16(src.const_data_ptr()) && aligned16(dst.const_data_ptr());
-    const int64_t packs = vec ? L.sample / N : L.sample;
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((packs + kBlock - 1) / kBlock, 65535)),
-                    static_cast<unsigned>(std::min<int64_t>(pairs, 65535)));
-    if (vec) {
+    const plan::MixGrid mg =
+        plan::mix_grid(B, L.sample, N, aligned16(src.const_data_ptr()) && aligned16(dst.const_data_ptr()));
+    const dim3 grid(static_cast<unsigned>(mg.x), static_cast<unsigned>(mg.y));
+    if (mg.vec) {
       mix_images_kernel<T, N><<<grid, kBlock, 0, stream>>>(src.const_data_ptr<T>(), dst.mutable_data_ptr<T>(),
                                                            params.const_data_ptr<double>(), B, L.sample, L.rows,
                                                            L.sw, by_row, inplace, backward);

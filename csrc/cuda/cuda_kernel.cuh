@@ -3,7 +3,6 @@
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/detail/IntegerDivider.cuh>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
@@ -12,6 +11,8 @@
 #include <cstdint>
 
 #include "../activations.h"
+#include "../channel_index.h"
+#include "../launch_plan.h"
 
 namespace fastreg::cuda {
 
@@ -26,59 +27,16 @@ template <class T, int N> struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-constexpr int kBlock = 256;
+constexpr int kBlock = plan::kBlock;
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Enough blocks to cover `work` items at `per_block` each, capped at a few
-// waves of the device (the kernels are grid-stride loops).
-inline int64_t grid_for(int64_t work, int64_t per_block, int waves = 32) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t need = (work + per_block - 1) / per_block;
-  return std::max<int64_t>(1, std::min<int64_t>(need, sms * waves));
+inline int64_t device_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+
+// plan::grid_blocks on the current device.
+inline int64_t grid_for(int64_t work, int64_t per_block, int waves = plan::kWaves) {
+  return plan::grid_blocks(work, per_block, device_sms(), waves);
 }
-
-// q = a / d, r = a % d: a 32-bit multiply-shift when every dividend fits in
-// 31 bits (64-bit division costs ~100 instructions per use), else plain division.
-struct FastDivmod {
-  at::cuda::detail::IntDivider<unsigned int> d32;
-  int64_t d;
-  bool small;
-  FastDivmod(int64_t divisor, int64_t max_dividend)
-      : d32(static_cast<unsigned int>(
-            (max_dividend < (int64_t(1) << 31) && divisor < (int64_t(1) << 31)) ? divisor : 1)),
-        d(divisor),
-        small(max_dividend < (int64_t(1) << 31) && divisor < (int64_t(1) << 31)) {}
-  __device__ __forceinline__ void operator()(int64_t a, int64_t& q, int64_t& r) const {
-    if (small) {
-      const auto qr = d32.divmod(static_cast<unsigned int>(a));
-      q = qr.div;
-      r = qr.mod;
-    } else {
-      q = a / d;
-      r = a - q * d;
-    }
-  }
-};
-
-// Channel and position of element i in memory viewed as [outer][C][inner].
-struct ChannelIndex {
-  FastDivmod by_inner, by_channels;
-  ChannelIndex(int64_t n, int64_t C, int64_t inner)
-      : by_inner(inner, n), by_channels(C, n / std::max<int64_t>(inner, 1) + 1) {}
-  __device__ __forceinline__ void operator()(int64_t i, int64_t& c, int64_t& pos) const {
-    int64_t row, outer;
-    by_inner(i, row, pos);
-    by_channels(row, outer, c);
-  }
-  // (c, pos) of element i -> those of element i + 1, without a division.
-  __device__ __forceinline__ void step(int64_t& c, int64_t& pos) const {
-    if (++pos == by_inner.d) {
-      pos = 0;
-      if (++c == by_channels.d) c = 0;
-    }
-  }
-};
 
 // Arithmetic that nvcc must not contract into an FMA: the random ops round
 // exactly like fastreg.reference (one rounding per multiply and per add).
@@ -86,9 +44,6 @@ __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, 
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-
-// Per-channel partial sums that fit in a block's shared memory (48 KB).
-constexpr int64_t kMaxSharedPartials = 48 * 1024;
 
 // Loads/stores 8 elements (one mask byte's worth) as 16-byte vectors when
 // `vec`, else element by element up to n.

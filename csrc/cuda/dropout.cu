@@ -328,8 +328,8 @@ void DropoutLoops::bias_act_dropout(const Op& op, const at::Tensor& x, const at:
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const scalar_t* bp = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-    if (bp != nullptr && shape.inner == 1 && shape.channels % 8 == 0 && aligned16(xp) &&
-        aligned16(yp) && aligned16(bp)) {
+    if (plan::bias_rows_forward(bp != nullptr, shape,
+                                aligned16(xp) && aligned16(yp) && aligned16(bp))) {
       bias_act_dropout_rows_kernel<<<grid_for(n / 8, kBlock), kBlock, 0,
                                      at::cuda::getCurrentCUDAStream()>>>(
           op, xp, bp, yp, mask, seed.const_data_ptr<int64_t>(), n, shape.channels,
@@ -361,52 +361,38 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, 
     const uint8_t* mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
     const bool aligned = aligned16(gp) && aligned16(dp) && (xp == nullptr || aligned16(xp));
-    if (dbias != nullptr && shape.inner == 1 && K % 8 == 0 && aligned) {
-      // bias on the contiguous last dim: the column kernel (no atomics)
-      const int64_t groups = K / 8, rows = n / K;
-      const int cols = static_cast<int>(std::min<int64_t>(groups, kBlock));
-      const int64_t gx = (groups + cols - 1) / cols;
-      const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-      const int64_t rows_per_block = kBlock / cols;
-      const int64_t gy = std::max<int64_t>(
-          1, std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block,
-                               std::max<int64_t>(1, sms * 8 / gx)));
-      at::Tensor partial =
-          at::empty({gy * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
-      bias_act_dropout_backward_columns_kernel<<<dim3(gx, gy), kBlock, 0, stream>>>(
-          op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
-          partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(), rows, K, cols,
-          DeviceKeep(prm.threshold), A(prm.scale));
+    const scalar_t* bp = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    const auto path = plan::bias_grad_path(dbias != nullptr, shape, aligned,
+                                           at::globalContext().deterministicAlgorithms(), sizeof(A));
+    const auto partials = [&](int64_t rows) {
+      return at::empty({rows * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
+    };
+    if (path == plan::ParamGrad::kColumns) {
+      const plan::ColumnsGrid cg = plan::columns_grid(n, K, device_sms());
+      at::Tensor partial = partials(cg.y);
+      bias_act_dropout_backward_columns_kernel<<<dim3(cg.x, cg.y), kBlock, 0, stream>>>(
+          op, gp, xp, mp, bp, dp, partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(),
+          n / K, K, cg.cols, DeviceKeep(prm.threshold), A(prm.scale));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
-          partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), gy, K);
+          partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), cg.y, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
-    const int64_t smem = K * static_cast<int64_t>(sizeof(A));
-    // the shared partial sums take atomics in a varying order between warps; under
-    // torch.use_deterministic_algorithms(True) grad_bias is an ATen reduction instead
-    const bool shared_db =
-        dbias != nullptr && smem <= kMaxSharedPartials && !at::globalContext().deterministicAlgorithms();
+    const bool shared = path == plan::ParamGrad::kSharedPartials;
     const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
-    at::Tensor partial;
-    if (shared_db)
-      partial = at::empty({grid * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
-    bias_act_dropout_backward_kernel<<<grid, kBlock, shared_db ? smem : 0, stream>>>(
-        op, gp, xp, mp, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, dp,
-        shared_db ? partial.mutable_data_ptr<A>() : nullptr, seed.const_data_ptr<int64_t>(), n, K,
-        ChannelIndex(n, K, shape.inner), DeviceKeep(prm.threshold), A(prm.scale), aligned);
+    at::Tensor partial = shared ? partials(grid) : at::Tensor();
+    bias_act_dropout_backward_kernel<<<grid, kBlock, shared ? K * sizeof(A) : 0, stream>>>(
+        op, gp, xp, mp, bp, dp, shared ? partial.mutable_data_ptr<A>() : nullptr,
+        seed.const_data_ptr<int64_t>(), n, K, ChannelIndex(n, K, shape.inner),
+        DeviceKeep(prm.threshold), A(prm.scale), aligned);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (shared_db) {
+    if (shared) {
       reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
           partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), grid, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else if (dbias != nullptr) {
-      // More channels than a block's shared memory holds: grad_bias is the
-      // sum of grad_input over all but the last dim (an ATen reduction).
-      std::vector<int64_t> dims;
-      for (int64_t d = 0; d + 1 < dx.dim(); ++d) dims.push_back(d);
-      dbias->copy_(dx.to(c10::CppTypeToScalarType<A>::value).sum(dims));
+    } else if (path == plan::ParamGrad::kReduction) {
+      plan::bias_grad_by_reduction(dx, shape, *dbias);
     }
   });
 }
