@@ -9,12 +9,45 @@ eager mode for its lower host time per call.
 """
 
 import torch
-from torch.library import register_autograd, register_fake
+from torch.library import register_autograd
+from torch.library import register_fake as _register_fake
 
 from . import _C
 from .reference import SELU_ALPHA, SELU_SCALE, mix_pixels
 
 ops = torch.ops.fastreg
+
+
+def check_same_device(name, arg_names, args):
+    """The device check of the C++ kernels, for the Python-level kernels (fake, composite):
+    every tensor argument on the first one's device, else a RuntimeError naming both."""
+    first = None
+    for arg, value in zip(arg_names, args, strict=False):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if first is None:
+            first = (arg, value.device)
+        elif value.device != first[1]:
+            raise RuntimeError(f"fastreg.{name}: {arg} is on {value.device} but {first[0]} is on {first[1]}")
+
+
+def register_fake(qualname):
+    """torch.library.register_fake with the kernels' device check first: a meta tensor among
+    CPU or CUDA ones dispatches to the fake kernel (Meta outranks both), which without the
+    check returned meta tensors for a call that mixes devices instead of raising."""
+    name = qualname.split("::")[1]
+    arg_names = [a.name for a in getattr(ops, name).default._schema.arguments]
+
+    def decorator(fn):
+        def fake(*args, **kwargs):
+            check_same_device(name, arg_names, args)
+            return fn(*args, **kwargs)
+
+        _register_fake(qualname, fake)
+        return fn
+
+    return decorator
+
 
 # op packet and its default overload -> the op's typed entry below autograd (csrc/fastreg.cpp)
 _ENTRIES = {}
@@ -324,13 +357,48 @@ _register_autograd("bias_act_dropout", _bias_act_dropout_backward, _bias_act_dro
 
 
 # --- DropConnect: a composite of the dropout kernel and ATen's matmul ----------------------
+def _check_dropconnect(name, input, weight, bias, seed, grad=None):
+    """The composite's checks, before its ops run (their errors would name them, not it)."""
+    args = ("input", input), ("weight", weight), ("bias", bias), ("seed", seed), ("grad", grad)
+    check_same_device(name, *zip(*args, strict=True))
+    for arg, t in args:
+        if t is not None and arg != "seed" and t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"fastreg.{name}: {arg} must be a float32, float64, float16 or bfloat16 tensor, got {t.dtype}"
+            )
+    if seed.dtype != torch.int64 or seed.numel() != 1:
+        raise TypeError(f"fastreg.{name}: seed must be a one-element int64 tensor")
+    for arg, t in args[1:3] + args[4:]:
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"fastreg.{name}: {arg} has dtype {t.dtype} but input has dtype {input.dtype}")
+    if weight.dim() != 2 or input.dim() < 1 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"fastreg.{name}: weight must be 2-D (out_features, in_features) with in_features = "
+            f"input.size(-1); got weight {tuple(weight.shape)}, input {tuple(input.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"fastreg.{name}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
+        )
+    if grad is not None and tuple(grad.shape) != tuple(input.shape[:-1]) + (weight.shape[0],):
+        raise ValueError(
+            f"fastreg.{name}: grad has shape {tuple(grad.shape)} but the output has "
+            f"{tuple(input.shape[:-1]) + (weight.shape[0],)}"
+        )
+
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 @torch.library.impl("fastreg::dropconnect_linear", "CompositeExplicitAutograd")
 def _dropconnect_linear(input, weight, bias, seed, p):
+    _check_dropconnect("dropconnect_linear", input, weight, bias, seed)
     masked = ops.dropout(weight, seed, p, False)  # freed when the product is done
     return torch.nn.functional.linear(input, masked, bias)
 
 
 def _dropconnect_linear_backward_impl(grad, input, weight, seed, p):
+    _check_dropconnect("dropconnect_linear_backward", input, weight, None, seed, grad)
     masked = ops.dropout(weight, seed, p, False)  # regenerated from the seed
     grad_input = grad.matmul(masked)
     g2 = grad.reshape(-1, grad.shape[-1])
@@ -350,11 +418,13 @@ torch.library.impl(
 
 @register_fake("fastreg::dropconnect_linear")
 def _dropconnect_linear_fake(input, weight, bias, seed, p):
+    _check_dropconnect("dropconnect_linear", input, weight, bias, seed)
     return input.new_empty(input.shape[:-1] + (weight.shape[0],))
 
 
 @register_fake("fastreg::dropconnect_linear_backward")
 def _dropconnect_linear_backward_fake(grad, input, weight, seed, p):
+    _check_dropconnect("dropconnect_linear_backward", input, weight, None, seed, grad)
     return torch.empty_like(input), torch.empty_like(weight), grad.new_empty((weight.shape[0],))
 
 
