@@ -125,6 +125,9 @@ FASTREG_HD float expm1(float x) { return expm1_host(x); }
 FASTREG_HD float tanh(float x) { return tanh_host(x); }
 FASTREG_HD float erf(float x) { return erf_host(x); }
 #endif
+// a * b + c rounded once (1 - y * y loses the low bits of y * y near |y| = 1)
+FASTREG_HD float fma(float a, float b, float c) { return fmaf(a, b, c); }
+FASTREG_HD double fma(double a, double b, double c) { return ::fma(a, b, c); }
 FASTREG_HD double exp(double x) { return ::exp(x); }
 FASTREG_HD double expm1(double x) { return ::expm1(x); }
 FASTREG_HD double tanh(double x) { return ::tanh(x); }
@@ -142,29 +145,61 @@ FASTREG_HD double erf(double x) { return ::erf(x); }
 // (GELU's far negative tail, x < -5 where Phi < 3e-7, is accurate only in
 // absolute terms). tanh stays libdevice's. Both half types round once.
 // float32 and float64 storage keep Precise; the CPU kernels always do.
-struct Precise {
+// Every formula is host-device code, so the CPU tests evaluate the CUDA
+// kernels' math (docs/accuracy.md): only the SFU instructions and libdevice
+// calls below differ between the two.
+
+// The functions Precise is built on: math:: above.
+struct KernelLib {
   template <class T> static FASTREG_HD T exp(T x) { return math::exp(x); }
   template <class T> static FASTREG_HD T expm1(T x) { return math::expm1(x); }
   template <class T> static FASTREG_HD T tanh(T x) { return math::tanh(x); }
+  template <class T> static FASTREG_HD T erf(T x) { return math::erf(x); }
+};
+
+template <class Lib>
+struct PreciseWith {
+  template <class T> static FASTREG_HD T exp(T x) { return Lib::exp(x); }
+  template <class T> static FASTREG_HD T expm1(T x) { return Lib::expm1(x); }
+  template <class T> static FASTREG_HD T tanh(T x) { return Lib::tanh(x); }
   // Phi(x) = P(N(0, 1) <= x) = (1 + erf(x / sqrt 2)) / 2 (GELU's erf form)
   template <class T> static FASTREG_HD T normcdf(T x) {
-    return T(0.5) * (T(1) + math::erf(x * T(0.7071067811865476)));
+    return T(0.5) * (T(1) + Lib::erf(x * T(0.7071067811865476)));
   }
   template <class T> static FASTREG_HD T div(T a, T b) { return a / b; }
 };
+using Precise = PreciseWith<KernelLib>;
 
-struct Fast {
+// The SFU's approximations. On the host (where only the accuracy tests call them)
+// they are the correctly rounded float32 values with the same flushing of
+// subnormal inputs and results: the GPU's differ from those by PTX's bounds above.
+struct Sfu {
 #if defined(__CUDA_ARCH__)
-  // 2^(x log2 e) on the SFU, results below 2^-126 flushed to zero (__expf
-  // without the flush adds a rescaling guard for them).
-  static __device__ __forceinline__ float exp(float x) {
+  static __device__ __forceinline__ float ex2(float x) {
     float r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x * 1.4426950408889634f));
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
     return r;
   }
+  static __device__ __forceinline__ float rcp(float b) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+    return r;
+  }
+#else
+  static constexpr float kMinNormal = 1.17549435e-38f;
+  static inline float flush(float v) { return std::fabs(v) < kMinNormal ? std::copysign(0.0f, v) : v; }
+  static inline float ex2(float x) { return flush(static_cast<float>(std::exp2(static_cast<double>(flush(x))))); }
+  static inline float rcp(float b) { return flush(static_cast<float>(1.0 / static_cast<double>(flush(b)))); }
+#endif
+};
+
+struct Fast {
+  // 2^(x log2 e) on the SFU, results below 2^-126 flushed to zero (__expf
+  // without the flush adds a rescaling guard for them).
+  static FASTREG_HD float exp(float x) { return Sfu::ex2(x * 1.4426950408889634f); }
   // Taylor polynomial of degree 6 where exp(x) - 1 cancels (|x| < 1/4:
   // truncation below 6e-8 relative), else exp(x) - 1 (below 2e-6 relative).
-  static __device__ __forceinline__ float expm1(float x) {
+  static FASTREG_HD float expm1(float x) {
     float p = 1.0f / 720.0f;
     p = fmaf(p, x, 1.0f / 120.0f);
     p = fmaf(p, x, 1.0f / 24.0f);
@@ -176,12 +211,12 @@ struct Fast {
     return fabsf(x) < 0.25f ? small : large;
   }
   // libdevice's tanhf is already cheaper than an expm1-based form here.
-  static __device__ __forceinline__ float tanh(float x) { return ::tanhf(x); }
+  static FASTREG_HD float tanh(float x) { return tanhf(x); }
   // Phi(x) from Abramowitz & Stegun 7.1.28 (as erf_host) with |x| / sqrt 2
   // folded into the coefficients (a_k 2^(-k/2)) and the SFU's reciprocal:
   // h = (1 - erf(|x| / sqrt 2)) / 2 = Phi(-|x|), then Phi(x) = 1 - h or h.
   // Largest error against float64 over [-12, 12]: 8.1e-7 absolute.
-  static __device__ __forceinline__ float normcdf(float x) {
+  static FASTREG_HD float normcdf(float x) {
     const float a = fabsf(x);
     float p = 5.382974905e-06f;
     p = fmaf(p, a, 4.889063712e-05f);
@@ -199,21 +234,15 @@ struct Fast {
   }
   // The SFU's reciprocal alone (rcp.approx, 1 ulp): __fdividef adds a guard
   // for tiny divisors that no caller here has (every divisor is >= 1). 1/inf = 0.
-  static __device__ __forceinline__ float rcp(float b) {
-    float r;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
-    return r;
-  }
-  static __device__ __forceinline__ float div(float a, float b) { return a * rcp(b); }
-#else
-  // Host code never selects Fast (the CPU kernels have their own float math);
-  // these keep the templates instantiable there.
-  template <class T> static FASTREG_HD T exp(T x) { return Precise::exp(x); }
-  template <class T> static FASTREG_HD T expm1(T x) { return Precise::expm1(x); }
-  template <class T> static FASTREG_HD T tanh(T x) { return Precise::tanh(x); }
-  template <class T> static FASTREG_HD T normcdf(T x) { return Precise::normcdf(x); }
-  template <class T> static FASTREG_HD T div(T a, T b) { return Precise::div(a, b); }
-#endif
+  static FASTREG_HD float rcp(float b) { return Sfu::rcp(b); }
+  static FASTREG_HD float div(float a, float b) { return a * rcp(b); }
+  // Fast is the half types' policy (opmath float); double keeps Precise, so that
+  // the templates stay instantiable for every opmath type.
+  static FASTREG_HD double exp(double x) { return Precise::exp(x); }
+  static FASTREG_HD double expm1(double x) { return Precise::expm1(x); }
+  static FASTREG_HD double tanh(double x) { return Precise::tanh(x); }
+  static FASTREG_HD double normcdf(double x) { return Precise::normcdf(x); }
+  static FASTREG_HD double div(double a, double b) { return a / b; }
 };
 
 }  // namespace math
@@ -241,7 +270,8 @@ struct Sigmoid {
 struct Tanh {
   static constexpr Saved saved = Saved::Output;
   FASTREG_FN T forward(T x) const { return M::tanh(x); }
-  FASTREG_FN T backward(T g, T y) const { return g * (T(1) - y * y); }
+  // 1 - y^2 with one rounding: (1 - y * y) was 1024 float32 ulps off at y = -0.9999
+  FASTREG_FN T backward(T g, T y) const { return g * math::fma(-y, y, T(1)); }
 };
 
 struct Relu {

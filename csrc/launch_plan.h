@@ -26,6 +26,21 @@ inline int64_t grid_blocks(int64_t work, int64_t per_block, int64_t sms, int wav
   return std::max<int64_t>(1, std::min<int64_t>(need, sms * waves));
 }
 
+// The activations' map kernel: 16-byte vectors of `vec_elems` elements where every
+// pointer is aligned (the tail of fewer than vec_elems elements by the first threads),
+// else element by element; each thread loads kMapUnroll vectors before it computes.
+constexpr int kMapUnroll = 4;
+
+struct MapGrid {
+  bool vec;
+  int64_t grid;
+};
+
+inline MapGrid map_grid(int64_t n, int vec_elems, bool aligned, int64_t sms) {
+  if (aligned) return {true, grid_blocks(std::max<int64_t>(n / vec_elems, 1), kBlock * kMapUnroll, sms)};
+  return {false, grid_blocks(n, kBlock * kMapUnroll, sms)};
+}
+
 // How a backward computes a parameter gradient (bias_act_dropout's grad_bias,
 // PReLU's grad_weight) beside grad_input.
 enum class ParamGrad {

@@ -3,8 +3,12 @@
 // that the CPU tests drive every branch of it; none of it is part of the API.
 #include <torch/extension.h>
 
+#include <ATen/Dispatch.h>
+
+#include <cmath>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "activation_ops.h"
 #include "channel_index.h"
@@ -58,6 +62,72 @@ std::tuple<at::Tensor, at::Tensor, bool> divmod(int64_t divisor, int64_t max_div
   return {q, r, d.small};
 }
 
+// libdevice's stand-in on the host: the C library's functions (libdevice's documented
+// errors are within 2 ulp of them; docs/accuracy.md).
+struct LibmLib {
+  template <class T> static T exp(T x) { return std::exp(x); }
+  template <class T> static T expm1(T x) { return std::expm1(x); }
+  template <class T> static T tanh(T x) { return std::tanh(x); }
+  template <class T> static T erf(T x) { return std::erf(x); }
+};
+
+// Calls f(functor) for the activation `name` (param: leaky_relu's slope, elu's alpha).
+template <class F>
+void with_functor(const std::string& name, double param, F&& f) {
+  if (name == "sigmoid") return f(Sigmoid{});
+  if (name == "tanh") return f(Tanh{});
+  if (name == "elu") return f(Elu{param});
+  if (name == "selu") return f(Selu{});
+  if (name == "gelu") return f(Gelu{});
+  if (name == "gelu_tanh") return f(GeluTanh{});
+  if (name == "silu") return f(Silu{});
+  if (name == "relu") return f(Relu{});
+  if (name == "leaky_relu") return f(LeakyRelu{param});
+  FASTREG_CHECK_VALUE(false, "eval_activation: no functor '", name, "'");
+}
+
+// The functor of `name` applied element by element to x (float32 or float64) in the
+// math of `policy`: "cpu" (the CPU kernels' Precise), "cuda" (what a CUDA kernel of
+// x's dtype computes: Precise on libdevice; for x float32 holding a half type's values,
+// with half=True, math::Fast). backward: the gradient for grad 1 given the saved value
+// in x (the output or the input, as the functor saves; the input for the mask ones).
+at::Tensor eval_activation(const std::string& name, bool backward, const at::Tensor& x,
+                           const std::string& policy, bool half, double param) {
+  FASTREG_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                      "eval_activation: x must be float32 or float64");
+  FASTREG_CHECK_VALUE(policy == "cpu" || policy == "cuda", "eval_activation: bad policy");
+  FASTREG_CHECK_VALUE(!half || (policy == "cuda" && x.scalar_type() == at::kFloat),
+                      "eval_activation: half=True is the CUDA math of float32 opmath");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  with_functor(name, param, [&](auto op) {
+    AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "eval_activation", [&] {
+      using T = scalar_t;
+      const T* xp = xc.const_data_ptr<T>();
+      T* yp = out.mutable_data_ptr<T>();
+      using Op = decltype(op);
+      auto run = [&](auto policy_tag) {
+        using M = decltype(policy_tag);
+        for (int64_t i = 0; i < xc.numel(); ++i) {
+          if (!backward) {
+            yp[i] = op.template forward<T, M>(xp[i]);
+          } else if constexpr (Op::saved == Saved::Mask) {  // x: the input, whose bit is saved
+            yp[i] = op.template backward<T, M>(T(1), op.keep(xp[i]));
+          } else {
+            yp[i] = op.template backward<T, M>(T(1), xp[i]);
+          }
+        }
+      };
+      if constexpr (std::is_same_v<T, float>) {
+        if (half) return run(math::Fast{});
+      }
+      if (policy == "cuda") return run(math::PreciseWith<LibmLib>{});
+      run(math::Precise{});
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 void bind_testing(pybind11::module_& m) {
@@ -74,6 +144,10 @@ void bind_testing(pybind11::module_& m) {
   });
   m.def("bias_rows_forward", [](bool has_bias, int64_t channels, int64_t inner, bool aligned) {
     return plan::bias_rows_forward(has_bias, {channels, inner}, aligned);
+  });
+  m.def("map_grid", [](int64_t n, int vec_elems, bool aligned, int64_t sms) {
+    const plan::MapGrid g = plan::map_grid(n, vec_elems, aligned, sms);
+    return std::make_tuple(g.vec, g.grid);
   });
   m.def("columns_grid", [](int64_t n, int64_t channels, int64_t sms) {
     const plan::ColumnsGrid g = plan::columns_grid(n, channels, sms);
@@ -97,6 +171,9 @@ void bind_testing(pybind11::module_& m) {
     return Pair{s.samples, s.inner};
   });
   m.def("channel_index", &channel_index);
+  m.def("eval_activation", &eval_activation, pybind11::arg("name"), pybind11::arg("backward"),
+        pybind11::arg("x"), pybind11::arg("policy"), pybind11::arg("half") = false,
+        pybind11::arg("param") = 1.0);
   m.def("divmod", &divmod);
   m.def("channel_sums", [](const at::Tensor& t, int64_t channels, int64_t inner) {
     return plan::channel_sums(t, channels, inner, plan::acc_type(t.scalar_type()));

@@ -66,6 +66,14 @@ def test_prelu_grad_path(case):
     assert T.prelu_grad_path(*args) == path
 
 
+def test_map_grid():
+    # 16-byte vectors where aligned: n / 8 vectors of 2-byte elements, 4 per thread
+    assert T.map_grid(1 << 20, 8, True, H100_SMS) == (True, (1 << 17) // 1024)
+    assert T.map_grid(1 << 20, 8, False, H100_SMS) == (False, (1 << 20) // 1024)
+    assert T.map_grid(7, 8, True, H100_SMS) == (True, 1)  # the tail alone: one block
+    assert T.map_grid(1 << 40, 4, True, H100_SMS) == (True, H100_SMS * 32)
+
+
 def test_bias_rows_forward():
     assert T.bias_rows_forward(True, 64, 1, True)
     assert not T.bias_rows_forward(False, 64, 1, True)

@@ -10,7 +10,7 @@
 namespace fastreg::cuda {
 namespace {
 
-constexpr int kUnroll = 4;  // vectors each thread loads before it computes
+constexpr int kUnroll = plan::kMapUnroll;  // vectors each thread loads before it computes
 
 // Half types compute with math::Fast (activations.h), the others Precise.
 template <class Op, class T> struct ForwardFn {
@@ -67,14 +67,12 @@ __global__ void __launch_bounds__(kBlock)
 template <bool kBinary, class T, class Fn>
 void launch_map(Fn fn, T* out, const T* a, const T* b, int64_t n) {
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const bool vec = aligned16(out) && aligned16(a) && (!kBinary || aligned16(b));
-  if (vec) {
-    constexpr int V = kVec<T>;
-    const int64_t grid = grid_for(std::max<int64_t>(n / V, 1), kBlock * kUnroll);
-    map_kernel<kBinary, V><<<grid, kBlock, 0, stream>>>(fn, out, a, b, n);
+  const plan::MapGrid mg = plan::map_grid(
+      n, kVec<T>, aligned16(out) && aligned16(a) && (!kBinary || aligned16(b)), device_sms());
+  if (mg.vec) {
+    map_kernel<kBinary, kVec<T>><<<mg.grid, kBlock, 0, stream>>>(fn, out, a, b, n);
   } else {
-    const int64_t grid = grid_for(n, kBlock * kUnroll);
-    map_kernel<kBinary, 1><<<grid, kBlock, 0, stream>>>(fn, out, a, b, n);
+    map_kernel<kBinary, 1><<<mg.grid, kBlock, 0, stream>>>(fn, out, a, b, n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
