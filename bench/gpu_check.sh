@@ -10,18 +10,55 @@
 # Logs and results go to bench/results/ by default. When $OUT is set (the
 # device tool), they go to a work folder and are packed into $OUT/gpu_check.tgz
 # after every step, so what finished comes back even if a later step is cut off.
+# It stops at the first step that fails, printing that step's log.
+#   bench/gpu_check.sh --changes   only lists the commits that touched CUDA code since the
+#                                  last GPU results (needs the git history, which a device
+#                                  machine's copy of the tree may lack: run it here first)
 set -u
 cd "$(dirname "$0")/.."
+
+# The commits that changed what the CUDA build compiles (the kernels, the headers they
+# include, the build) since the newest commit that added GPU results to bench/results.
+cuda_changes() {
+  if ! git rev-parse --git-dir > /dev/null 2>&1; then
+    echo "(no git history in this copy of the tree: run bench/gpu_check.sh --changes in a checkout)"
+    return
+  fi
+  local last
+  last=$(git log -1 --format=%H --diff-filter=A -- 'bench/results/cuda-*' 'bench/results/*/cuda-*')
+  if [ -z "$last" ]; then
+    echo "(no GPU results in bench/results yet)"
+    return
+  fi
+  echo "last GPU results: $(git log -1 --date=short --format='%h %ad %s' "$last")"
+  local changes
+  changes=$(git log --date=short --format='%h %ad %s' "$last"..HEAD -- ':(glob)csrc/cuda/**' ':(glob)csrc/*.h' setup.py)
+  if [ -z "$changes" ]; then echo "no CUDA-touching commit since"; else
+    echo "CUDA-touching commits since ($(echo "$changes" | wc -l)), not yet run on a GPU:"
+    echo "$changes"
+  fi
+}
+if [ "${1:-}" = "--changes" ]; then cuda_changes; exit 0; fi
+
 if [ -n "${OUT:-}" ]; then OUT_DIR=/tmp/gpu_check; else OUT_DIR=bench/results; fi
 mkdir -p "$OUT_DIR"
 pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/gpu_check.tgz" -C "$OUT_DIR" . ; return 0; }
 PY=${PYTHON:-python3}
 START=$(date +%s)
 left() { echo $((${BUDGET_S:-400} - ($(date +%s) - START))); }
-status=0
 STEPS=${STEPS:-errors tests bench sanitizer}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 step() { echo "== $1 ($(($(date +%s) - START)) s)" | tee -a "$OUT_DIR/steps.log"; }
+# fail LOG WHAT: the step failed; print its log's end, pack, and stop.
+fail() {
+  echo "== FAILED: $2; the end of $1:" | tee -a "$OUT_DIR/steps.log"
+  tail -60 "$1"
+  pack
+  exit 1
+}
+
+step "CUDA-touching commits since the last GPU results"
+cuda_changes | tee "$OUT_DIR/changes.txt"
 
 step "device"
 {
@@ -35,19 +72,14 @@ if [ "${BUILD:-1}" = 0 ] && ls fastreg/_C*.so > /dev/null 2>&1; then
   echo "reusing $(ls fastreg/_C*.so)"
 else
   rm -f fastreg/_C*.so
-  if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FASTREG_CUDA=1 \
-      $PY setup.py build_ext --inplace > "$OUT_DIR/build.log" 2>&1; then
-    tail -40 "$OUT_DIR/build.log"
-    echo "BUILD FAILED"
-    pack
-    exit 1
-  fi
+  MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FASTREG_CUDA=1 \
+    $PY setup.py build_ext --inplace > "$OUT_DIR/build.log" 2>&1 || fail "$OUT_DIR/build.log" "build"
 fi
-$PY -m fastreg | tee -a "$OUT_DIR/env.txt"
+$PY -m fastreg 2>&1 | tee -a "$OUT_DIR/env.txt"
 
 if want errors; then
   step "error paths (a C++ exception from each backend reaches Python)"
-  timeout 150 $PY bench/error_paths.py --gdb > "$OUT_DIR/errors.log" 2>&1 || status=1
+  timeout 150 $PY bench/error_paths.py --gdb > "$OUT_DIR/errors.log" 2>&1 || fail "$OUT_DIR/errors.log" "error paths"
   cat "$OUT_DIR/errors.log"
   pack
 fi
@@ -61,16 +93,17 @@ if want tests; then
   rc=$?
   grep -E "^(FAILED|ERROR)" "$OUT_DIR/tests.log" | head -30
   tail -3 "$OUT_DIR/tests.log"
-  [ $rc -eq 0 ] || { echo "CUDA TESTS FAILED (rc $rc)"; status=1; }
+  [ $rc -eq 0 ] || fail "$OUT_DIR/tests.log" "CUDA tests (rc $rc)"
   pack
 fi
 
 if want bench; then
   step "host path (microseconds to issue one small call)"
-  timeout 60 $PY bench/host_path.py --device cuda > "$OUT_DIR/host.log" 2>&1
+  timeout 60 $PY bench/host_path.py --device cuda > "$OUT_DIR/host.log" 2>&1 || fail "$OUT_DIR/host.log" "host path"
   cat "$OUT_DIR/host.log"
   step "in-place calls against torch's"
-  timeout 45 $PY bench/inplace.py --device cuda --rounds 3 > "$OUT_DIR/inplace.log" 2>&1
+  timeout 45 $PY bench/inplace.py --device cuda --rounds 3 > "$OUT_DIR/inplace.log" 2>&1 ||
+    fail "$OUT_DIR/inplace.log" "in-place calls"
   cat "$OUT_DIR/inplace.log"
   for fam in $(echo "${FAMILIES:-dropout,activations,batch}" | tr , ' '); do
     step "benchmark $fam"
@@ -80,12 +113,12 @@ if want bench; then
       > "$OUT_DIR/bench-$fam.log" 2>&1
     rc=$?
     sed -n '/^copy bandwidth/,$p' "$OUT_DIR/bench-$fam.log"
-    [ $rc -eq 0 ] || { tail -5 "$OUT_DIR/bench-$fam.log"; echo "BENCHMARK $fam FAILED (rc $rc)"; status=1; }
+    [ $rc -eq 0 ] || fail "$OUT_DIR/bench-$fam.log" "benchmark $fam (rc $rc)"
     pack
   done
 fi
 
-want sanitizer || { step "done, status $status"; pack; exit $status; }
+want sanitizer || { step "done"; pack; exit 0; }
 step "compute-sanitizer memcheck + racecheck (small CUDA subsets)"
 SANITIZE=${SANITIZE:-batch dropout activations}
 san() { case " $SANITIZE " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -95,8 +128,11 @@ memcheck() {  # file, subset, seconds
   [ "$t" -gt 5 ] || { echo "memcheck $1 skipped (no time left)"; return; }
   timeout "$t" compute-sanitizer --tool memcheck --error-exitcode 99 \
     $PY -m pytest "$1" -q -p no:cacheprovider -k "$2"
-  echo "memcheck $1 rc $?"
+  local rc=$?
+  echo "memcheck $1 rc $rc"
+  [ $rc -eq 0 ] || [ $rc -eq 124 ] || sanitizer_rc=$rc  # 124: its time box ran out
 }
+sanitizer_rc=0
 {
   san batch && memcheck tests/test_batch.py "cuda and float32 and (cutout_bitwise or random_erasing_bitwise \
     or (mix_bitwise and switch) or mix_same_on_cpu)" ${SAN_BATCH_S:-60}
@@ -111,11 +147,15 @@ memcheck() {  # file, subset, seconds
     timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --error-exitcode 99 \
       $PY -m pytest tests/test_dropout.py tests/test_activations.py -q -p no:cacheprovider \
       -k "cuda and float32 and (bias_act_dropout_matches or prelu_matches) and not bfloat"
-    echo "racecheck rc $?"
+    rc=$?
+    echo "racecheck rc $rc"
+    [ $rc -eq 0 ] || [ $rc -eq 124 ] || sanitizer_rc=$rc
   fi
+  echo "sanitizer_rc $sanitizer_rc"
 } > "$OUT_DIR/sanitizer.log" 2>&1
 grep -E "ERROR SUMMARY|rc [0-9]+|passed|failed" "$OUT_DIR/sanitizer.log"
+grep -q "^sanitizer_rc 0$" "$OUT_DIR/sanitizer.log" || fail "$OUT_DIR/sanitizer.log" "compute-sanitizer"
 pack
 
-step "done, status $status"
-exit $status
+step "done"
+exit 0
