@@ -27,7 +27,7 @@ test: build
 # built in a scratch copy so it leaves the main build alone.
 test-cpu-build: $(DEPS)
 	rm -rf build/cpu-only && mkdir -p build/cpu-only
-	cp -r setup.py pyproject.toml csrc fastreg tests build/cpu-only/
+	cp -r setup.py pyproject.toml csrc fastreg tests docs build/cpu-only/
 	mkdir build/cpu-only/bench && cp bench/*.py build/cpu-only/bench/  # tests/test_bench.py runs bench/run.py
 	rm -f build/cpu-only/fastreg/*.so
 	cd build/cpu-only && FASTREG_CUDA=0 MAX_JOBS=$(JOBS) ../../$(PY) setup.py -q build_ext --inplace
