@@ -2,12 +2,14 @@
 # The GPU check, for a machine with an NVIDIA GPU and torch installed (no
 # downloads): build against the installed torch, run the CUDA tests, the
 # benchmark at full size, then compute-sanitizer over a small CUDA subset.
+# The benchmark writes bench/results/latest/cuda-<model>.json/.png and appends
+# to bench/results/history.csv (copied into the archive's results/ folder).
 # Each step has a time box so the whole check ends inside BUDGET_S (400 s).
 #   STEPS     steps after the build (default "errors tests bench sanitizer")
-#   FAMILIES  benchmark families, each its own JSON (default dropout,activations,batch)
+#   FAMILIES  benchmark families, one run each (default dropout,activations,batch)
 #   SANITIZE  sanitizer subsets (default "batch dropout activations"; "racecheck" adds one)
 #   BUILD=0   reuse a fastreg/_C*.so already built on this machine
-# Logs and results go to bench/results/ by default. When $OUT is set (the
+# Logs go to build/gpu_check/ by default. When $OUT is set (the
 # device tool), they go to a work folder and are packed into $OUT/gpu_check.tgz
 # after every step, so what finished comes back even if a later step is cut off.
 # It stops at the first step that fails, printing that step's log.
@@ -25,12 +27,18 @@ cuda_changes() {
     return
   fi
   local last
-  last=$(git log -1 --format=%H --diff-filter=A -- 'bench/results/cuda-*' 'bench/results/*/cuda-*')
-  if [ -z "$last" ]; then
-    echo "(no GPU results in bench/results yet)"
+  # the commit of the newest GPU row of the results' history (what that run measured)
+  last=$(python3 - << 'PY'
+import csv
+rows = [r for r in csv.DictReader(open("bench/results/history.csv")) if r["device"].startswith("cuda")]
+print(rows[-1]["commit"].replace("-dirty", "") if rows else "")  # appended in time order
+PY
+)
+  if [ -z "$last" ] || ! git rev-parse -q --verify "$last^{commit}" > /dev/null; then
+    echo "(no GPU results with a known commit in bench/results/history.csv)"
     return
   fi
-  echo "last GPU results: $(git log -1 --date=short --format='%h %ad %s' "$last")"
+  echo "last GPU results measured: $(git log -1 --date=short --format='%h %ad %s' "$last")"
   local changes
   changes=$(git log --date=short --format='%h %ad %s' "$last"..HEAD -- ':(glob)csrc/cuda/**' ':(glob)csrc/*.h' setup.py)
   if [ -z "$changes" ]; then echo "no CUDA-touching commit since"; else
@@ -40,7 +48,7 @@ cuda_changes() {
 }
 if [ "${1:-}" = "--changes" ]; then cuda_changes; exit 0; fi
 
-if [ -n "${OUT:-}" ]; then OUT_DIR=/tmp/gpu_check; else OUT_DIR=bench/results; fi
+if [ -n "${OUT:-}" ]; then OUT_DIR=/tmp/gpu_check; else OUT_DIR=build/gpu_check; fi
 mkdir -p "$OUT_DIR"
 pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/gpu_check.tgz" -C "$OUT_DIR" . ; return 0; }
 PY=${PYTHON:-python3}
@@ -107,12 +115,14 @@ if want bench; then
   cat "$OUT_DIR/inplace.log"
   for fam in $(echo "${FAMILIES:-dropout,activations,batch}" | tr , ' '); do
     step "benchmark $fam"
-    timeout $(( $(left) - ${AFTER_BENCH_S:-150} )) $PY bench/run.py --device cuda --out "$OUT_DIR" --tag "$fam" \
+    timeout $(( $(left) - ${AFTER_BENCH_S:-150} )) $PY bench/run.py --device cuda \
       --families $fam --compile-dtypes bfloat16 ${BENCH_OPS:+--ops $BENCH_OPS} \
       --compile-ops relu,gelu,bias_relu_dropout,bias_gelu_dropout,dropout_add \
       > "$OUT_DIR/bench-$fam.log" 2>&1
     rc=$?
-    sed -n '/^copy bandwidth/,$p' "$OUT_DIR/bench-$fam.log"
+    # the results as bench/results holds them: the latest files and history.csv with this run's rows
+    mkdir -p "$OUT_DIR/results" && cp -r bench/results/latest bench/results/history.csv "$OUT_DIR/results/"
+    sed -n '/^family/,$p' "$OUT_DIR/bench-$fam.log"
     [ $rc -eq 0 ] || fail "$OUT_DIR/bench-$fam.log" "benchmark $fam (rc $rc)"
     pack
   done

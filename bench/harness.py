@@ -3,18 +3,21 @@
 It measures the device's copy bandwidth once, times each implementation of a
 case (CUDA events after warm-up on a GPU; on the CPU, torch.utils.benchmark timing
 the implementations in alternating batches of a few milliseconds),
-and reports per op, direction, dtype and size: median time, GB/s on the byte
-floor of DESIGN §5, percent of the copy bandwidth, speedups, and bytes saved
-for backward per element. Results go to bench/results/<device>-<date>.json and
-a PNG plot, and a table is printed.
+and reports per op, direction, dtype and size: median time, GB/s on the op's byte
+floor (docs/benchmarks.md), percent of the copy bandwidth, speedups, and bytes saved
+for backward per element. Results go to bench/results/latest/<device>.json and .png
+(replaced, case by case, by each run) and are appended to bench/results/history.csv.
 """
 
+import csv
 import datetime
 import json
+import math
 import os
 import platform
 import re
 import statistics
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -124,10 +127,65 @@ def device_name(device):
 
 
 def device_slug(device):
+    """The device kind a result file is named after: cuda-<model>, cpu, or cpu-<isa> when
+    the run capped the instruction sets (bench/run.py --cpu-isa)."""
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name(device).replace("NVIDIA", "")
         return "cuda-" + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-    return "cpu"
+    cap = os.environ.get("FASTREG_CPU_ISA")
+    return f"cpu-{cap}" if cap else "cpu"
+
+
+def last_level_cache_bytes(default=32 << 20):
+    """The CPU's largest cache (Linux's sysfs, cpu0), or `default` where it cannot be read."""
+    best = 0
+    for index in range(8):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        best = max(best, int(text.rstrip("KMG")) * scale)
+    return best or default
+
+
+def default_numel(device, dtype):
+    """Elements per tensor: 2^26 on a GPU (several times its L2); on the CPU the smallest
+    power of two whose tensors are at least 4x the last-level cache, so that no ceiling or
+    row is a cache figure (2^22 float32 elements, half of a 32 MiB L3, read a 129 GB/s
+    "copy" where the memory gives 25-49)."""
+    if torch.device(device).type == "cuda":
+        return 1 << 26
+    elem = torch.tensor([], dtype=dtype).element_size()
+    return max(1 << 22, 1 << math.ceil(math.log2(4 * last_level_cache_bytes() / elem)))
+
+
+def copy_bytes_for(device):
+    """Bytes copied to measure the copy ceiling: 512 MiB on a GPU, 4x the LLC on the CPU."""
+    if torch.device(device).type == "cuda":
+        return 1 << 29
+    return 1 << math.ceil(math.log2(4 * last_level_cache_bytes()))
+
+
+def current_commit():
+    """The commit measured: FASTREG_COMMIT, else git's HEAD (with -dirty for local changes),
+    else 'unknown' (a copy of the tree without its history, as a device machine may have)."""
+    if os.environ.get("FASTREG_COMMIT"):
+        return os.environ["FASTREG_COMMIT"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        )
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
 
 
 @dataclass
@@ -281,43 +339,165 @@ def format_table(rows, copy_gbps):
     return "\n".join(lines)
 
 
-def plot(rows, path, title, copy_gbps):
+def summary(rows):
+    """The short table `make bench` prints: per family and dtype, the geometric mean of
+    fastreg's speedup over each peer, the slowest case against eager, and fastreg's median
+    % of the copy bandwidth."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.family, r.dtype), []).append(r)
+    peers = [p for p in PEERS if any(r.speedup.get(p) for r in rows)]
+    head = f"{'family':<12}{'dtype':<10}{'cases':>6}" + "".join(f"{'x ' + p:>14}" for p in peers)
+    head += f"{'slowest x eager':>34}{'%copy':>8}"
+    lines = [head, "-" * len(head)]
+    for (fam, dt), rs in sorted(groups.items()):
+        cells = ""
+        for p in peers:
+            v = [r.speedup[p] for r in rs if r.speedup.get(p)]
+            cells += f"{math.exp(sum(map(math.log, v)) / len(v)):>14.2f}" if v else f"{'-':>14}"
+        slow = min((r for r in rs if r.speedup.get("eager")), key=lambda r: r.speedup["eager"], default=None)
+        slowest = f"{slow.speedup['eager']:.2f} ({slow.op} {slow.direction})" if slow else "-"
+        pct = statistics.median(r.pct_copy for r in rs)
+        lines.append(f"{fam:<12}{dt:<10}{len(rs):>6}{cells}{slowest:>34}{pct:>8.0f}")
+    return "\n".join(lines)
+
+
+PEERS = ("eager", "compile", "timm", "torchvision", "nn.Linear")
+PEER_LABELS = {
+    "eager": "torch eager",
+    "compile": "torch.compile",
+    "timm": "timm",
+    "torchvision": "torchvision v2",
+    "nn.Linear": "nn.Linear",
+}
+
+
+def _row_dict(row):
+    return row if isinstance(row, dict) else asdict(row)
+
+
+def plot(rows, path, title):
+    """Two panels, one line per case, grouped by family: fastreg's speedup over each peer
+    (log scale, 1 marked) and the % of the copy bandwidth fastreg and torch eager reach on
+    the case's byte floor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.op} {r.direction} {r.dtype}" for r in rows]
-    impls = sorted({k for r in rows for k, v in r.times_ms.items() if v})
-    impls.sort(key=lambda k: (k != "fastreg", k))
-    fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(rows)), 5))
-    width = 0.8 / max(1, len(impls))
-    for j, impl in enumerate(impls):
-        vals = [
-            100 * r.floor_bytes / r.times_ms[impl] / 1e6 / copy_gbps if r.times_ms.get(impl) else 0
-            for r in rows
-        ]
-        ax.bar([i + j * width for i in range(len(rows))], vals, width, label=impl)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
-    ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_ylabel("% of copy bandwidth (byte floor / time)")
-    ax.set_title(title)
-    ax.legend()
+    rows = [_row_dict(r) for r in rows]
+    rows.sort(key=lambda r: (r["family"], r["op"], r["direction"], r["dtype"]))
+    labels = [f"{r['op']} {r['direction']} {r['dtype']}" for r in rows]
+    peers = [p for p in PEERS if any((r["speedup"] or {}).get(p) for r in rows)]
+    n = len(rows)
+    fig, (left, right) = plt.subplots(
+        1, 2, sharey=True, figsize=(13, 1.6 + 0.24 * n), gridspec_kw={"width_ratios": [3, 2]}
+    )
+    ys = list(range(n))
+    colors = {p: f"C{j}" for j, p in enumerate(peers)}
+    for y, r in zip(ys, rows, strict=True):  # a case's peers share its line
+        present = [p for p in peers if (r["speedup"] or {}).get(p)]
+        height = 0.8 / max(1, len(present))
+        for j, peer in enumerate(present):
+            left.barh(y - 0.4 + (j + 0.5) * height, r["speedup"][peer], height, color=colors[peer])
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colors[p], label=PEER_LABELS[p]) for p in peers]
+    left.set_xscale("log")
+    left.axvline(1.0, color="black", linewidth=0.8)
+    left.set_xlabel("fastreg speedup (x), log scale: right of 1 is faster")
+    left.legend(handles=handles, loc="lower right", fontsize=8)
+    left.grid(axis="x", which="both", alpha=0.3)
+    for impl, style in (("fastreg", {"color": "tab:blue"}), ("eager", {"color": "tab:gray", "alpha": 0.6})):
+        vals = []
+        for r in rows:
+            t = r["times_ms"].get(impl)
+            vals.append(
+                100 * r["floor_bytes"] / t / 1e6 / r["copy_gbps"]
+                if t and r.get("copy_gbps")
+                else float("nan")
+            )
+        right.barh([y + (0.2 if impl == "fastreg" else -0.2) for y in ys], vals, 0.4, label=impl, **style)
+    right.axvline(100.0, color="black", linewidth=0.8)
+    right.set_xlabel("% of copy bandwidth on the byte floor")
+    right.legend(loc="lower right", fontsize=8)
+    right.grid(axis="x", alpha=0.3)
+    left.set_yticks(ys)
+    left.set_yticklabels(labels, fontsize=8)
+    left.invert_yaxis()
+    families = [r["family"] for r in rows]
+    for y in range(1, n):
+        if families[y] != families[y - 1]:
+            for ax in (left, right):
+                ax.axhline(y - 0.5, color="black", linewidth=0.6)
+    fig.suptitle(title, y=0.995)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, extra=None, tag=""):
+HISTORY_FIELDS = [
+    "date", "commit", "device", "device_name", "torch", "family", "op", "direction", "dtype", "numel",
+    "fastreg_ms", "gbps", "pct_copy", "copy_gbps",
+] + [f"x_{p}" for p in PEERS] + ["saved_fastreg", "saved_eager", "note"]  # fmt: skip
+
+
+def history_row(row, date, commit, device, device_name, torch_version):
+    """One history.csv line of a result row (a Row or its dict)."""
+    r = _row_dict(row)
+    out = {
+        "date": date,
+        "commit": commit,
+        "device": device,
+        "device_name": device_name,
+        "torch": torch_version,
+        "family": r["family"],
+        "op": r["op"],
+        "direction": r["direction"],
+        "dtype": r["dtype"],
+        "numel": r["numel"],
+        "fastreg_ms": _num(r["times_ms"].get("fastreg")),
+        "gbps": _num(r.get("gbps")),
+        "pct_copy": _num(r.get("pct_copy")),
+        "copy_gbps": _num(r.get("copy_gbps")),
+        "saved_fastreg": _num((r.get("saved_bytes_per_elem") or {}).get("fastreg")),
+        "saved_eager": _num((r.get("saved_bytes_per_elem") or {}).get("eager")),
+        "note": r.get("note", ""),
+    }
+    for p in PEERS:
+        out[f"x_{p}"] = _num((r.get("speedup") or {}).get(p))
+    return out
+
+
+def _num(v):
+    return "" if v is None else f"{v:.6g}"
+
+
+def append_history(path, lines):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(lines)
+
+
+def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, extra=None):
+    """Writes the run into `out_dir` (bench/results): latest/<device>.json and .png keep the
+    newest result of every case run on this device kind (this run's rows replace the same
+    cases', the others stay), and history.csv gets a line per row. Returns the paths."""
     out_dir = out_dir or RESULTS
-    os.makedirs(out_dir, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-    base = os.path.join(out_dir, f"{device_slug(device)}-{stamp}" + (f"-{tag}" if tag else ""))
+    latest_dir = os.path.join(out_dir, "latest")
+    os.makedirs(latest_dir, exist_ok=True)
+    now = datetime.datetime.now()
+    date, commit, slug = now.strftime("%Y-%m-%d"), current_commit(), device_slug(device)
     info = {
         "device": device_name(device),
+        "device_kind": slug,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "date": now.isoformat(timespec="seconds"),
+        "commit": commit,
         "copy": {"bytes": copy_bytes, "ms": copy_ms, "gbps": copy_gbps},
         # the instruction set of eager torch's CPU kernels (ATEN_CPU_CAPABILITY caps it; fastreg's
         # own is build_info()'s cpu_isa, capped by FASTREG_CPU_ISA)
@@ -333,7 +513,20 @@ def write_results(rows, device, copy_gbps, copy_ms, copy_bytes, out_dir=None, ex
     except ImportError:
         pass
     info.update(extra or {})
+    new_rows = [dict(asdict(r), date=date, commit=commit, copy_gbps=copy_gbps) for r in rows]
+    base = os.path.join(latest_dir, slug)
+    kept = []
+    if os.path.exists(base + ".json"):
+        with open(base + ".json") as f:
+            old = json.load(f)
+        fresh = {(r["family"], r["op"], r["direction"], r["dtype"]) for r in new_rows}
+        kept = [r for r in old["rows"] if (r["family"], r["op"], r["direction"], r["dtype"]) not in fresh]
+    merged = kept + new_rows
     with open(base + ".json", "w") as f:
-        json.dump({"info": info, "rows": [asdict(r) for r in rows]}, f, indent=1)
-    plot(rows, base + ".png", f"fastreg on {info['device']} ({stamp})", copy_gbps)
-    return base
+        json.dump({"info": info, "rows": merged}, f, indent=1)
+    plot(merged, base + ".png", f"fastreg on {info['device']} ({slug}), newest result of each case, {date}")
+    history = os.path.join(out_dir, "history.csv")
+    append_history(
+        history, [history_row(r, date, commit, slug, info["device"], torch.__version__) for r in rows]
+    )
+    return {"json": base + ".json", "png": base + ".png", "history": history}

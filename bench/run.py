@@ -1,7 +1,8 @@
-"""`make bench`: every family's benchmark on the default device, a table, JSON and a PNG.
+"""`make bench`: every family's benchmark on the default device: a short table, and the
+results in bench/results/latest/<device>.json and .png and bench/results/history.csv.
 
 python bench/run.py [--device cuda] [--numel N] [--dtypes float32,bfloat16]
-                    [--compile-ops relu,gelu] [--out DIR] [--cpu-isa avx2]
+                    [--compile-ops relu,gelu] [--out DIR] [--cpu-isa avx2] [--full-table]
 """
 
 import argparse
@@ -49,7 +50,12 @@ def main():
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--numel", type=int, default=None, help="elements per tensor (GPU 2^26, CPU 2^22)")
+    p.add_argument(
+        "--numel",
+        type=int,
+        default=None,
+        help="elements per tensor (default: GPU 2^26; CPU: tensors of at least 4x the last-level cache)",
+    )
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--ops", default="", help="only these ops (comma-separated)")
@@ -60,7 +66,7 @@ def main():
     )
     p.add_argument("--compile-dtypes", default="all", help="dtypes also timed under torch.compile")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
-    p.add_argument("--tag", default="", help="suffix of the results' file name (<device>-<date>-<tag>)")
+    p.add_argument("--full-table", action="store_true", help="print every case, not the summary")
     p.add_argument(
         "--rounds",
         type=int,
@@ -91,32 +97,46 @@ def main():
     device = args.device
     on_gpu = torch.device(device).type == "cuda"
     malloc = None if on_gpu or args.system_malloc else harness.steady_cpu_allocator()
-    numel = args.numel or (1 << 26 if on_gpu else 1 << 22)
     rounds = args.rounds or (1 if on_gpu else 3)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    copy_bytes = 1 << 29 if on_gpu else 1 << 25
+    numels = {d: args.numel or harness.default_numel(device, d) for d in dtypes}
+    copy_bytes = harness.copy_bytes_for(device)
     harness.warm_up(device)
     copy_gbps, copy_ms = harness.copy_bandwidth(device, copy_bytes)
-    print(f"device {harness.device_name(device)}, {numel} elements, copy {copy_gbps:.0f} GB/s")
+    sizes = ", ".join(f"{str(d).replace('torch.', '')} {n}" for d, n in numels.items())
+    print(f"device {harness.device_name(device)}, elements per tensor: {sizes}")
+    print(f"copy bandwidth {copy_gbps:.0f} GB/s (read + write, {copy_bytes >> 20} MiB)")
 
     rows = []
     for fam in args.families.split(","):
         module = FAMILIES[fam]
         everything = args.compile_ops == "all"
         compile_ops = set() if args.compile_ops == "none" else set(args.compile_ops.split(","))
-        for case in module.cases(device, dtypes, numel, compile_ops if not everything else _All()):
-            if args.ops and case.op not in args.ops.split(","):
-                continue
-            if args.compile_dtypes != "all" and case.dtype not in args.compile_dtypes.split(","):
-                case.impls.pop("compile", None)
-            rows.append(harness.run_case(case, device, copy_gbps, rounds))
-            print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
-    base = harness.write_results(
-        rows, device, copy_gbps, copy_ms, copy_bytes, args.out, {"numel": numel, "malloc": malloc}, args.tag
+        for dtype in dtypes:
+            for case in module.cases(
+                device, [dtype], numels[dtype], compile_ops if not everything else _All()
+            ):
+                if args.ops and case.op not in args.ops.split(","):
+                    continue
+                if args.compile_dtypes != "all" and case.dtype not in args.compile_dtypes.split(","):
+                    case.impls.pop("compile", None)
+                rows.append(harness.run_case(case, device, copy_gbps, rounds))
+                print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
+    paths = harness.write_results(
+        rows,
+        device,
+        copy_gbps,
+        copy_ms,
+        copy_bytes,
+        args.out,
+        {"numel": {str(d).replace("torch.", ""): n for d, n in numels.items()}, "malloc": malloc},
     )
     print()
-    print(harness.format_table(rows, copy_gbps))
-    print(f"\nwrote {base}.json and {base}.png")
+    print(harness.format_table(rows, copy_gbps) if args.full_table else harness.summary(rows))
+    print(
+        f"\nresults: {paths['json']} (every case), {paths['png']} (figure); "
+        f"{len(rows)} lines added to {paths['history']}"
+    )
 
 
 class _All:

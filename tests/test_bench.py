@@ -6,6 +6,7 @@ cap those; the twelfth and thirteenth sessions' AVX2 tables timed fastreg's AVX2
 against oneDNN's AVX-512 code), MKL, and fastreg's own loops.
 """
 
+import csv
 import importlib.util
 import json
 import os
@@ -47,7 +48,7 @@ def test_cpu_isa_cap_reaches_every_library(tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    (result,) = tmp_path.glob("*.json")
+    result = tmp_path / "latest" / "cpu-avx2.json"
     info = json.loads(result.read_text())["info"]
     assert info["cpu_isa_env"] == bench_run.CPU_ISA_CAPS["avx2"]
     assert info["aten_cpu_capability"] == "AVX2"
@@ -58,3 +59,46 @@ def test_cpu_isa_cap_reaches_every_library(tmp_path):
     assert any("isa:Intel AVX2" in line for line in onednn), res.stdout[-3000:]
     assert any(",exec,cpu,eltwise," in line for line in onednn), res.stdout[-3000:]
     assert not any("avx512" in line for line in onednn if ",exec," in line)
+
+
+def _bench(out, *args):
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--device", "cpu", "--families", "activations",
+         "--dtypes", "float32", "--numel", "4096", "--rounds", "1", "--compile-ops", "none",
+         "--out", str(out), *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_results_latest_per_case_and_history(tmp_path):
+    """latest/<device>.json keeps the newest result of every case (a run replaces only the
+    cases it ran), history.csv gets one line per case and run, and the run prints a short
+    summary and where the files went."""
+    first = _bench(tmp_path, "--ops", "relu,sigmoid")
+    second = _bench(tmp_path, "--ops", "sigmoid")
+    latest = json.loads((tmp_path / "latest" / "cpu.json").read_text())
+    cases = sorted((r["op"], r["direction"]) for r in latest["rows"])
+    assert cases == [("relu", "fwd"), ("relu", "fwd+bwd"), ("sigmoid", "fwd"), ("sigmoid", "fwd+bwd")]
+    assert all(r["date"] and r["commit"] and r["copy_gbps"] > 0 for r in latest["rows"])
+    assert (tmp_path / "latest" / "cpu.png").stat().st_size > 10_000
+    with open(tmp_path / "history.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert sorted((r["op"], r["direction"]) for r in lines[:4]) == cases
+    assert sorted((r["op"], r["direction"]) for r in lines[4:]) == [
+        ("sigmoid", "fwd"),
+        ("sigmoid", "fwd+bwd"),
+    ]
+    assert all(float(r["fastreg_ms"]) > 0 and float(r["x_eager"]) > 0 and r["device"] == "cpu" for r in lines)
+    for out in (first, second):
+        assert "slowest x eager" in out and "lines added to" in out
+    assert len(second.splitlines()) < 12  # the summary, not a line per case
+
+
+def test_cpu_tensors_are_four_times_the_last_level_cache():
+    llc = harness.last_level_cache_bytes()
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        n = harness.default_numel("cpu", dtype)
+        assert n * dtype.itemsize >= 4 * llc and n * dtype.itemsize < 8 * llc or n == 1 << 22
+    assert harness.copy_bytes_for("cpu") >= 4 * llc
