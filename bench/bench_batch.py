@@ -3,7 +3,7 @@ timm's Mixup / RandomErasing, torchvision v2's MixUp / CutMix / RandomErasing, a
 best plain-torch device implementation ("eager": every draw on the device, no host sync).
 
 Batch: 256x3x224x224 on a GPU (the issue's anchors), 64x3x64x64 on the CPU.
-Byte floors (DESIGN §5): mixup and Mixup 2N (read every pixel once, write it once);
+Byte floors (docs/benchmarks.md): mixup and Mixup 2N (read every pixel once, write it once);
 cutout, random erasing and cutmix in place: the boxes' bytes (written; CutMix also
 reads the partner's box) of one typical draw (seed 1234). Every implementation draws
 fresh boxes and lambdas on each call (seed=None), as in training.

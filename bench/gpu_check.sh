@@ -147,7 +147,7 @@ sanitizer_rc=0
   san batch && memcheck tests/test_batch.py "cuda and float32 and (cutout_bitwise or random_erasing_bitwise \
     or (mix_bitwise and switch) or mix_same_on_cpu)" ${SAN_BATCH_S:-60}
   # every dropout-family op, and bias+act+dropout through its mask (relu) and input (gelu)
-  # paths: all 8 activations (14 tests) did not finish in 45 s under memcheck (run 5: 11)
+  # paths: all 8 activations (14 tests) do not finish in 45 s under memcheck
   san dropout && memcheck tests/test_dropout.py "cuda and float32 and ((bitwise and 0.3) or \
     (bias_act_dropout_matches and (gelu or relu) and not leaky))" ${SAN_DROPOUT_S:-45}
   san activations && memcheck tests/test_activations.py \

@@ -197,7 +197,7 @@ class Case:
     direction: str  # "fwd" (inference forward) or "fwd+bwd" (training step of the op)
     dtype: str
     numel: int
-    floor_bytes: int  # fewest bytes the op must move (DESIGN §5)
+    floor_bytes: int  # fewest bytes the op must move (docs/benchmarks.md)
     impls: dict = field(default_factory=dict)  # name -> callable
     saved: dict = field(default_factory=dict)  # name -> callable whose autograd saves are counted
     note: str = ""
@@ -254,7 +254,7 @@ def holding(fn):
     of the heap, and at 2^22 float32 elements (input + output = the 32 MiB L3 of this
     project's CPU) a reused block is still half in cache: the same call then ran up to 45 %
     faster, and which implementation of a row got which pattern swung the row by +-10 %
-    (bench/NOTES.md, tenth session). Held, every implementation writes a block it did not
+    (docs/performance-log.md, "CPU timing method"). Held, every implementation writes a block it did not
     just free."""
     held = [None]
 

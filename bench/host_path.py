@@ -1,11 +1,11 @@
 """Where the host time of one small call goes (microseconds per call, no sync in the loop).
 
-The batch rows of the GPU benchmark are host-bound on the H200 machine (run 5: the host
-needs as long to issue a mixup as the GPU to run it). This splits a call into its parts
+The batch rows of the GPU benchmark were host-bound on an H200 machine (the host needed
+as long to issue a mixup as the GPU to run it). This splits a call into its parts
 so that the next change goes where the time is: Python checks, the seed's randint,
 the op's dispatch, each kernel launch. The last rows put an activation's and dropout's
 small call, inference and training step, beside eager torch's: fastreg's autograd
-formulas are Python (`torch.library.register_autograd`, DESIGN §2), whose per-call
+formulas are Python (`torch.library.register_autograd`, docs/design.md), whose per-call
 cost eager's C++ autograd does not pay. Each fastreg row is timed twice: as it runs
 (every op through its typed entry, fastreg._C.below) and "via torch.ops" (the entries
 off: every op through torch.ops' boxed path), rows interleaved over rounds.
@@ -109,7 +109,7 @@ def main():
         fastreg_rows.append((f"{name} fwd+bwd step", step(fr)))
         rows.append((f"{name} fwd+bwd step: eager", step(ref)))
     # each fastreg call twice: through the typed entries (what it runs) and with them off
-    # (every op through torch.ops' boxed path, as before the eleventh session)
+    # (every op through torch.ops' boxed path)
     for name, fn in fastreg_rows:
         rows.append((f"{name}: fastreg", fn))
         rows.append((f"{name}: fastreg via torch.ops", fn))

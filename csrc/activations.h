@@ -27,7 +27,7 @@ template <> struct Opmath<c10::Half> { using type = float; };
 template <> struct Opmath<c10::BFloat16> { using type = float; };
 template <class T> using opmath_t = typename Opmath<T>::type;
 
-// What an activation's backward needs from its forward (DESIGN §4).
+// What an activation's backward needs from its forward (docs/design.md, memory).
 enum class Saved { Input, Output, Mask };
 
 namespace math {

@@ -74,7 +74,7 @@ void def(torch::Library& m, const char* schema) {
 }  // namespace
 
 TORCH_LIBRARY(fastreg, m) {
-  // Activations. Backward ops take what DESIGN §4 says is saved: the output
+  // Activations. Backward ops take what docs/design.md says is saved: the output
   // (sigmoid, tanh, elu, selu), the input (gelu, silu, prelu) or a 1-bit mask
   // (relu, leaky_relu; empty when save_mask is false).
   def<Y(T)>(m, "sigmoid(Tensor input) -> Tensor");

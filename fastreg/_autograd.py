@@ -1,7 +1,7 @@
 """Fake (meta) kernels and autograd formulas of every fastreg op.
 
 Each op's whole life is on one screen: the fake kernel that tells torch.compile
-the output's shape and layout, what setup_context saves for backward (DESIGN §4),
+the output's shape and layout, what setup_context saves for backward (docs/design.md),
 and the backward, written with fastreg's own backward ops. `_register_autograd`
 registers each formula with torch.library and also wraps the same two functions in a
 plain torch.autograd.Function (EAGER_AUTOGRAD), which fastreg.functional applies in
@@ -335,7 +335,7 @@ def _bias_act_dropout_setup(ctx, inputs, output):
     y, mask = output
     ctx.stride = y.stride()
     ctx.has_bias = bias is not None
-    # relu / leaky_relu: the 1-bit mask; the others: the input (DESIGN §4)
+    # relu / leaky_relu: the 1-bit mask; the others: the input
     saved = mask if ctx.activation in MASK_ACTIVATIONS else input
     ctx.save_for_backward(saved, bias, seed)
     ctx.set_materialize_grads(False)  # no zero "gradient" of the uint8 mask output

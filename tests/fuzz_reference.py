@@ -8,8 +8,8 @@ forward and backward; bitwise for the random ops, within dtype tolerance for act
     python tests/fuzz_reference.py [seed] [iterations] [activations|batch]
     FASTREG_CPU_ISA=avx2 python tests/fuzz_reference.py 7 200
 
-Prints one line per disagreement, then the count. Its first run (fourteenth session) found the
-reference's NaN gradients where exp overflows (README, Decisions).
+Prints one line per disagreement, then the count. It found the reference's NaN gradients
+where exp overflows (docs/decisions.md).
 """
 
 import random

@@ -460,7 +460,7 @@ def test_torch_compile_fullgraph(device):
     torch.testing.assert_close(grads_c, grads_e)
 
 
-# bytes saved per element for a bfloat16 input (DESIGN §4)
+# bytes saved per element for a bfloat16 input (docs/design.md)
 SAVED = {
     "relu": 0.125,
     "leaky_relu": 0.125,
@@ -1430,7 +1430,7 @@ def test_inplace_writes_the_input_itself(device, dtype, name):
     g = torch.randn_like(a)
     n = a.numel()
     nbytes, _, y = saved_bytes(lambda t: inplace(t * 1), a)
-    # DESIGN §4: relu and leaky_relu a 1-bit mask; elu and selu the output (the input itself,
+    # relu and leaky_relu save a 1-bit mask; elu and selu the output (the input itself,
     # which holds it); silu in place a copy of its input, as torch's in-place silu keeps
     assert nbytes == (n // 8 if name in ("relu", "leaky_relu") else n * dtype.itemsize)
     want_y = outplace(a * 1)

@@ -2,8 +2,8 @@
 
 `bench/run.py --cpu-isa avx2` must reach every library that picks its CPU code at run
 time: ATen's kernels, the oneDNN kernels eager GELU runs on (ATEN_CPU_CAPABILITY does not
-cap those; the twelfth and thirteenth sessions' AVX2 tables timed fastreg's AVX2 GELU
-against oneDNN's AVX-512 code), MKL, and fastreg's own loops.
+cap those: without it, fastreg's AVX2 GELU was timed against oneDNN's AVX-512 code),
+MKL, and fastreg's own loops.
 """
 
 import csv

@@ -13,15 +13,13 @@ namespace {
 
 // ReLU's forward is exactly x or 0, and its backward g or 0: its loops select
 // raw element bits instead of converting to float and back (for bfloat16 and
-// float16 the conversion back, with its rounding, was most of the loop: the
-// bfloat16 forward with mask ran at 0.78x ATen's relu). A NaN passes through
-// with its payload.
+// float16 the conversion back, with its rounding, was most of the loop). A NaN
+// passes through with its payload.
 template <class Op> constexpr bool kSelectsInput = false;
 template <> constexpr bool kSelectsInput<Relu> = true;
 // The forward loops select raw bits for the 2-byte types only: for float32 and float64
 // the functor's own select (x <= 0 ? 0 : x) gives the same bits with no conversion, and
-// GCC vectorizes it better than the integer select (an in-place float32 relu of 2^22
-// elements, which stays in the last-level cache, ran 0.30 ms against ATen's 0.14 ms).
+// GCC vectorizes it better than the integer select.
 template <class Op, class T> constexpr bool kForwardSelectsRaw = kSelectsInput<Op> && sizeof(T) == 2;
 
 // Relu's keep bit !(x <= 0) (NaN keeps) read off the element's bits: for the 2-byte
@@ -40,18 +38,10 @@ template <class T> FASTREG_HOST bool relu_keep(const Relu& o, const T* p, int64_
 // Backward loops that write their result with non-temporal stores once the op's
 // bytes reach the last-level cache (stream_stores): those of the mask (relu,
 // leaky_relu) and of the output (sigmoid, tanh, elu, selu), a few arithmetic
-// operations per element, which the stores' read-for-ownership made slower. Same-
-// process alternating timings on this project's Zen 4, float32, 2^22 elements,
-// three sessions of each: backward 1.08-1.29x (relu), 1.08-1.34x (leaky_relu),
-// 1.44-1.52x (sigmoid), 1.40-1.52x (tanh), 1.48-1.67x (elu) faster. The backward
-// of gelu and silu (exp, erf of the input) ran 0.83x when streamed from a 256-element
-// buffer, and 0.87-0.93x streamed four lines at a time from the loop (eighth session):
-// cached stores drain under their math. On the AVX2 path (256-bit streaming stores;
-// thirteenth session, two runs of 5-6 alternating processes) backward 1.14-1.56x faster
-// (sigmoid, tanh, relu 1.37-1.56x, elu and leaky_relu 1.14-1.32x; gelu, the control,
-// 1.00x). Forward
-// loops do not stream: a training forward that streamed ran 0.70-0.83x, its output
-// staying in cache for the next op.
+// operations per element, whose stores' read-for-ownership bounded them. gelu's and
+// silu's (exp, erf of the input) do not: their cached stores drain under the math.
+// Forward loops do not stream: a training forward's output is read again soon.
+// (Measurements: docs/performance-log.md, "Streaming stores".)
 template <class Op> constexpr bool kStreamsBackward = Op::saved == Saved::Output;
 
 #ifdef FASTREG_HAVE_AVX512_BF16
@@ -180,10 +170,8 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void relu_mask_backward512(const
 // The same four loops on AVX2 CPUs (no mask registers): the keep lanes of a compare
 // become mask bits by movemask (8 float32 lanes are one mask byte; relu's 16-bit lanes are
 // packed to bytes first), and mask bits become lanes again by a variable shift (bit k to
-// lane k's sign, which blendv reads) or a test against one bit per 16-bit lane. Against
-// the generic loops (a keep byte per element, then a packing pass; one core, 2^20
-// elements): forward with mask 1.6-2.2x, backward 1.1-1.2x faster; bfloat16 leaky_relu's
-// training step 0.85 -> 1.02-1.04x AVX2 eager's (2^22, two cores).
+// lane k's sign, which blendv reads) or a test against one bit per 16-bit lane, instead of
+// the generic loops' keep byte per element and packing pass.
 
 // y[i .. end) and the mask bits of those elements; i a multiple of 8.
 template <class T>
@@ -299,8 +287,7 @@ FASTREG_HOST void mask_backward_isa(const Op& op, const T* g, const uint8_t* m, 
 // PReLU's backward over the first 16k of a row's n elements for the 2-byte types on AVX2,
 // by intrinsics (Prelu's formulas as selects: blend g or w * g, and g * x or +0 into the
 // 16 running sums `lane`, element i + k into lane k as the generic loop adds them); returns
-// where it stopped. GCC left the generic loop scalar, with branches, there (bfloat16
-// backward 28.6 ms for 2^22 elements on one core, against 2.6 ms on the AVX-512 path).
+// where it stopped. GCC left the generic loop scalar, with branches, there.
 // A, the accumulator type, is float for the 2-byte types.
 template <class T, class A>
 FASTREG_TARGET_AVX2 __attribute__((noinline)) int64_t prelu_backward_row_avx2(const T* __restrict g,

@@ -17,8 +17,8 @@
 // CPUs), exact and round to nearest even. They differ from c10 only on NaN (the instructions keep the
 // payload, c10 gives 0x7e00 with the sign), again detected per vector. The
 // generic conversions are ~10 (load) and ~15 (store) vector instructions per 16
-// elements, which made float16 loops 1.2-2x slower than float32 ones; GCC 12
-// vectorizes no _Float16 conversion without AVX512-FP16, hence the intrinsics.
+// elements, more than the math of most loops; GCC 12 vectorizes no _Float16
+// conversion without AVX512-FP16, hence the intrinsics.
 #pragma once
 
 #include <algorithm>
@@ -368,14 +368,8 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
 
 // The AVX2 form for the 2-byte types, as map_avx512's: 32 elements per step converted
 // by instruction (load8, store8x2) into float arrays around the functor's loop, which GCC
-// turns into four 256-bit registers (map_block<false>: with the loop pinned as a loop they
-// stayed arrays in L1, and the maps took 1.02-1.67x the time; steps of 16 elements took
-// 1.0-1.2x, and left some loops scalar: thirteenth session). It replaced, on AVX2 CPUs, float16
-// rows of 256 elements converted into L1 buffers and bfloat16 converted element by
-// element inside the functor's loop: fastreg and ATen both under the AVX2 cap on this
-// project's Zen 4, 2^22 elements, float16 leaky_relu forward+backward 0.60 -> 0.88x eager,
-// bfloat16 0.70 -> 0.90x; float16's long math loops (gelu, tanh, elu forward) ran 3-10 %
-// slower than through the 256-element rows (bench/NOTES.md, twelfth session). Reached
+// keeps in four 256-bit registers (map_block<false>; pinned as a loop, the arrays stayed in
+// L1, and steps of 16 elements left some loops scalar: docs/performance-log.md). Reached
 // only through run_avx2's flatten (its target attribute).
 // kStream: as map_avx512's, for every type (the 4- and 8-byte types take this function
 // only to stream).

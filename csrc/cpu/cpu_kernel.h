@@ -180,13 +180,10 @@ template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline, flatten)) void r
 template <class F> __attribute__((noinline)) void run_portable(const F& f) { f(IsaTag<Isa::Portable>{}); }
 
 // kNarrow: on an AVX-512 CPU, vectorize with 256-bit registers (AVX-512VL
-// instructions). For the memory-bound select loops of 4- and 8-byte types
-// (relu, leaky_relu, prelu in float32) this project's Zen 4 ran 4-12 % faster
-// that way (float32 relu forward 0.74 vs 0.77 ms, prelu forward+backward 2.19
-// vs 2.60 ms, same-process alternating timings); loops with real math (exp,
-// erf) and the 2-byte types, whose conversions are the work, ran 1.1-1.5x
-// faster at 512 bits. ATen, likewise, compiles most of its elementwise
-// kernels for AVX2 only.
+// instructions): faster for the memory-bound select loops of 4- and 8-byte types
+// (relu, leaky_relu, prelu in float32); loops with real math (exp, erf) and the
+// 2-byte types, whose conversions are the work, are faster at 512 bits. ATen,
+// likewise, compiles most of its elementwise kernels for AVX2 only.
 template <bool kNarrow = false, class F> void run_isa(const F& f) {
   switch (cpu_isa()) {
     case Isa::Avx512:

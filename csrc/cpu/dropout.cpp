@@ -172,12 +172,9 @@ struct CpuLoops {
       FASTREG_CHECK(!(affine && residual), "internal: alpha dropout takes no residual");
       const Keep keep(prm.threshold);
       // Plain and residual dropout (alpha dropout takes the generic loops): bfloat16
-      // through AVX512_BF16's conversion (forward 13-15 % faster on this project's Zen 4,
-      // and 7 % faster than a float32 buffer for map_store); non-temporal stores when the
-      // op's bytes exceed the last-level cache (float32 forward+backward of 2^22 elements
-      // 16-26 % faster; bfloat16 at that size, half the bytes, was not). AVX-512 only: on the
-      // AVX2 path (Philox words cost twice as much: compute, not memory, bounds the loop)
-      // 256-bit streaming stores made float32 dropout 1.03-1.2x slower (thirteenth session)
+      // through AVX512_BF16's conversion; non-temporal stores when the op's bytes exceed
+      // the last-level cache. AVX-512 only: on the AVX2 path Philox words cost twice as
+      // much, so compute, not memory, bounds the loop, and streaming measured slower.
       const int64_t bytes = n * static_cast<int64_t>(sizeof(scalar_t)) * (residual ? 3 : 2);
       const bool stream = !affine && cpu_isa() >= Isa::Avx512 && stream_stores(bytes) &&
                           reinterpret_cast<uintptr_t>(yp) % 64 == 0;
@@ -197,7 +194,7 @@ struct CpuLoops {
               continue;
             }
             // (map1/map2: the 2-byte types converted by instruction in the loop where the CPU
-            // has it; the intrinsics chunks above stayed 3-8 % faster for plain dropout)
+            // has it; the intrinsics chunks above stay faster for plain dropout)
             if (affine) {  // alpha dropout (never with a residual)
               map1(isa, y_ + i0, x_ + i0, 0, len,
                    [&](int64_t k, A v) FASTREG_INLINE_LAMBDA { return kp(words[k]) ? v * sc + ad : dr; });
@@ -356,9 +353,8 @@ struct CpuLoops {
       const A scale = A(prm.scale);
       const Keep keep(prm.threshold);
       std::vector<A> partial(dbias ? static_cast<size_t>(tasks * K) : 0, A(0));
-      // bias along the contiguous last dim, whole chunks per row: one fused loop (float32
-      // backward 15-18 % faster in interleaved single-thread timings; bfloat16, whose
-      // conversions dominate, was not faster, and keeps the buffered loops)
+      // bias along the contiguous last dim, whole chunks per row: one fused loop (float32;
+      // bfloat16, whose conversions dominate, gained nothing from it and keeps the buffers)
       const bool rows = inner == 1 && K % kChunk == 0 && (Op::saved == Saved::Mask || bp != nullptr) &&
                         std::is_same_v<scalar_t, A>;
       at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {

@@ -6,12 +6,10 @@
 // one _mm512_mul_epu32 is then the full 32x32->64 product of 8 blocks (hi = the
 // product >> 32, lo = the product itself, whose high half the next multiply
 // ignores), and each round's two XORs are one ternary-logic op. Two groups of 16
-// blocks (four independent chains) per pass keep the multipliers busy: 0.42 ns per
-// word on one core of the development machine, against 0.58 for 16 lanes of 32 bits
-// with even/odd multiplies and blends; 0.33 since the counters are made as 64-bit
-// indices and the words leave through permutes (below). The four words of every 8
-// blocks are permuted into element order (block b's words at 4b .. 4b+3). Three or
-// four groups per pass (six or eight chains) ran at less than half the speed.
+// blocks (four independent chains) per pass keep the multipliers busy without
+// spilling (more chains ran slower: docs/performance-log.md, "Philox on the CPU").
+// The four words of every 8 blocks are permuted into element order (block b's
+// words at 4b .. 4b+3).
 #pragma once
 
 #include <cstdint>
@@ -100,10 +98,7 @@ FASTREG_AVX512_FN inline void philox_words_avx512(const philox::Key& key, uint32
 
 // AVX2: the same layout with 4 blocks per 256-bit register (Lanes4), two XORs where
 // AVX-512 has one ternary-logic op, and 3 chains per pass, which fit AVX2's 16
-// registers (state, multipliers, round keys, products). Standalone on one core of
-// the development machine (a Zen 4, so a 256-bit op costs what it costs on AVX2
-// CPUs of its generation): 0.63 ns per word against 0.66 / 0.68 for 2 / 4 chains,
-// 0.76 for one, and 1.66 for the scalar rounds the AVX2 path ran before.
+// registers (state, multipliers, round keys, products) and measured fastest.
 #define FASTREG_AVX2_PHILOX_FN __attribute__((target("avx2"), noinline))
 
 // The four counter words of 4 blocks, one block per 64-bit lane (low halves).
