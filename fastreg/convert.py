@@ -74,8 +74,10 @@ def _replacement(module, extra):
     return new
 
 
-def convert(model):
+def convert(model: torch.nn.Module) -> torch.nn.Module:
     """Replace, in place, every module that has a fastreg equivalent; return the model.
+    Parameters (PReLU's weight) are the same objects, so optimizers and ``state_dict`` keys
+    are unchanged, and eval-mode outputs equal the original model's.
 
     Swapped: nn.Sigmoid, Tanh, ReLU, LeakyReLU, PReLU (keeping its weight), ELU
     (alpha >= 0), SELU, GELU, SiLU, Dropout, AlphaDropout; when timm is installed,
@@ -83,6 +85,9 @@ def convert(model):
     and Tanh; when torchvision is installed, its StochasticDepth in 'row' mode. Only
     exact types are swapped. A model that is itself such a module is returned as its
     replacement.
+
+    Example:
+        >>> model = fastreg.convert(timm.create_model("convnext_atto"))
     """
     extra = {**_timm_types(), **_torchvision_types()}
     top = _replacement(model, extra)

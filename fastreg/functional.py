@@ -9,6 +9,7 @@ import numbers
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
+from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from . import reference as R
@@ -76,9 +77,9 @@ def _call(op, *args, grad=None):
     """op(*args) in eager mode: with autograd when `grad` (default: whether any tensor
     argument needs a gradient), through the op's registered formula as a plain
     autograd.Function (_autograd.EAGER_AUTOGRAD: no dispatcher round trip into Python;
-    a small leaky_relu training step's host time 69 -> 46 us, eager torch's 22 us), else
-    straight to the kernel below autograd (a small inference call 7-8 -> 4.8 us), both
-    through the op's typed entry (_autograd.kernel: 2-3 us less per op call than torch.ops).
+    about a third of a small training step's host time), else straight to the kernel below
+    autograd, both through the op's typed entry (_autograd.kernel: 2-3 us less per op call
+    than torch.ops).
     Under torch.compile, the registered op itself. Returns the outputs callers use: all the
     op's, but only the first for relu, leaky_relu and bias_act_dropout and the first two for
     mix (_autograd.EAGER_OUTPUTS: the others, a 1-bit mask or a per-sample record, are only
@@ -117,7 +118,20 @@ def _maybe_inplace(input, y, inplace):
     return input.copy_(y) if inplace else y
 
 
-def sigmoid(input):
+def sigmoid(input: Tensor) -> Tensor:
+    """``torch.sigmoid(input)``: ``1 / (1 + exp(-x))``, elementwise.
+
+    Args:
+        input: a float tensor (float32, float64, float16, bfloat16) of any shape and layout.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the output (as torch).
+
+    Example:
+        >>> y = fastreg.functional.sigmoid(torch.randn(8, 16))
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(sigmoid, (input,), input)
     _check_float(input, "sigmoid")
@@ -126,7 +140,20 @@ def sigmoid(input):
     return _call(ops.sigmoid, input)
 
 
-def tanh(input):
+def tanh(input: Tensor) -> Tensor:
+    """``torch.tanh(input)``, elementwise.
+
+    Args:
+        input: a float tensor of any shape and layout.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the output (as torch).
+
+    Example:
+        >>> y = fastreg.functional.tanh(torch.randn(8, 16))
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(tanh, (input,), input)
     _check_float(input, "tanh")
@@ -135,7 +162,21 @@ def tanh(input):
     return _call(ops.tanh, input)
 
 
-def relu(input, inplace=False):
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``F.relu(input, inplace)``: ``max(x, 0)``, elementwise (NaN passes, as in torch).
+
+    Args:
+        input: a float tensor of any shape and layout.
+        inplace: write the result into ``input`` (torch's semantics; autograd-aware).
+
+    Returns:
+        A tensor shaped and laid out like ``input`` (``input`` itself when in place).
+
+    Saved for backward: a 1-bit mask, 1/8 byte per element (torch saves the output).
+
+    Example:
+        >>> y = fastreg.functional.relu(torch.randn(8, 16, requires_grad=True))
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(relu, (input,), input, inplace=inplace)
     _check_float(input, "relu")
@@ -147,7 +188,22 @@ def relu(input, inplace=False):
     return _maybe_inplace(input, y, inplace)
 
 
-def leaky_relu(input, negative_slope=0.01, inplace=False):
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """``F.leaky_relu(input, negative_slope, inplace)``: ``x if x > 0 else negative_slope * x``.
+
+    Args:
+        input: a float tensor of any shape and layout.
+        negative_slope: the slope for ``x <= 0``.
+        inplace: write the result into ``input``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: a 1-bit mask, 1/8 byte per element (torch saves the input).
+
+    Example:
+        >>> y = fastreg.functional.leaky_relu(torch.randn(8, 16), 0.2)
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(
             leaky_relu, (input,), input, negative_slope=negative_slope, inplace=inplace
@@ -162,7 +218,21 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
     return _maybe_inplace(input, y, inplace)
 
 
-def prelu(input, weight):
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """``F.prelu(input, weight)``: ``x if x > 0 else w * x`` with one ``w`` per channel (dim 1).
+
+    Args:
+        input: a float tensor ``(N, C, ...)`` (or any shape with a one-element weight).
+        weight: ``(C,)`` or one element, of ``input``'s dtype (cast to it under autocast).
+
+    Returns:
+        A tensor shaped and laid out like ``input`` (channels_last stays channels_last).
+
+    Saved for backward: the input and a reference to the weight (as torch).
+
+    Example:
+        >>> y = fastreg.functional.prelu(torch.randn(4, 16, 8, 8), torch.full((16,), 0.25))
+    """
     if has_torch_function((input, weight)):
         return handle_torch_function(prelu, (input, weight), input, weight)
     _check_float(input, "prelu")
@@ -183,7 +253,23 @@ def prelu(input, weight):
     return _call(ops.prelu, input, weight)
 
 
-def elu(input, alpha=1.0, inplace=False):
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """``F.elu(input, alpha, inplace)``: ``x if x > 0 else alpha * (exp(x) - 1)``.
+
+    Args:
+        input: a float tensor of any shape and layout.
+        alpha: the negative branch's scale, ``>= 0`` (backward reads the output, which a
+            negative alpha would make ambiguous).
+        inplace: write the result into ``input``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the output (torch: the output as well).
+
+    Example:
+        >>> y = fastreg.functional.elu(torch.randn(8, 16))
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(elu, (input,), input, alpha=alpha, inplace=inplace)
     _check_float(input, "elu")
@@ -197,7 +283,22 @@ def elu(input, alpha=1.0, inplace=False):
     return _maybe_inplace(input, _call(ops.elu, input, alpha), inplace)
 
 
-def selu(input, inplace=False):
+def selu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``F.selu(input, inplace)``: ``scale * (x if x > 0 else alpha * (exp(x) - 1))`` with
+    torch's constants.
+
+    Args:
+        input: a float tensor of any shape and layout.
+        inplace: write the result into ``input``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the output.
+
+    Example:
+        >>> y = fastreg.functional.selu(torch.randn(8, 16))
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(selu, (input,), input, inplace=inplace)
     _check_float(input, "selu")
@@ -208,7 +309,21 @@ def selu(input, inplace=False):
     return _maybe_inplace(input, _call(ops.selu, input), inplace)
 
 
-def gelu(input, approximate="none"):
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """``F.gelu(input, approximate)``: ``x * Phi(x)``, or its tanh approximation.
+
+    Args:
+        input: a float tensor of any shape and layout.
+        approximate: ``'none'`` (the erf form) or ``'tanh'``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the input (as torch). Accuracy in docs/accuracy.md.
+
+    Example:
+        >>> y = fastreg.functional.gelu(torch.randn(8, 16), approximate="tanh")
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(gelu, (input,), input, approximate=approximate)
     _check_float(input, "gelu")
@@ -219,7 +334,22 @@ def gelu(input, approximate="none"):
     return _call(ops.gelu, input, approximate)
 
 
-def silu(input, inplace=False):
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``F.silu(input, inplace)``: ``x * sigmoid(x)``.
+
+    Args:
+        input: a float tensor of any shape and layout.
+        inplace: write the result into ``input`` (under autograd a copy of the input is
+            saved first, as torch does).
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the input.
+
+    Example:
+        >>> y = fastreg.functional.silu(torch.randn(8, 16))
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(silu, (input,), input, inplace=inplace)
     _check_float(input, "silu")
@@ -252,7 +382,36 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
     return _maybe_inplace(input, _call(ops.dropout, input, s, p, alpha), inplace)
 
 
-def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=None):
+def dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """``F.dropout(input, p, training, inplace)``: each element zeroed with probability ``p``,
+    the others scaled by ``1 / (1 - p)``; the identity when not training.
+
+    Args:
+        input: a float tensor of any shape and layout.
+        p: the drop probability, in [0, 1] (1 gives zeros).
+        training: apply dropout (else return ``input``).
+        inplace: write the result into ``input``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``: the same seed gives the same
+            mask on every device (docs/randomness.md).
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the 8-byte seed only; backward regenerates the mask (torch saves a
+    one-byte mask per element).
+
+    Example:
+        >>> y = fastreg.functional.dropout(torch.randn(8, 16), 0.1, seed=1234)
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(
             dropout, (input,), input, p=p, training=training, inplace=inplace, generator=generator, seed=seed
@@ -260,7 +419,34 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=
     return _dropout("dropout", False, input, p, training, inplace, generator, seed)
 
 
-def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None, seed=None):
+def alpha_dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = False,
+    inplace: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """``F.alpha_dropout(input, p, training, inplace)``: dropout that keeps SELU's mean and
+    variance (kept ``a * x + b``, dropped ``-alpha' * a``, torch's constants).
+
+    Args:
+        input: a float tensor of any shape and layout.
+        p: the drop probability, in [0, 1].
+        training: apply it (``False`` by default, as torch).
+        inplace: write the result into ``input``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the seed only.
+
+    Example:
+        >>> y = fastreg.functional.alpha_dropout(torch.randn(8, 16), 0.1, training=True)
+    """
     if has_torch_function_unary(input):
         return handle_torch_function(
             alpha_dropout, (input,), input, p=p, training=training, inplace=inplace,
@@ -270,10 +456,43 @@ def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None
 
 
 def bias_act_dropout(
-    input, bias=None, activation="relu", p=0.0, training=True, *,
-    negative_slope=0.01, alpha=1.0, approximate="none", generator=None, seed=None,
-):  # fmt: skip
-    """``dropout(act(input + bias))`` in one kernel (bias broadcast over the last dim)."""
+    input: Tensor,
+    bias: Tensor | None = None,
+    activation: str = "relu",
+    p: float = 0.0,
+    training: bool = True,
+    *,
+    negative_slope: float = 0.01,
+    alpha: float = 1.0,
+    approximate: str = "none",
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """``dropout(act(input + bias), p)`` in one kernel, the bias broadcast over the last dim.
+
+    Args:
+        input: a float tensor ``(..., K)`` of any layout.
+        bias: ``(K,)`` of ``input``'s dtype (cast to it under autocast), or None.
+        activation: one of relu, leaky_relu, gelu, silu, sigmoid, tanh, elu, selu.
+        p: the drop probability, in [0, 1]; not training means ``p = 0``.
+        training: apply dropout.
+        negative_slope: leaky_relu's slope.
+        alpha: elu's alpha (``>= 0``).
+        approximate: gelu's form, ``'none'`` or ``'tanh'``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: for relu and leaky_relu a 1-bit mask and the seed (1/8 byte per
+    element); for the others the input and the seed. The eager composite saves the
+    activation's input or output and a byte mask.
+
+    Example:
+        >>> h, b = torch.randn(32, 512), torch.zeros(512)
+        >>> y = fastreg.functional.bias_act_dropout(h, b, "gelu", p=0.1)
+    """
     if has_torch_function((input, bias)):
         return handle_torch_function(
             bias_act_dropout, (input, bias), input, bias=bias, activation=activation, p=p,
@@ -325,8 +544,34 @@ def bias_act_dropout(
     return y
 
 
-def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=None):
-    """``residual + dropout(input)``; backward passes the gradient to ``residual`` as is."""
+def dropout_add(
+    input: Tensor,
+    residual: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """``residual + dropout(input, p)`` in one kernel.
+
+    Args:
+        input: a float tensor of any shape and layout.
+        residual: a tensor of ``input``'s shape, dtype and device.
+        p: the drop probability, in [0, 1].
+        training: apply dropout (else ``residual + input``).
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the seed only; the residual's gradient is the incoming one, not a
+    copy.
+
+    Example:
+        >>> y = fastreg.functional.dropout_add(torch.randn(8, 16), torch.randn(8, 16), 0.1)
+    """
     if has_torch_function((input, residual)):
         return handle_torch_function(
             dropout_add, (input, residual), input, residual, p=p, training=training,
@@ -348,9 +593,38 @@ def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=N
     return _call(ops.dropout_add, input, residual, seed_tensor(input, generator, seed, "dropout_add"), p)
 
 
-def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True, generator=None, seed=None):
-    """Stochastic depth: one keep decision per sample (dim 0), timm's semantics;
-    with ``residual``, returns ``residual + drop_path(input)`` in one kernel."""
+def drop_path(
+    input: Tensor,
+    p: float = 0.0,
+    training: bool = False,
+    *,
+    residual: Tensor | None = None,
+    scale_by_keep: bool = True,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Stochastic depth (timm's ``drop_path``): each sample along dim 0 is dropped with
+    probability ``p``, the kept ones scaled by ``1 / (1 - p)``.
+
+    Args:
+        input: a float tensor ``(B, ...)`` of any layout.
+        p: the drop probability per sample, in [0, 1].
+        training: apply it (``False`` by default, as timm).
+        residual: a tensor like ``input``: returns ``residual + drop_path(input)`` in one
+            kernel.
+        scale_by_keep: scale the kept samples by ``1 / (1 - p)``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        A tensor shaped and laid out like ``input``.
+
+    Saved for backward: the seed only.
+
+    Example:
+        >>> x = torch.randn(8, 197, 384)
+        >>> y = fastreg.functional.drop_path(branch(x), 0.1, True, residual=x)
+    """
     if has_torch_function((input, residual)):
         return handle_torch_function(
             drop_path, (input, residual), input, p=p, training=training, residual=residual,
@@ -372,9 +646,38 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
     return _call(ops.drop_path, input, residual, s, p, bool(scale_by_keep))
 
 
-def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, generator=None, seed=None):
-    """``linear(input, weight * mask / (1 - p), bias)`` with one weight mask per call;
-    saves the input and the seed, never the mask or the masked weight."""
+def dropconnect_linear(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """DropConnect: ``F.linear(input, weight * mask / (1 - p), bias)``, one weight mask per
+    call (Wan et al.).
+
+    Args:
+        input: a float tensor ``(..., in_features)``.
+        weight: ``(out_features, in_features)`` of ``input``'s dtype and device.
+        bias: ``(out_features,)`` or None.
+        p: the probability of dropping a weight, in [0, 1].
+        training: drop weights (else ``F.linear``).
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        ``(..., out_features)``. Under autocast the three tensors are cast as ``F.linear``
+        casts them.
+
+    Saved for backward: the input and the seed; backward regenerates the masked weight
+    (never stored).
+
+    Example:
+        >>> y = fastreg.functional.dropconnect_linear(torch.randn(32, 64), torch.randn(128, 64), p=0.3)
+    """
     if has_torch_function((input, weight, bias)):
         return handle_torch_function(
             dropconnect_linear, (input, weight, bias), input, weight, bias=bias, p=p, training=training,
@@ -429,10 +732,37 @@ def _run_boxes(images, inplace, op, op_, args):
     return images.copy_(out) if inplace else out
 
 
-def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
-    """Cutout (DeVries & Taylor): per sample, with probability p, a square of side ``size``
-    centred uniformly over the image, clipped at the border, set to ``fill`` on every channel.
-    Every draw happens on the images' device; ``inplace=True`` writes only the boxes."""
+def cutout(
+    images: Tensor,
+    size: int,
+    p: float = 1.0,
+    *,
+    fill: float = 0.0,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Cutout (DeVries & Taylor, 2017): per sample, with probability ``p``, a square of side
+    ``size`` centred uniformly over the image, clipped at the border, set to ``fill`` on
+    every channel. Every draw happens on the images' device (no host sync).
+
+    Args:
+        images: ``(B, C, H, W)`` float or uint8, contiguous or channels_last.
+        size: the square's side in pixels.
+        p: the probability of a box per sample.
+        fill: the value written into the box.
+        inplace: write only the boxes into ``images``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        The images with the boxes filled (``images`` itself when in place).
+
+    Saved for backward: the seed only (backward zeroes the same boxes of the gradient).
+
+    Example:
+        >>> out = fastreg.functional.cutout(torch.rand(64, 3, 32, 32), 16)
+    """
     if has_torch_function_unary(images):
         return handle_torch_function(
             cutout, (images,), images, size, p=p, fill=fill, inplace=inplace, generator=generator, seed=seed
@@ -461,20 +791,40 @@ def _check_pair(value, fn, arg):
 
 
 def random_erasing(
-    images,
-    p=0.5,
-    scale=(0.02, 0.33),
-    ratio=(0.3, 3.3),
+    images: Tensor,
+    p: float = 0.5,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
     *,
-    value=0.0,
-    inplace=False,
-    generator=None,
-    seed=None,
-):
-    """Random erasing with torchvision's box rule (area fraction uniform in ``scale``,
-    aspect ratio log-uniform in ``ratio``, up to 10 attempts, else no change), one box per
-    sample, applied with probability p per sample, all drawn on the images' device.
-    ``value`` is a number or ``'random'`` (per-pixel standard normal, float images)."""
+    value: float | str = 0.0,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Random erasing (Zhong et al., 2020) with torchvision's box rule: the box's area
+    fraction uniform in ``scale``, its aspect ratio log-uniform in ``ratio``, up to 10
+    attempts, else no change; one box per sample (torchvision: one per batch), applied
+    with probability ``p`` per sample, every draw on the images' device.
+
+    Args:
+        images: ``(B, C, H, W)`` float or uint8, contiguous or channels_last.
+        p: the probability of a box per sample.
+        scale: the range of the box's area as a fraction of the image's.
+        ratio: the range of the box's aspect ratio.
+        value: the value written, or ``'random'`` for a standard normal per pixel (float
+            images; bit-identical on every device for the same seed).
+        inplace: write only the boxes into ``images``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        The images with the boxes erased.
+
+    Saved for backward: the seed only.
+
+    Example:
+        >>> out = fastreg.functional.random_erasing(torch.rand(64, 3, 224, 224), p=0.25)
+    """
     if has_torch_function_unary(images):
         return handle_torch_function(
             random_erasing, (images,), images, p=p, scale=scale, ratio=ratio, value=value,
@@ -616,20 +966,41 @@ def _mix(
 
 
 def mixup(
-    images,
-    target,
-    alpha=1.0,
+    images: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
     *,
-    num_classes=None,
-    label_smoothing=0.0,
-    mode="batch",
-    inplace=False,
-    generator=None,
-    seed=None,
-):
-    """Mixup: ``lam_i * x_i + (1 - lam_i) * x_{B-1-i}`` with lam ~ Beta(alpha, alpha) drawn on the
-    device, one lambda per batch, per partner pair or per sample (``mode``). Returns
-    ``(images, soft_targets)``: label-smoothed one-hot (or probability) targets mixed the same way."""
+    num_classes: int | None = None,
+    label_smoothing: float = 0.0,
+    mode: str = "batch",
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Mixup (Zhang et al., 2018): ``lam_i * x_i + (1 - lam_i) * x_{B-1-i}`` with
+    ``lam ~ Beta(alpha, alpha)`` drawn on the device (timm's pairing).
+
+    Args:
+        images: ``(B, C, H, W)`` float, contiguous or channels_last; B may be odd (the middle
+            sample is its own partner).
+        target: class indices ``(B,)`` (int64) or probabilities ``(B, K)`` (float).
+        alpha: the Beta distribution's parameter, ``> 0``.
+        num_classes: K, required with class indices.
+        label_smoothing: eps: targets ``1 - eps + eps/K`` on, ``eps/K`` off.
+        mode: one lambda per ``'batch'``, per partner ``'pair'`` or per sample ``'elem'``.
+        inplace: write the mixed images into ``images``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        ``(images, soft_targets)``: the mixed images and ``(B, K)`` targets mixed with the
+        same lambdas (float32 for class indices).
+
+    Saved for backward: 64 bytes per sample (its draw), nothing per pixel.
+
+    Example:
+        >>> images, soft = fastreg.functional.mixup(torch.rand(64, 3, 32, 32), labels, 0.2, num_classes=10)
+    """
     if has_torch_function((images, target)):
         return handle_torch_function(
             mixup, (images, target), images, target, alpha=alpha, num_classes=num_classes,
@@ -643,22 +1014,42 @@ def mixup(
 
 
 def cutmix(
-    images,
-    target,
-    alpha=1.0,
+    images: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
     *,
-    num_classes=None,
-    label_smoothing=0.0,
-    mode="batch",
-    correct_lam=True,
-    inplace=False,
-    generator=None,
-    seed=None,
-):
-    """CutMix (Yun et al.): each sample takes a box of its partner ``B-1-i``; box side
-    ``floor(H sqrt(1 - lam))`` x ``floor(W sqrt(1 - lam))``, centre uniform, clipped; lam ~
-    Beta(alpha, alpha) on the device. With ``correct_lam`` the targets' lambda is the kept area
-    fraction. ``inplace=True`` writes only the boxes."""
+    num_classes: int | None = None,
+    label_smoothing: float = 0.0,
+    mode: str = "batch",
+    correct_lam: bool = True,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """CutMix (Yun et al., 2019): each sample takes a box of its partner ``B-1-i``, of side
+    ``floor(H sqrt(1 - lam))`` x ``floor(W sqrt(1 - lam))``, centre uniform, clipped, with
+    ``lam ~ Beta(alpha, alpha)`` drawn on the device.
+
+    Args:
+        images: ``(B, C, H, W)`` float, contiguous or channels_last.
+        target: class indices ``(B,)`` (int64) or probabilities ``(B, K)`` (float).
+        alpha: the Beta distribution's parameter, ``> 0``.
+        num_classes: K, required with class indices.
+        label_smoothing: eps, as in :func:`mixup`.
+        mode: one draw per ``'batch'``, per partner ``'pair'`` or per sample ``'elem'``.
+        correct_lam: the targets' lambda is the box's true kept area (after clipping).
+        inplace: write only the boxes into ``images``.
+        generator: the generator the seed is drawn from (default: the device's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        ``(images, soft_targets)`` as :func:`mixup`.
+
+    Saved for backward: 64 bytes per sample.
+
+    Example:
+        >>> images, soft = fastreg.functional.cutmix(torch.rand(64, 3, 32, 32), labels, num_classes=10)
+    """
     if has_torch_function((images, target)):
         return handle_torch_function(
             cutmix, (images, target), images, target, alpha=alpha, num_classes=num_classes,

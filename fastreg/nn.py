@@ -5,6 +5,7 @@ repr; isinstance checks keep working) and only replaces forward.
 """
 
 import torch
+from torch import Tensor
 
 from . import functional as FR
 from ._random import check_p
@@ -17,68 +18,183 @@ __all__ = [
 
 
 class Sigmoid(torch.nn.Sigmoid):
-    def forward(self, input):
+    """:class:`torch.nn.Sigmoid` running :func:`fastreg.functional.sigmoid`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the output.
+
+    Example:
+        >>> m = fastreg.nn.Sigmoid()
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.sigmoid(input)
 
 
 class Tanh(torch.nn.Tanh):
-    def forward(self, input):
+    """:class:`torch.nn.Tanh` running :func:`fastreg.functional.tanh`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the output.
+
+    Example:
+        >>> m = fastreg.nn.Tanh()
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.tanh(input)
 
 
 class ReLU(torch.nn.ReLU):
-    def forward(self, input):
+    """:class:`torch.nn.ReLU` running :func:`fastreg.functional.relu`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: a 1-bit mask (torch: the output).
+
+    Example:
+        >>> m = fastreg.nn.ReLU(inplace=True)
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.relu(input, inplace=self.inplace)
 
 
 class LeakyReLU(torch.nn.LeakyReLU):
-    def forward(self, input):
+    """:class:`torch.nn.LeakyReLU` running :func:`fastreg.functional.leaky_relu`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: a 1-bit mask (torch: the input).
+
+    Example:
+        >>> m = fastreg.nn.LeakyReLU(0.2)
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.leaky_relu(input, self.negative_slope, self.inplace)
 
 
 class PReLU(torch.nn.PReLU):
-    def forward(self, input):
+    """:class:`torch.nn.PReLU` running :func:`fastreg.functional.prelu`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the input and the weight.
+
+    Example:
+        >>> m = fastreg.nn.PReLU(num_parameters=64)
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.prelu(input, self.weight)
 
 
 class ELU(torch.nn.ELU):
-    def forward(self, input):
+    """:class:`torch.nn.ELU` running :func:`fastreg.functional.elu`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the output (alpha must be >= 0).
+
+    Example:
+        >>> m = fastreg.nn.ELU(alpha=1.0)
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.elu(input, self.alpha, self.inplace)
 
 
 class SELU(torch.nn.SELU):
-    def forward(self, input):
+    """:class:`torch.nn.SELU` running :func:`fastreg.functional.selu`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the output.
+
+    Example:
+        >>> m = fastreg.nn.SELU()
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.selu(input, self.inplace)
 
 
 class GELU(torch.nn.GELU):
-    def forward(self, input):
+    """:class:`torch.nn.GELU` running :func:`fastreg.functional.gelu`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the input.
+
+    Example:
+        >>> m = fastreg.nn.GELU(approximate='tanh')
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.gelu(input, approximate=self.approximate)
 
 
 class SiLU(torch.nn.SiLU):
-    def forward(self, input):
+    """:class:`torch.nn.SiLU` running :func:`fastreg.functional.silu`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the input.
+
+    Example:
+        >>> m = fastreg.nn.SiLU()
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.silu(input, inplace=self.inplace)
 
 
 class Dropout(torch.nn.Dropout):
-    def forward(self, input):
+    """:class:`torch.nn.Dropout` running :func:`fastreg.functional.dropout`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the seed only (torch: a byte mask per element).
+
+    Example:
+        >>> m = fastreg.nn.Dropout(p=0.1)
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.dropout(input, self.p, self.training, self.inplace)
 
 
 class AlphaDropout(torch.nn.AlphaDropout):
-    def forward(self, input):
+    """:class:`torch.nn.AlphaDropout` running :func:`fastreg.functional.alpha_dropout`: the same constructor
+    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
+    keep working). Saved for backward: the seed only.
+
+    Example:
+        >>> m = fastreg.nn.AlphaDropout(p=0.1)
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
         return FR.alpha_dropout(input, self.p, self.training, self.inplace)
 
 
 class BiasActDropout(torch.nn.Module):
-    """``dropout(act(x + bias))`` in one kernel, with a learnable bias over the last dim
-    (zeros at first, like a bias folded out of the preceding Linear)."""
+    """``dropout(act(x + bias), p)`` in one kernel (:func:`fastreg.functional.bias_act_dropout`),
+    with a learnable bias over the last dimension: zeros at first, as a bias folded out of
+    the preceding ``nn.Linear(..., bias=False)``.
+
+    Args:
+        num_features: K, the size of the input's last dimension.
+        activation: one of relu, leaky_relu, gelu, silu, sigmoid, tanh, elu, selu.
+        p: the drop probability in training, in [0, 1].
+        bias: learn a bias (else none is added).
+        negative_slope: leaky_relu's slope.
+        alpha: elu's alpha (``>= 0``).
+        approximate: gelu's form, ``'none'`` or ``'tanh'``.
+        device, dtype: of the bias.
+
+    Saved for backward: relu/leaky_relu a 1-bit mask, the others the input; and the seed.
+
+    Example:
+        >>> block = torch.nn.Sequential(torch.nn.Linear(512, 2048, bias=False),
+        ...                             fastreg.nn.BiasActDropout(2048, "gelu", p=0.1))
+    """
 
     def __init__(
-        self, num_features, activation="relu", p=0.0, bias=True, *,
-        negative_slope=0.01, alpha=1.0, approximate="none", device=None, dtype=None,
-    ):  # fmt: skip
+        self,
+        num_features: int,
+        activation: str = "relu",
+        p: float = 0.0,
+        bias: bool = True,
+        *,
+        negative_slope: float = 0.01,
+        alpha: float = 1.0,
+        approximate: str = "none",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if activation not in FR.ACTIVATION_NAMES:
             raise ValueError(f"BiasActDropout: unknown activation {activation!r}")
@@ -89,7 +205,7 @@ class BiasActDropout(torch.nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def forward(self, input):
+    def forward(self, input: Tensor) -> Tensor:
         return FR.bias_act_dropout(
             input, self.bias, self.activation, self.p, self.training,
             negative_slope=self.negative_slope, alpha=self.alpha, approximate=self.approximate,
@@ -102,14 +218,25 @@ class BiasActDropout(torch.nn.Module):
 
 
 class DropPath(torch.nn.Module):
-    """Stochastic depth per sample (timm's ``DropPath(drop_prob, scale_by_keep)``)."""
+    """Stochastic depth per sample (timm's ``DropPath(drop_prob, scale_by_keep)``,
+    :func:`fastreg.functional.drop_path`), in training mode only.
 
-    def __init__(self, drop_prob=0.0, scale_by_keep=True):
+    Args:
+        drop_prob: the probability of dropping a sample, in [0, 1].
+        scale_by_keep: scale the kept samples by ``1 / (1 - drop_prob)``.
+
+    Saved for backward: the seed only.
+
+    Example:
+        >>> x = x + fastreg.nn.DropPath(0.1)(block(x))
+    """
+
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
         super().__init__()
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return FR.drop_path(x, self.drop_prob, self.training, scale_by_keep=self.scale_by_keep)
 
     def extra_repr(self):
@@ -117,13 +244,32 @@ class DropPath(torch.nn.Module):
 
 
 class DropConnectLinear(torch.nn.Linear):
-    """``nn.Linear`` whose weight is dropped out (one mask per call) in training."""
+    """``nn.Linear`` whose weight is dropped out in training, one mask per call
+    (:func:`fastreg.functional.dropconnect_linear`): ``nn.Linear``'s arguments and ``p``.
 
-    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, p=0.5):
+    Args:
+        in_features, out_features, bias, device, dtype: as ``nn.Linear``.
+        p: the probability of dropping a weight in training, in [0, 1].
+
+    Saved for backward: the input and the seed (never the mask or the masked weight).
+
+    Example:
+        >>> layer = fastreg.nn.DropConnectLinear(512, 256, p=0.3)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        p: float = 0.5,
+    ) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self.p = p
 
-    def forward(self, input):
+    def forward(self, input: Tensor) -> Tensor:
         return FR.dropconnect_linear(input, self.weight, self.bias, self.p, self.training)
 
     def extra_repr(self):
@@ -131,13 +277,25 @@ class DropConnectLinear(torch.nn.Linear):
 
 
 class Cutout(torch.nn.Module):
-    """Cutout on a batch of images (B, C, H, W), applied in training mode only."""
+    """Cutout (DeVries & Taylor) on a batch of images ``(B, C, H, W)``, in training mode only
+    (:func:`fastreg.functional.cutout`): per sample, with probability ``p``, a square of
+    side ``size`` set to ``fill``, drawn on the images' device.
 
-    def __init__(self, size, p=1.0, fill=0.0, inplace=False):
+    Args:
+        size: the square's side in pixels.
+        p: the probability of a box per sample.
+        fill: the value written.
+        inplace: write only the boxes into the images.
+
+    Example:
+        >>> images = fastreg.nn.Cutout(16)(torch.rand(64, 3, 32, 32))
+    """
+
+    def __init__(self, size: int, p: float = 1.0, fill: float = 0.0, inplace: bool = False) -> None:
         super().__init__()
         self.size, self.p, self.fill, self.inplace = size, p, fill, inplace
 
-    def forward(self, images):
+    def forward(self, images: Tensor) -> Tensor:
         if not self.training:
             return images
         return FR.cutout(images, self.size, self.p, fill=self.fill, inplace=self.inplace)
@@ -147,10 +305,29 @@ class Cutout(torch.nn.Module):
 
 
 class RandomErasing(torch.nn.Module):
-    """Random erasing with torchvision's ``RandomErasing`` arguments and box rule, but one box
-    per sample of a (B, C, H, W) batch, all drawn on the device; applied in training mode only."""
+    """Random erasing with torchvision's ``RandomErasing`` arguments and box rule, one box
+    per sample of a ``(B, C, H, W)`` batch (torchvision: one per batch), drawn on the
+    device, in training mode only (:func:`fastreg.functional.random_erasing`).
 
-    def __init__(self, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, inplace=False):
+    Args:
+        p: the probability of a box per sample.
+        scale: the range of the box's area as a fraction of the image's.
+        ratio: the range of the box's aspect ratio.
+        value: the value written, or ``'random'`` (a standard normal per pixel).
+        inplace: write only the boxes into the images.
+
+    Example:
+        >>> images = fastreg.nn.RandomErasing(p=0.25)(torch.rand(64, 3, 224, 224))
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        scale: tuple[float, float] = (0.02, 0.33),
+        ratio: tuple[float, float] = (0.3, 3.3),
+        value: float | str = 0.0,
+        inplace: bool = False,
+    ) -> None:
         super().__init__()
         self.p, self.scale, self.ratio, self.value, self.inplace = (
             p,
@@ -160,7 +337,7 @@ class RandomErasing(torch.nn.Module):
             inplace,
         )
 
-    def forward(self, images):
+    def forward(self, images: Tensor) -> Tensor:
         if not self.training:
             return images
         return FR.random_erasing(
@@ -175,26 +352,46 @@ class RandomErasing(torch.nn.Module):
 
 
 class Mixup(torch.nn.Module):
-    """timm's ``Mixup`` (same arguments, modes and behaviour) as a module: ``forward(images,
-    target)`` returns ``(images, soft_targets)``. Every draw (per-batch, per-pair or per-sample
-    coin, switch, lambda and box) happens on the device; odd batch sizes work (the middle
-    sample is its own partner). In eval mode, or with ``mixup_enabled = False``, images pass
-    through and the targets are the label-smoothed one-hot targets (timm with lambda 1)."""
+    """timm's ``Mixup`` (same arguments, modes and behaviour) as a module:
+    ``forward(images, target)`` returns ``(images, soft_targets)``. Every draw (per-batch,
+    per-pair or per-sample coin, switch, lambda and box) happens on the device; odd batch
+    sizes work (the middle sample is its own partner). In eval mode, or with
+    ``mixup_enabled = False``, images pass through and the targets are the label-smoothed
+    one-hot targets (timm with lambda 1).
+
+    Args:
+        mixup_alpha: mixup's Beta parameter (0: no mixup).
+        cutmix_alpha: cutmix's Beta parameter (0: no cutmix).
+        cutmix_minmax: ``(min, max)`` box side fractions instead of a Beta-drawn box.
+        prob: the probability of mixing a batch, pair or sample.
+        switch_prob: the probability of cutmix when both are on.
+        mode: ``'batch'``, ``'pair'`` or ``'elem'``.
+        correct_lam: cutmix targets use the box's true kept area.
+        label_smoothing: eps of the one-hot targets.
+        num_classes: K.
+        inplace: write the mixed images into the input (timm's behaviour).
+
+    Saved for backward: 64 bytes per sample.
+
+    Example:
+        >>> mix = fastreg.nn.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=1000)
+        >>> images, soft_targets = mix(images, labels)
+    """
 
     def __init__(
         self,
-        mixup_alpha=1.0,
-        cutmix_alpha=0.0,
-        cutmix_minmax=None,
-        prob=1.0,
-        switch_prob=0.5,
-        mode="batch",
-        correct_lam=True,
-        label_smoothing=0.1,
-        num_classes=1000,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: str = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
         *,
-        inplace=False,
-    ):
+        inplace: bool = False,
+    ) -> None:
         super().__init__()
         fn = "Mixup"
         self.mixup_alpha = FR._check_alpha(mixup_alpha, fn, "mixup_alpha", allow_zero=True)
@@ -217,7 +414,14 @@ class Mixup(torch.nn.Module):
         self.inplace = inplace
         self.mixup_enabled = True
 
-    def forward(self, images, target, *, generator=None, seed=None):
+    def forward(
+        self,
+        images: Tensor,
+        target: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
         enabled = self.training and self.mixup_enabled
         return FR._mix(
             "Mixup", images, target, self.num_classes, self.label_smoothing, self.mixup_alpha,
