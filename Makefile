@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: all build test test-cpu-build bench lint format clean
+.PHONY: all build test test-cpu-build bench lint format docs sdist clean
 
 all: build
 
@@ -23,19 +23,26 @@ build: $(DEPS)
 test: build
 	$(PY) -m pytest tests
 
-# The CPU-only build (what a machine without nvcc gets) must build and pass too:
-# built in a scratch copy so it leaves the main build alone.
-test-cpu-build: $(DEPS)
+# The source distribution (dist/fastreg-<version>.tar.gz).
+sdist: $(DEPS)
+	$(PY) -m build --sdist --no-isolation --outdir dist .
+
+# The CPU-only build (what a machine without nvcc gets) must build and pass too: built
+# from the source distribution, unpacked in a scratch folder, so the sdist is checked too.
+test-cpu-build: sdist
 	rm -rf build/cpu-only && mkdir -p build/cpu-only
-	cp -r setup.py pyproject.toml csrc fastreg tests docs build/cpu-only/
-	mkdir build/cpu-only/bench && cp bench/*.py build/cpu-only/bench/  # tests/test_bench.py runs bench/run.py
-	rm -f build/cpu-only/fastreg/*.so
+	tar xzf dist/fastreg-$$($(PY) -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])").tar.gz \
+		-C build/cpu-only --strip-components=1
 	cd build/cpu-only && FASTREG_CUDA=0 MAX_JOBS=$(JOBS) ../../$(PY) setup.py -q build_ext --inplace
 	cd build/cpu-only && PYTHONPATH=. ../../$(PY) -c "import fastreg; assert not fastreg.build_info()['with_cuda']"
 	cd build/cpu-only && PYTHONPATH=. ../../$(PY) -m pytest -q tests
 
 bench: build
 	$(PY) bench/run.py
+
+# The HTML API reference and docs/ pages (warnings are errors): build/docs/index.html
+docs: build
+	$(PY) -m sphinx -W --keep-going -q -b html docs build/docs
 
 lint: $(DEPS)
 	$(PY) -m ruff check fastreg tests bench setup.py
@@ -46,4 +53,4 @@ format: $(DEPS)
 	$(PY) -m ruff check --fix fastreg tests bench setup.py
 
 clean:
-	rm -rf build *.egg-info fastreg/*.so csrc/build_info.h
+	rm -rf build dist *.egg-info fastreg/*.so csrc/build_info.h

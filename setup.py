@@ -1,7 +1,7 @@
 """Builds one extension, fastreg._C: CUDA kernels when nvcc and a CUDA build of
 torch are present (FASTREG_CUDA=1 forces, FASTREG_CUDA=0 forbids), else CPU only.
 
-The build settles three facts of our machines by itself (../shared/BUILD.md):
+The build settles three facts of the project's machines by itself (docs/design.md, build):
 CUDA_HOME from the toolkit nvcc really lives in, the CUDA wheels' include
 folder, and a default TORCH_CUDA_ARCH_LIST of 9.0 when no GPU is visible.
 """
@@ -12,11 +12,13 @@ import re
 import shutil
 import site
 import sys
+import tomllib
 
 from setuptools import setup
 
-VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    VERSION = tomllib.load(f)["project"]["version"]  # the metadata lives in pyproject.toml
 
 
 def real_cuda_home():
@@ -133,9 +135,6 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
 
 
 setup(
-    name="fastreg",
-    version=VERSION,
-    packages=["fastreg"],
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},
 )
