@@ -1,7 +1,7 @@
 """Accuracy of every activation, forward and backward, in ulps of the result's dtype.
 
-Measured against a float64 evaluation of the exact function (for float64 results, an
-80-digit mpmath one), on every finite float16 and bfloat16 value, and on a sample of
+Measured against a float64 evaluation of the function (the table's exact form where its
+formula cancels in a tail), on every finite float16 and bfloat16 value, and on a sample of
 float32 and float64 values (uniform on [-12, 12], log-spaced magnitudes up to 1e30,
 the edges where exp under- and overflows). Three implementations:
 
@@ -13,9 +13,10 @@ the edges where exp under- and overflows). Three implementations:
 - torch's CPU kernels, for comparison.
 
 An ulp is the spacing of the dtype at the exact value (the smallest subnormal's spacing
-below the normal range). Backward is the gradient for an incoming gradient of 1, from
-what each op saves: the output (sigmoid, tanh, elu, selu, measured against the exact
-derivative at that saved output), the input (gelu, silu) or the 1-bit mask.
+below the normal range). Backward is the gradient for an incoming gradient of 1, computed
+from what each op saves (the output, the input or the 1-bit mask), against the exact
+derivative at the input: for the ops that save their output, its rounding to the dtype is
+part of the error (torch saves the output too).
 
     python bench/accuracy.py           prints the table
     python bench/accuracy.py --write   writes it into docs/accuracy.md
@@ -28,7 +29,6 @@ import re
 import sys
 
 import torch
-import torch.nn.functional as F
 
 import fastreg
 
@@ -44,118 +44,38 @@ DTYPE_NAMES = {
     torch.float16: "float16",
     torch.bfloat16: "bfloat16",
 }
-SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
-SLOPE = 0.01
-K = math.sqrt(2 / math.pi)
-C = 0.044715
 
-# name -> (what backward takes: "output" | "input" | "mask", eval_activation's name, param)
-ACTIVATIONS = {
-    "sigmoid": ("output", "sigmoid", 1.0),
-    "tanh": ("output", "tanh", 1.0),
-    "relu": ("mask", "relu", 1.0),
-    "leaky_relu": ("mask", "leaky_relu", SLOPE),
-    "elu": ("output", "elu", 1.0),
-    "selu": ("output", "selu", 1.0),
-    "gelu": ("input", "gelu", 1.0),
-    "gelu_tanh": ("input", "gelu_tanh", 1.0),
-    "silu": ("input", "silu", 1.0),
-}
+
+def _cases():
+    """case name -> (row, arguments): every activation of the table at its default argument,
+    and each variant (gelu_tanh)."""
+    out = {}
+    for row in fastreg._activations.TABLE.values():
+        if row.variants:
+            for v in row.variants:
+                out[row.name if v == row.default else f"{row.name}_{v}"] = (row, (v,))
+        else:
+            out[row.name] = (row, () if row.param is None else (row.default,))
+    return out
+
+
+ACTIVATIONS = _cases()
 
 
 # --- exact values --------------------------------------------------------------------------------
 
 
 def exact_forward(name, x):
-    """float64 values, accurate to a few float64 ulps (no cancellation in any tail)."""
-    if name == "sigmoid":
-        return torch.sigmoid(x)
-    if name == "tanh":
-        return torch.tanh(x)
-    if name == "relu":
-        return torch.where(x <= 0, torch.zeros_like(x), x)
-    if name == "leaky_relu":
-        return torch.where(x > 0, x, x * SLOPE)
-    if name == "elu":
-        return torch.where(x > 0, x, torch.expm1(x))
-    if name == "selu":
-        return SELU_SCALE * torch.where(x > 0, x, SELU_ALPHA * torch.expm1(x))
-    if name == "gelu":
-        return 0.5 * x * torch.erfc(-x / math.sqrt(2))
-    if name == "gelu_tanh":  # 0.5 x (1 + tanh u) = x sigmoid(2u)
-        return x * torch.sigmoid(2 * K * (x + C * x**3))
-    if name == "silu":
-        return x * torch.sigmoid(x)
-    raise KeyError(name)
+    """The activation in float64, by the row's exact form where its formula cancels in a tail."""
+    row, args = ACTIVATIONS[name]
+    return (row.exact or row.formula)(x.double(), *args)
 
 
-def exact_backward(name, s):
-    """The exact derivative at the saved value s (the output or the input)."""
-    if name == "sigmoid":
-        return s * (1 - s)
-    if name == "tanh":
-        return 1 - s * s
-    if name == "relu":
-        return torch.where(s <= 0, torch.zeros_like(s), torch.ones_like(s))
-    if name == "leaky_relu":
-        return torch.where(s > 0, torch.ones_like(s), torch.full_like(s, SLOPE))
-    if name == "elu":
-        return torch.where(s <= 0, s + 1.0, torch.ones_like(s))
-    if name == "selu":
-        return torch.where(s <= 0, s + SELU_ALPHA * SELU_SCALE, torch.full_like(s, SELU_SCALE))
-    if name == "gelu":
-        return 0.5 * torch.erfc(-s / math.sqrt(2)) + s * torch.exp(-0.5 * s * s) / math.sqrt(2 * math.pi)
-    if name == "gelu_tanh":
-        u2 = 2 * K * (s + C * s**3)
-        sg, sn = torch.sigmoid(u2), torch.sigmoid(-u2)  # 1 + tanh u = 2 sg, 1 - tanh^2 u = 4 sg sn
-        return sg + 2 * s * sg * sn * K * (1 + 3 * C * s * s)
-    if name == "silu":
-        sg = torch.sigmoid(s)
-        return sg * (1 + s * torch.sigmoid(-s))
-    raise KeyError(name)
-
-
-def mp_exact(name, backward, values):
-    """80-digit values (float64 results: the float64 evaluation above is not exact enough)."""
-    import mpmath
-
-    mpmath.mp.dps = 80
-    mp = mpmath.mpf
-    k, c = mpmath.sqrt(2 / mpmath.pi), mp(C)
-    sig = lambda v: 1 / (1 + mpmath.exp(-v))  # noqa: E731
-
-    def f(v):
-        v = mp(v)
-        if not backward:
-            return {
-                "sigmoid": lambda: sig(v),
-                "tanh": lambda: mpmath.tanh(v),
-                "relu": lambda: v if v > 0 else mp(0),
-                "leaky_relu": lambda: v if v > 0 else v * mp(SLOPE),
-                "elu": lambda: v if v > 0 else mpmath.expm1(v),
-                "selu": lambda: mp(SELU_SCALE) * (v if v > 0 else mp(SELU_ALPHA) * mpmath.expm1(v)),
-                "gelu": lambda: v * mpmath.erfc(-v / mpmath.sqrt(2)) / 2,
-                "gelu_tanh": lambda: v * sig(2 * k * (v + c * v**3)),
-                "silu": lambda: v * sig(v),
-            }[name]()
-        return {
-            "sigmoid": lambda: v * (1 - v),
-            "tanh": lambda: 1 - v * v,
-            "relu": lambda: mp(1) if v > 0 else mp(0),
-            "leaky_relu": lambda: mp(1) if v > 0 else mp(SLOPE),
-            "elu": lambda: v + 1 if v <= 0 else mp(1),
-            "selu": lambda: v + mp(SELU_ALPHA) * mp(SELU_SCALE) if v <= 0 else mp(SELU_SCALE),
-            "gelu": lambda: (
-                mpmath.erfc(-v / mpmath.sqrt(2)) / 2 + v * mpmath.exp(-v * v / 2) / mpmath.sqrt(2 * mpmath.pi)
-            ),
-            "gelu_tanh": lambda: (
-                sig(2 * k * (v + c * v**3))
-                + 2 * v * sig(2 * k * (v + c * v**3)) * sig(-2 * k * (v + c * v**3)) * k * (1 + 3 * c * v * v)
-            ),
-            "silu": lambda: sig(v) * (1 + v * sig(-v)),
-        }[name]()
-
-    return [f(float(v)) for v in values]
+def exact_backward(name, x):
+    """The exact derivative at x, by autograd of the float64 evaluation."""
+    t = x.double().detach().requires_grad_()
+    (d,) = torch.autograd.grad(exact_forward(name, t).sum(), t)
+    return d
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -179,70 +99,52 @@ def sample(dtype, n_uniform):
 def inputs(dtype):
     if dtype in HALF:
         return all_finite(dtype)
-    return sample(dtype, 1 << 18 if dtype == torch.float32 else 1500)
-
-
-def saved_values(name, dtype, x):
-    """What backward is given: the forward's outputs in the dtype, or the inputs."""
-    kind = ACTIVATIONS[name][0]
-    if kind == "output":
-        y = exact_forward(name, x.double()).to(dtype)
-        return y[torch.isfinite(y)].unique()
-    return x
+    return sample(dtype, 1 << 18 if dtype == torch.float32 else 1 << 14)
 
 
 # --- the three implementations ---------------------------------------------------------------
 
 
-def fastreg_cpu(name, backward, s):
-    kind = ACTIVATIONS[name][0]
-    approx = "tanh" if name == "gelu_tanh" else "none"
-    op = "gelu" if name == "gelu_tanh" else name
-    params = {"elu": (1.0,), "leaky_relu": (SLOPE,), "gelu": (approx,), "gelu_tanh": (approx,)}.get(name, ())
+def fastreg_cpu(name, backward, x):
+    """The kernels on x's device, backward from what the op saves."""
+    row, args = ACTIVATIONS[name]
+    op = getattr(ops, row.name)
     if not backward:
-        if kind == "mask":
-            return getattr(ops, op)(s, *params, False)[0]
-        return getattr(ops, op)(s, *params)
-    ones = torch.ones_like(s)
-    if kind == "mask":
-        mask = getattr(ops, op)(s, *params, True)[1]
-        return getattr(ops, op + "_backward")(ones, mask, *params)
-    return getattr(ops, op + "_backward")(ones, s, *params)
+        return op(x, *args, False)[0] if row.saves == "mask" else op(x, *args)
+    ones = torch.ones_like(x)
+    grad = getattr(ops, row.name + "_backward")
+    if row.saves == "mask":
+        return grad(ones, op(x, *args, True)[1], *args)
+    return grad(ones, op(x, *args) if row.saves == "output" else x, *args)
 
 
-def fastreg_cuda(name, backward, s):
-    opmath = torch.float64 if s.dtype == torch.float64 else torch.float32
-    param = ACTIVATIONS[name][2]
-    y = T.eval_activation(ACTIVATIONS[name][1], backward, s.to(opmath), "cuda", s.dtype in HALF, param)
-    return y.to(s.dtype)
+def fastreg_cuda(name, backward, x):
+    """The CUDA kernels' functor code on the CPU (eval_activation), backward from what the op
+    saves: for the output-saving ops, its forward rounded to x's dtype."""
+    row, args = ACTIVATIONS[name]
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    param = args[0] if args and not row.variants else 1.0
+    variant = args[0] if row.variants else "none"
 
+    def run(bwd, v):
+        return T.eval_activation(row.name, bwd, v.to(opmath), "cuda", x.dtype in HALF, param, variant).to(
+            x.dtype
+        )
 
-def torch_cpu(name, backward, s):
     if not backward:
-        return {
-            "sigmoid": torch.sigmoid,
-            "tanh": torch.tanh,
-            "relu": F.relu,
-            "leaky_relu": lambda v: F.leaky_relu(v, SLOPE),
-            "elu": F.elu,
-            "selu": F.selu,
-            "gelu": F.gelu,
-            "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
-            "silu": F.silu,
-        }[name](s)
-    ones = torch.ones_like(s)
-    aten = torch.ops.aten
-    return {
-        "sigmoid": lambda: aten.sigmoid_backward(ones, s),
-        "tanh": lambda: aten.tanh_backward(ones, s),
-        "relu": lambda: aten.threshold_backward(ones, F.relu(s), 0),
-        "leaky_relu": lambda: aten.leaky_relu_backward(ones, s, SLOPE, False),
-        "elu": lambda: aten.elu_backward(ones, 1.0, 1.0, 1.0, True, s),
-        "selu": lambda: aten.elu_backward(ones, SELU_ALPHA, SELU_SCALE, 1.0, True, s),
-        "gelu": lambda: aten.gelu_backward(ones, s),
-        "gelu_tanh": lambda: aten.gelu_backward(ones, s, approximate="tanh"),
-        "silu": lambda: aten.silu_backward(ones, s),
-    }[name]()
+        return run(False, x)
+    return run(True, run(False, x) if row.saves == "output" else x)
+
+
+def torch_cpu(name, backward, x):
+    """torch.nn.functional's function, backward by its own autograd formula."""
+    row, args = ACTIVATIONS[name]
+    kw = dict(zip([row.param] if row.param else [], args, strict=True))
+    if not backward:
+        return row.torch_function(x, **kw)
+    t = x.detach().requires_grad_()
+    (d,) = torch.autograd.grad(row.torch_function(t, **kw), t, torch.ones_like(t))
+    return d
 
 
 IMPLEMENTATIONS = {"fastreg CPU": fastreg_cpu, "fastreg CUDA": fastreg_cuda, "torch CPU": torch_cpu}
@@ -273,23 +175,19 @@ CORE = 4.0  # |x| <= CORE: where activations' inputs live in training
 
 
 def measure(name, backward, dtype, impls=IMPLEMENTATIONS):
-    """{implementation: (max ulps for |x| <= CORE, max ulps over all inputs, the saved value
-    or input where that occurs)}."""
+    """{implementation: (max ulps for |x| <= CORE, max ulps over all inputs, the input where
+    that occurs)}."""
     x = inputs(dtype)
-    s = saved_values(name, dtype, x) if backward else x
-    core_x = x[x.abs() <= CORE]
-    core = saved_values(name, dtype, core_x) if backward else core_x
-    if dtype == torch.float64:
-        s = s[:: max(1, len(s) // 1500)]
-        exact = torch.tensor([float(v) for v in mp_exact(name, backward, s)], dtype=torch.float64)
-    else:
-        exact = (exact_backward if backward else exact_forward)(name, s.double())
-    in_core = torch.isin(s, core)
+    exact = (exact_backward if backward else exact_forward)(name, x)
+    in_core = x.abs() <= CORE
     out = {}
     for impl, fn in impls.items():
-        err = ulp_errors(fn(name, backward, s), exact, dtype)
+        if impl == "torch CPU" and dtype == torch.float64:  # the reference is torch's own float64
+            out[impl] = None
+            continue
+        err = ulp_errors(fn(name, backward, x), exact, dtype)
         i = int(err.argmax())
-        out[impl] = (float(err[in_core].max()), float(err[i]), float(s[i]))
+        out[impl] = (float(err[in_core].max()), float(err[i]), float(x[i]))
     return out
 
 
@@ -317,7 +215,7 @@ def markdown(rows):
     head = ["activation", "direction", "dtype"] + list(IMPLEMENTATIONS)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, direction, dtype, m in rows:
-        cells = [f"{fmt_ulps(core)} / {fmt_ulps(every)} ({at:.4g})" for core, every, at in m.values()]
+        cells = [f"{fmt_ulps(v[0])} / {fmt_ulps(v[1])} ({v[2]:.4g})" if v else "–" for v in m.values()]
         lines.append(f"| {name} | {direction} | {dtype} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -335,6 +233,8 @@ def parse_doc(text):
             continue
         vals = [
             tuple(float(v) for v in re.match(r"(inf|[0-9.e+]+) / (inf|[0-9.e+]+)", c).groups())
+            if c != "–"
+            else None
             for c in cells[3:]
         ]
         out[tuple(cells[:3])] = dict(zip(IMPLEMENTATIONS, vals, strict=True))

@@ -6,20 +6,28 @@ import torch.nn.functional as F
 from harness import Case
 
 import fastreg.functional as FR
+from fastreg._activations import TABLE
 
-# name -> (fastreg, eager, saves a 1-bit mask)
-ACTIVATIONS = {
-    "sigmoid": (FR.sigmoid, torch.sigmoid, False),
-    "tanh": (FR.tanh, torch.tanh, False),
-    "relu": (FR.relu, F.relu, True),
-    "leaky_relu": (FR.leaky_relu, F.leaky_relu, True),
-    "prelu": (None, None, False),
-    "elu": (FR.elu, F.elu, False),
-    "selu": (FR.selu, F.selu, False),
-    "gelu": (FR.gelu, F.gelu, False),
-    "gelu_tanh": (lambda x: FR.gelu(x, approximate="tanh"), lambda x: F.gelu(x, approximate="tanh"), False),
-    "silu": (FR.silu, F.silu, False),
-}
+
+def _activations():
+    """name -> (fastreg, eager, saves a 1-bit mask): every row of the activation table at its
+    default argument, a row per variant (gelu, gelu_tanh), and PReLU."""
+    out = {}
+    for row in TABLE.values():
+        fr = getattr(FR, row.name)
+        for v in row.variants or (None,):
+            kw = {} if v is None or v == row.default else {row.param: v}
+            name = row.name if not kw else f"{row.name}_{v}"
+            out[name] = (
+                lambda x, fr=fr, kw=kw: fr(x, **kw),
+                lambda x, tf=row.torch_function, kw=kw: tf(x, **kw),
+                row.saves == "mask",
+            )
+    out["prelu"] = (None, None, False)
+    return out
+
+
+ACTIVATIONS = _activations()
 
 
 def cases(device, dtypes, numel, compile_ops):

@@ -147,15 +147,16 @@ sanitizer_rc=0
   san batch && memcheck tests/test_batch.py "cuda and float32 and (cutout_bitwise or random_erasing_bitwise \
     or (mix_bitwise and switch) or mix_same_on_cpu)" ${SAN_BATCH_S:-60}
   # every dropout-family op, and bias+act+dropout through its mask (relu) and input (gelu)
-  # paths: all 8 activations (14 tests) do not finish in 45 s under memcheck
+  # paths: all the activations do not finish in 45 s under memcheck
   san dropout && memcheck tests/test_dropout.py "cuda and float32 and ((bitwise and 0.3) or \
     (bias_act_dropout_matches and (gelu or relu) and not leaky))" ${SAN_DROPOUT_S:-45}
-  san activations && memcheck tests/test_activations.py \
-    "cuda_unaligned or (prelu_matches_torch and cuda and float32) \
-    or (backward_matches_torch and cuda and float32 and relu)" ${SAN_ACT_S:-40}
+  san activations && memcheck tests/test_activation_values.py \
+    "cuda_unaligned or (backward_matches_torch and cuda and float32 and relu)" ${SAN_ACT_S:-28}
+  san activations && memcheck tests/test_prelu.py \
+    "prelu_matches_torch and cuda and float32" ${SAN_PRELU_S:-12}
   if san racecheck; then
     timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --error-exitcode 99 \
-      $PY -m pytest tests/test_dropout.py tests/test_activations.py -q -p no:cacheprovider \
+      $PY -m pytest tests/test_dropout.py tests/test_prelu.py -q -p no:cacheprovider \
       -k "cuda and float32 and (bias_act_dropout_matches or prelu_matches) and not bfloat"
     rc=$?
     echo "racecheck rc $rc"

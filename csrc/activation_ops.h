@@ -11,6 +11,7 @@
 #include <string>
 #include <tuple>
 
+#include "activation_registry.h"
 #include "activations.h"
 #include "errors.h"
 
@@ -234,77 +235,56 @@ std::tuple<at::Tensor, at::Tensor> prelu_backward(const at::Tensor& grad, const 
   return {dx, dw};
 }
 
-inline bool gelu_tanh(c10::string_view approximate) {
-  FASTREG_CHECK_VALUE(approximate == "none" || approximate == "tanh",
-              "fastreg.gelu: approximate must be 'none' or 'tanh', got '", std::string(approximate),
-              "'");
-  return approximate == "tanh";
+// The kernels of one activation op (and its backward and in-place ops), whose argument
+// besides the tensors is P... (activation_registry.h): what FASTREG_ACTIVATIONS lists.
+template <class L, class Op, class... P>
+void register_activation(torch::Library& m, Pack<P...>) {
+  using at::Tensor;
+  if constexpr (Op::saved == Saved::Mask) {
+    m.impl(Op::kName, [](const Tensor& x, P... p, bool save_mask) {
+      return with_op<Op>(
+          Op::kName, [&](const auto& op) { return act_forward_mask<L>(Op::kName, x, save_mask, op); },
+          p...);
+    });
+    m.impl(backward_name<Op>(), [](const Tensor& g, const Tensor& mask, P... p) {
+      const char* name = backward_name<Op>();
+      return with_op<Op>(
+          name, [&](const auto& op) { return act_backward_mask<L>(name, g, mask, op); }, p...);
+    });
+    if constexpr (kHasInplace<Op>) {
+      m.impl(inplace_name<Op>(), [](Tensor& x, P... p, bool save_mask) {
+        const char* name = inplace_name<Op>();
+        return with_op<Op>(
+            name, [&](const auto& op) { return act_forward_mask_<L>(name, x, save_mask, op); }, p...);
+      });
+    }
+  } else {
+    m.impl(Op::kName, [](const Tensor& x, P... p) {
+      return with_op<Op>(
+          Op::kName, [&](const auto& op) { return act_forward<L>(Op::kName, x, op); }, p...);
+    });
+    m.impl(backward_name<Op>(), [](const Tensor& g, const Tensor& s, P... p) {
+      const char* name = backward_name<Op>();
+      return with_op<Op>(name, [&](const auto& op) { return act_backward<L>(name, g, s, op); }, p...);
+    });
+    if constexpr (kHasInplace<Op>) {
+      m.impl(inplace_name<Op>(), [](Tensor& x, P... p) {
+        const char* name = inplace_name<Op>();
+        with_op<Op>(name, [&](const auto& op) { act_forward_<L>(name, x, op); }, p...);
+      });
+    }
+  }
 }
 
-inline double elu_alpha(double alpha) {
-  FASTREG_CHECK_VALUE(alpha >= 0, "fastreg.elu: alpha must be >= 0 (backward uses the output), got ",
-              alpha);
-  return alpha;
-}
-
-// One line per op: the schema of each is in csrc/fastreg.cpp.
+// Every activation of FASTREG_ACTIVATIONS (schemas in csrc/fastreg.cpp), and PReLU.
 template <class L>
 void register_activation_kernels(torch::Library& m) {
-  using at::Tensor;
-  using sv = c10::string_view;
-  m.impl("sigmoid", [](const Tensor& x) { return act_forward<L>("sigmoid", x, Sigmoid{}); });
-  m.impl("sigmoid_backward", [](const Tensor& g, const Tensor& y) {
-    return act_backward<L>("sigmoid_backward", g, y, Sigmoid{});
+  for_each_activation([&](auto tag) {
+    using Op = typename decltype(tag)::type;
+    if constexpr (is_primary<Op>()) register_activation<L, Op>(m, params_of<Op>{});
   });
-  m.impl("tanh", [](const Tensor& x) { return act_forward<L>("tanh", x, Tanh{}); });
-  m.impl("tanh_backward", [](const Tensor& g, const Tensor& y) {
-    return act_backward<L>("tanh_backward", g, y, Tanh{});
-  });
-  m.impl("relu", [](const Tensor& x, bool save_mask) {
-    return act_forward_mask<L>("relu", x, save_mask, Relu{});
-  });
-  m.impl("relu_", [](Tensor& x, bool save_mask) {
-    return act_forward_mask_<L>("relu_", x, save_mask, Relu{});
-  });
-  m.impl("relu_backward", [](const Tensor& g, const Tensor& mask) {
-    return act_backward_mask<L>("relu_backward", g, mask, Relu{});
-  });
-  m.impl("leaky_relu", [](const Tensor& x, double slope, bool save_mask) {
-    return act_forward_mask<L>("leaky_relu", x, save_mask, LeakyRelu{slope});
-  });
-  m.impl("leaky_relu_", [](Tensor& x, double slope, bool save_mask) {
-    return act_forward_mask_<L>("leaky_relu_", x, save_mask, LeakyRelu{slope});
-  });
-  m.impl("leaky_relu_backward", [](const Tensor& g, const Tensor& mask, double slope) {
-    return act_backward_mask<L>("leaky_relu_backward", g, mask, LeakyRelu{slope});
-  });
-  m.impl("elu", [](const Tensor& x, double alpha) {
-    return act_forward<L>("elu", x, Elu{elu_alpha(alpha)});
-  });
-  m.impl("elu_", [](Tensor& x, double alpha) { act_forward_<L>("elu_", x, Elu{elu_alpha(alpha)}); });
-  m.impl("elu_backward", [](const Tensor& g, const Tensor& y, double alpha) {
-    return act_backward<L>("elu_backward", g, y, Elu{elu_alpha(alpha)});
-  });
-  m.impl("selu", [](const Tensor& x) { return act_forward<L>("selu", x, Selu{}); });
-  m.impl("selu_", [](Tensor& x) { act_forward_<L>("selu_", x, Selu{}); });
-  m.impl("selu_backward", [](const Tensor& g, const Tensor& y) {
-    return act_backward<L>("selu_backward", g, y, Selu{});
-  });
-  m.impl("gelu", [](const Tensor& x, sv approximate) {
-    return gelu_tanh(approximate) ? act_forward<L>("gelu", x, GeluTanh{})
-                                  : act_forward<L>("gelu", x, Gelu{});
-  });
-  m.impl("gelu_backward", [](const Tensor& g, const Tensor& x, sv approximate) {
-    return gelu_tanh(approximate) ? act_backward<L>("gelu_backward", g, x, GeluTanh{})
-                                  : act_backward<L>("gelu_backward", g, x, Gelu{});
-  });
-  m.impl("silu", [](const Tensor& x) { return act_forward<L>("silu", x, Silu{}); });
-  m.impl("silu_", [](Tensor& x) { act_forward_<L>("silu_", x, Silu{}); });
-  m.impl("silu_backward", [](const Tensor& g, const Tensor& x) {
-    return act_backward<L>("silu_backward", g, x, Silu{});
-  });
-  m.impl("prelu", [](const Tensor& x, const Tensor& w) { return prelu_forward<L>(x, w); });
-  m.impl("prelu_backward", [](const Tensor& g, const Tensor& x, const Tensor& w) {
+  m.impl("prelu", [](const at::Tensor& x, const at::Tensor& w) { return prelu_forward<L>(x, w); });
+  m.impl("prelu_backward", [](const at::Tensor& g, const at::Tensor& x, const at::Tensor& w) {
     return prelu_backward<L>(g, x, w);
   });
 }

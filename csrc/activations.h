@@ -259,15 +259,22 @@ template <class T> using math_for_t = typename MathFor<T>::type;
 // (the bit stored for backward) and backward(grad, bit) -> grad_input. T is
 // the opmath type, M the math policy (math::Precise unless a CUDA kernel of a
 // half type picks math::Fast).
+//
+// What makes an op of a functor (activation_ops.h): kName, the op's name; `saved`;
+// optionally kParam, the name of its one float argument (the functor is built as
+// Op{value}; kParamMin, its smallest allowed value), or kVariantArg and kVariant, a str
+// argument choosing among functors of the same kName; kInplace, an in-place form.
 #define FASTREG_FN template <class T, class M = math::Precise> FASTREG_HD
 
 struct Sigmoid {
+  static constexpr const char* kName = "sigmoid";
   static constexpr Saved saved = Saved::Output;
   FASTREG_FN T forward(T x) const { return M::div(T(1), T(1) + M::exp(-x)); }
   FASTREG_FN T backward(T g, T y) const { return g * y * (T(1) - y); }
 };
 
 struct Tanh {
+  static constexpr const char* kName = "tanh";
   static constexpr Saved saved = Saved::Output;
   FASTREG_FN T forward(T x) const { return M::tanh(x); }
   // 1 - y^2 with one rounding: (1 - y * y) was 1024 float32 ulps off at y = -0.9999
@@ -275,7 +282,9 @@ struct Tanh {
 };
 
 struct Relu {
+  static constexpr const char* kName = "relu";
   static constexpr Saved saved = Saved::Mask;
+  static constexpr bool kInplace = true;
   // NaN propagates like torch.relu (clamp_min) and counts as kept.
   template <class T> FASTREG_HD bool keep(T x) const { return !(x <= T(0)); }
   FASTREG_FN T forward(T x) const { return x <= T(0) ? T(0) : x; }
@@ -283,7 +292,10 @@ struct Relu {
 };
 
 struct LeakyRelu {
+  static constexpr const char* kName = "leaky_relu";
   static constexpr Saved saved = Saved::Mask;
+  static constexpr const char* kParam = "negative_slope";
+  static constexpr bool kInplace = true;
   double negative_slope;
   template <class T> FASTREG_HD bool keep(T x) const { return x > T(0); }
   FASTREG_FN T forward(T x) const { return x > T(0) ? x : x * T(negative_slope); }
@@ -294,7 +306,11 @@ struct LeakyRelu {
 // constants. Backward from the output (alpha >= 0): dy/dx = y + alpha*scale
 // where y <= 0, else scale.
 struct Elu {
+  static constexpr const char* kName = "elu";
   static constexpr Saved saved = Saved::Output;
+  static constexpr const char* kParam = "alpha";
+  static constexpr double kParamMin = 0.0;  // backward from the output needs alpha >= 0
+  static constexpr bool kInplace = true;
   double alpha;
   double scale = 1.0;
   FASTREG_FN T forward(T x) const {
@@ -308,6 +324,8 @@ struct Elu {
 };
 
 struct Selu : Elu {
+  static constexpr const char* kName = "selu";
+  static constexpr const char* kParam = nullptr;  // Elu's constants, no argument
   Selu() : Elu{1.6732632423543772848170429916717, 1.0507009873554804934193349852946} {}
 };
 
@@ -315,7 +333,10 @@ struct Selu : Elu {
 // no branch on the form.
 template <bool kTanh>
 struct GeluOp {
+  static constexpr const char* kName = "gelu";
   static constexpr Saved saved = Saved::Input;
+  static constexpr const char* kVariantArg = "approximate";
+  static constexpr const char* kVariant = kTanh ? "tanh" : "none";
   FASTREG_FN T forward(T x) const {
     if constexpr (kTanh) {
       const T inner = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
@@ -341,7 +362,9 @@ using Gelu = GeluOp<false>;
 using GeluTanh = GeluOp<true>;
 
 struct Silu {
+  static constexpr const char* kName = "silu";
   static constexpr Saved saved = Saved::Input;
+  static constexpr bool kInplace = true;
   FASTREG_FN T forward(T x) const { return M::div(x, T(1) + M::exp(-x)); }
   FASTREG_FN T backward(T g, T x) const {
     const T s = M::div(T(1), T(1) + M::exp(-x));
@@ -358,5 +381,10 @@ struct Prelu {
 };
 
 #undef FASTREG_FN
+
+// Every activation op, in one list: their schemas (csrc/fastreg.cpp), both backends'
+// kernels and registrations (activation_ops.h, cuda/activations.cu) and the activations
+// bias_act_dropout takes follow from it. (PReLU, with its weight, is an op of its own.)
+#define FASTREG_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Relu) X(LeakyRelu) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu)
 
 }  // namespace fastreg

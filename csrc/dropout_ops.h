@@ -52,26 +52,10 @@ inline DropoutParams dropout_params(double p, bool alpha, bool backward) {
   return {threshold, a, A * a * p, -A * a * (1.0 - p)};
 }
 
-// Calls f(functor) with the activation named `name` (bias_act_dropout).
-template <class F>
-auto with_activation(c10::string_view name, double negative_slope, double alpha,
-                     c10::string_view approximate, F&& f) {
-  if (name == "relu") return f(Relu{});
-  if (name == "leaky_relu") return f(LeakyRelu{negative_slope});
-  if (name == "gelu") return gelu_tanh(approximate) ? f(GeluTanh{}) : f(Gelu{});
-  if (name == "silu") return f(Silu{});
-  if (name == "sigmoid") return f(Sigmoid{});
-  if (name == "tanh") return f(Tanh{});
-  if (name == "elu") return f(Elu{elu_alpha(alpha)});
-  if (name == "selu") return f(Selu{});
-  FASTREG_CHECK_VALUE(false, "fastreg.bias_act_dropout: activation must be one of relu, leaky_relu, ",
-                    "gelu, silu, sigmoid, tanh, elu, selu; got '", std::string(name), "'");
-  return f(Relu{});  // not reached
-}
-
 // Validates an activation name and its parameters (before anything is made).
-inline void check_activation(c10::string_view name, double alpha, c10::string_view approximate) {
-  with_activation(name, 0.0, alpha, approximate, [](auto) { return 0; });
+inline void check_activation(const char* name, c10::string_view activation, double alpha,
+                             c10::string_view approximate) {
+  with_activation(name, activation, 0.0, alpha, approximate, [](const auto&) { return 0; });
 }
 
 // The bit a mask activation stores for backward (false for the others).
@@ -204,11 +188,11 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_forward(
   check_seed(seed, x, "bias_act_dropout");
   check_p(p, "bias_act_dropout");
   check_bias(x, bias, "bias_act_dropout", "input");
-  check_activation(activation, alpha, approximate);
+  check_activation("bias_act_dropout", activation, alpha, approximate);
   const at::Tensor xd = dense(x);
   const BiasShape shape = bias_shape(xd, bias);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  return with_activation(activation, negative_slope, alpha, approximate, [&](auto op) {
+  return with_activation("bias_act_dropout", activation, negative_slope, alpha, approximate, [&](auto op) {
     using Op = decltype(op);
     const bool mask_bits = Op::saved == Saved::Mask && save_mask;
     at::Tensor y = at::empty_like(xd);
@@ -233,8 +217,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_backward(
   check_seed(seed, grad, name, "grad");
   check_p(p, name);
   check_bias(grad, bias, name, "grad");
-  check_activation(activation, alpha, approximate);
-  return with_activation(activation, negative_slope, alpha, approximate, [&](auto op) {
+  check_activation(name, activation, alpha, approximate);
+  return with_activation(name, activation, negative_slope, alpha, approximate, [&](auto op) {
     using Op = decltype(op);
     at::Tensor g, s;
     if constexpr (Op::saved == Saved::Mask) {

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "activation_registry.h"
 #include "cpu/cpu_kernel.h"
 #include "errors.h"
 
@@ -65,45 +66,52 @@ struct Entry<R(A...)> {
 
 // m.def(schema), and a typed entry with signature Sig for the op.
 template <class Sig>
-void def(torch::Library& m, const char* schema) {
-  m.def(schema);
-  const std::string s(schema);
-  entries().emplace_back(s.substr(0, s.find('(')), &Entry<Sig>::bind);
+void def(torch::Library& m, const std::string& schema) {
+  m.def(schema.c_str());
+  entries().emplace_back(schema.substr(0, schema.find('(')), &Entry<Sig>::bind);
+}
+
+// The schemas of an activation op, its backward and its in-place form, from its functor:
+// P... is the argument besides the tensors (none, float or str; activation_registry.h).
+template <class Op, class... P>
+void def_activation(torch::Library& m, fastreg::Pack<P...>) {
+  using fastreg::Saved;
+  const std::string name = Op::kName;
+  std::string arg;  // ", float negative_slope" or ", str approximate"
+  if constexpr (fastreg::kParamKind<Op> == fastreg::ParamKind::kFloat) {
+    arg = std::string(", float ") + fastreg::ParamName<Op>::value;
+  } else if constexpr (fastreg::kParamKind<Op> == fastreg::ParamKind::kVariant) {
+    arg = std::string(", str ") + fastreg::VariantArg<Op>::value;
+  }
+  const std::string backward =
+      name + "_backward(Tensor grad, Tensor " + fastreg::saved_arg<Op>() + arg + ") -> Tensor";
+  def<Y(T, T, P...)>(m, backward);
+  if constexpr (Op::saved == Saved::Mask) {
+    def<Y2(T, P..., bool)>(m, name + "(Tensor input" + arg + ", bool save_mask) -> (Tensor, Tensor)");
+    if constexpr (fastreg::kHasInplace<Op>) {
+      def<Y(Mut, P..., bool)>(m, name + "_(Tensor(a!) input" + arg + ", bool save_mask) -> Tensor");
+    }
+  } else {
+    def<Y(T, P...)>(m, name + "(Tensor input" + arg + ") -> Tensor");
+    if constexpr (fastreg::kHasInplace<Op>) {
+      def<void(Mut, P...)>(m, name + "_(Tensor(a!) input" + arg + ") -> ()");
+    }
+  }
 }
 
 }  // namespace
 
 TORCH_LIBRARY(fastreg, m) {
-  // Activations. Backward ops take what docs/design.md says is saved: the output
-  // (sigmoid, tanh, elu, selu), the input (gelu, silu, prelu) or a 1-bit mask
-  // (relu, leaky_relu; empty when save_mask is false).
-  def<Y(T)>(m, "sigmoid(Tensor input) -> Tensor");
-  def<Y(T, T)>(m, "sigmoid_backward(Tensor grad, Tensor output) -> Tensor");
-  def<Y(T)>(m, "tanh(Tensor input) -> Tensor");
-  def<Y(T, T)>(m, "tanh_backward(Tensor grad, Tensor output) -> Tensor");
-  def<Y2(T, bool)>(m, "relu(Tensor input, bool save_mask) -> (Tensor, Tensor)");
-  def<Y(T, T)>(m, "relu_backward(Tensor grad, Tensor mask) -> Tensor");
-  // In-place forms (inplace=True): the input is the output; relu_ and leaky_relu_ return
-  // the mask. For dense inputs; no autograd formula of their own (fastreg.functional
-  // applies the out-of-place op's backward in a Function that marks the input dirty).
-  def<Y(Mut, bool)>(m, "relu_(Tensor(a!) input, bool save_mask) -> Tensor");
-  def<Y(Mut, double, bool)>(
-      m, "leaky_relu_(Tensor(a!) input, float negative_slope, bool save_mask) -> Tensor");
-  def<void(Mut, double)>(m, "elu_(Tensor(a!) input, float alpha) -> ()");
-  def<void(Mut)>(m, "selu_(Tensor(a!) input) -> ()");
-  def<void(Mut)>(m, "silu_(Tensor(a!) input) -> ()");
-  def<Y2(T, double, bool)>(
-      m, "leaky_relu(Tensor input, float negative_slope, bool save_mask) -> (Tensor, Tensor)");
-  def<Y(T, T, double)>(
-      m, "leaky_relu_backward(Tensor grad, Tensor mask, float negative_slope) -> Tensor");
-  def<Y(T, double)>(m, "elu(Tensor input, float alpha) -> Tensor");
-  def<Y(T, T, double)>(m, "elu_backward(Tensor grad, Tensor output, float alpha) -> Tensor");
-  def<Y(T)>(m, "selu(Tensor input) -> Tensor");
-  def<Y(T, T)>(m, "selu_backward(Tensor grad, Tensor output) -> Tensor");
-  def<Y(T, sv)>(m, "gelu(Tensor input, str approximate) -> Tensor");
-  def<Y(T, T, sv)>(m, "gelu_backward(Tensor grad, Tensor input, str approximate) -> Tensor");
-  def<Y(T)>(m, "silu(Tensor input) -> Tensor");
-  def<Y(T, T)>(m, "silu_backward(Tensor grad, Tensor input) -> Tensor");
+  // Activations: every op of FASTREG_ACTIVATIONS (csrc/activations.h), def_activation below.
+  // Backward ops take what docs/design.md says is saved: the output (sigmoid, tanh, elu,
+  // selu), the input (gelu, silu) or a 1-bit mask (relu, leaky_relu; empty when save_mask
+  // is false). The in-place forms (inplace=True) write the input; the mask ones return
+  // the mask. They have no autograd formula of their own (fastreg.functional applies the
+  // out-of-place op's backward in a Function that marks the input dirty).
+  fastreg::for_each_activation([&](auto tag) {
+    using Op = typename decltype(tag)::type;
+    if constexpr (fastreg::is_primary<Op>()) def_activation<Op>(m, fastreg::params_of<Op>{});
+  });
   def<Y(T, T)>(m, "prelu(Tensor input, Tensor weight) -> Tensor");
   def<Y2(T, T, T)>(
       m, "prelu_backward(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
@@ -201,9 +209,14 @@ void bump_mutated_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet k
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastreg, ADInplaceOrView, m) {
-  for (const char* op : {"relu_", "leaky_relu_", "elu_", "selu_", "silu_", "dropout_", "cutout_",
-                         "random_erasing_", "mix_"})
-    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&bump_mutated_arguments>());
+  std::vector<std::string> ops = {"dropout_", "cutout_", "random_erasing_", "mix_"};
+  fastreg::for_each_activation([&](auto tag) {
+    using Op = typename decltype(tag)::type;
+    if constexpr (fastreg::is_primary<Op>() && fastreg::kHasInplace<Op>)
+      ops.push_back(fastreg::inplace_name<Op>());
+  });
+  for (const std::string& op : ops)
+    m.impl(op.c_str(), torch::CppFunction::makeFromBoxedFunction<&bump_mutated_arguments>());
 }
 
 namespace fastreg {
@@ -239,11 +252,45 @@ pybind11::dict build_info() {
   return info;
 }
 
+// What Python builds fastreg.functional's activations from: for every activation op of
+// FASTREG_ACTIVATIONS, its name, what backward saves, its argument (a float's name and
+// smallest value, or a str's name and its variants) and whether it has an in-place form.
+pybind11::list activations() {
+  pybind11::list out;
+  fastreg::for_each_activation([&](auto tag) {
+    using Op = typename decltype(tag)::type;
+    if constexpr (fastreg::is_primary<Op>()) {
+      pybind11::dict a;
+      a["name"] = Op::kName;
+      a["saves"] = std::string(fastreg::saved_arg<Op>());
+      a["param"] = pybind11::none();
+      a["param_min"] = pybind11::none();
+      a["variants"] = pybind11::list();
+      if constexpr (fastreg::kParamKind<Op> == fastreg::ParamKind::kFloat) {
+        a["param"] = fastreg::ParamName<Op>::value;
+        if constexpr (fastreg::kHasParamMin<Op>) a["param_min"] = Op::kParamMin;
+      } else if constexpr (fastreg::kParamKind<Op> == fastreg::ParamKind::kVariant) {
+        a["param"] = fastreg::VariantArg<Op>::value;
+        pybind11::list variants;
+        fastreg::for_each_activation([&](auto other) {
+          using O = typename decltype(other)::type;
+          if constexpr (fastreg::kSameOp<O, Op>) variants.append(O::kVariant);
+        });
+        a["variants"] = variants;
+      }
+      a["inplace"] = fastreg::kHasInplace<Op>;
+      out.append(a);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastreg compiled kernels (ops are registered under torch.ops.fastreg)";
   m.def("build_info", &build_info, "How this extension was built");
+  m.def("activations", &activations, "The activation ops and their arguments (activations.h)");
   auto below = m.def_submodule("below", "each op's typed entry below autograd (_autograd.kernel)");
   for (const auto& [name, bind] : entries()) bind(below, name);
   auto testing =

@@ -71,28 +71,14 @@ struct LibmLib {
   template <class T> static T erf(T x) { return std::erf(x); }
 };
 
-// Calls f(functor) for the activation `name` (param: leaky_relu's slope, elu's alpha).
-template <class F>
-void with_functor(const std::string& name, double param, F&& f) {
-  if (name == "sigmoid") return f(Sigmoid{});
-  if (name == "tanh") return f(Tanh{});
-  if (name == "elu") return f(Elu{param});
-  if (name == "selu") return f(Selu{});
-  if (name == "gelu") return f(Gelu{});
-  if (name == "gelu_tanh") return f(GeluTanh{});
-  if (name == "silu") return f(Silu{});
-  if (name == "relu") return f(Relu{});
-  if (name == "leaky_relu") return f(LeakyRelu{param});
-  FASTREG_CHECK_VALUE(false, "eval_activation: no functor '", name, "'");
-}
-
-// The functor of `name` applied element by element to x (float32 or float64) in the
-// math of `policy`: "cpu" (the CPU kernels' Precise), "cuda" (what a CUDA kernel of
+// The functor of activation `name` (its float argument `param`, its variant `variant`)
+// applied element by element to x (float32 or float64) in the math of `policy`: "cpu" (the CPU kernels' Precise), "cuda" (what a CUDA kernel of
 // x's dtype computes: Precise on libdevice; for x float32 holding a half type's values,
 // with half=True, math::Fast). backward: the gradient for grad 1 given the saved value
 // in x (the output or the input, as the functor saves; the input for the mask ones).
 at::Tensor eval_activation(const std::string& name, bool backward, const at::Tensor& x,
-                           const std::string& policy, bool half, double param) {
+                           const std::string& policy, bool half, double param,
+                           const std::string& variant) {
   FASTREG_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
                       "eval_activation: x must be float32 or float64");
   FASTREG_CHECK_VALUE(policy == "cpu" || policy == "cuda", "eval_activation: bad policy");
@@ -100,7 +86,7 @@ at::Tensor eval_activation(const std::string& name, bool backward, const at::Ten
                       "eval_activation: half=True is the CUDA math of float32 opmath");
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty_like(xc);
-  with_functor(name, param, [&](auto op) {
+  with_activation("eval_activation", name, param, param, variant, [&](auto op) {
     AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "eval_activation", [&] {
       using T = scalar_t;
       const T* xp = xc.const_data_ptr<T>();
@@ -124,6 +110,7 @@ at::Tensor eval_activation(const std::string& name, bool backward, const at::Ten
       if (policy == "cuda") return run(math::PreciseWith<LibmLib>{});
       run(math::Precise{});
     });
+    return 0;
   });
   return out;
 }
@@ -173,7 +160,7 @@ void bind_testing(pybind11::module_& m) {
   m.def("channel_index", &channel_index);
   m.def("eval_activation", &eval_activation, pybind11::arg("name"), pybind11::arg("backward"),
         pybind11::arg("x"), pybind11::arg("policy"), pybind11::arg("half") = false,
-        pybind11::arg("param") = 1.0);
+        pybind11::arg("param") = 1.0, pybind11::arg("variant") = "none");
   m.def("divmod", &divmod);
   m.def("channel_sums", [](const at::Tensor& t, int64_t channels, int64_t inner) {
     return plan::channel_sums(t, channels, inner, plan::acc_type(t.scalar_type()));

@@ -13,7 +13,8 @@ from torch.library import register_autograd
 from torch.library import register_fake as _register_fake
 
 from . import _C
-from .reference import SELU_ALPHA, SELU_SCALE, mix_pixels
+from ._activations import TABLE as ACTIVATIONS
+from .reference import bias_act_param, mix_pixels
 
 ops = torch.ops.fastreg
 
@@ -143,16 +144,9 @@ def _register_autograd(name, backward, setup_context, eager_outputs=None):
     EAGER_AUTOGRAD[getattr(ops, name)] = function.apply
 
 
-# --- activations that save their output or their input --------------------------------------
+# --- activations (the table, fastreg/_activations.py) that save their output or input -------
 # name -> True when backward takes the output, False when it takes the input.
-SAVES_OUTPUT = {
-    "sigmoid": True,
-    "tanh": True,
-    "elu": True,
-    "selu": True,
-    "gelu": False,
-    "silu": False,
-}
+SAVES_OUTPUT = {n: row.saves == "output" for n, row in ACTIVATIONS.items() if row.saves != "mask"}
 
 
 def _register_saved(name, saves_output):
@@ -212,7 +206,8 @@ def _register_mask(name):
     _register_autograd(name, backward, setup_context, eager_outputs=1)
 
 
-for _name in ("relu", "leaky_relu"):
+MASK_ACTIVATIONS = tuple(n for n, row in ACTIVATIONS.items() if row.saves == "mask")
+for _name in MASK_ACTIVATIONS:
     _register_mask(_name)
 
 
@@ -311,9 +306,6 @@ def _drop_path_backward(ctx, grad):
 
 
 _register_autograd("drop_path", _drop_path_backward, _drop_path_setup)
-
-
-MASK_ACTIVATIONS = ("relu", "leaky_relu")
 
 
 @register_fake("fastreg::bias_act_dropout")
@@ -539,18 +531,14 @@ _register_autograd("mix", _mix_backward, _mix_setup, eager_outputs=2)
 # out-of-place op's setup_context and backward in a Function that marks the input dirty,
 # as a custom in-place Function does, so autograd sees an in-place op (version counter,
 # views, "a leaf Variable that requires grad is being used in an in-place operation").
-@register_fake("fastreg::relu_")
-def _relu_inplace_fake(input, save_mask):
-    return input.new_empty(((input.numel() + 7) // 8 if save_mask else 0,), dtype=torch.uint8)
+def _mask_inplace_fake(input, *params_and_save_mask):
+    return input.new_empty(((input.numel() + 7) // 8 if params_and_save_mask[-1] else 0,), dtype=torch.uint8)
 
 
-@register_fake("fastreg::leaky_relu_")
-def _leaky_relu_inplace_fake(input, negative_slope, save_mask):
-    return input.new_empty(((input.numel() + 7) // 8 if save_mask else 0,), dtype=torch.uint8)
-
-
-for _name in ("elu_", "selu_", "silu_", "dropout_"):
-    register_fake(f"fastreg::{_name}")(lambda input, *params: None)
+INPLACE_OPS = tuple(n for n, row in ACTIVATIONS.items() if row.inplace) + ("dropout",)
+for _name in INPLACE_OPS:
+    _mask = _name in MASK_ACTIVATIONS  # relu_ and leaky_relu_ return their mask
+    register_fake(f"fastreg::{_name}_")(_mask_inplace_fake if _mask else (lambda input, *params: None))
 
 # name -> (in-place op, whether it returns a mask, whether its Function takes a copy of the
 # input, apply of its Function)
@@ -593,7 +581,7 @@ def _register_inplace(name):
     _INPLACE[name] = (op_, mask, saves_input, function)
 
 
-for _name in ("relu", "leaky_relu", "elu", "selu", "silu", "dropout"):
+for _name in INPLACE_OPS:
     _register_inplace(_name)
 
 
@@ -616,54 +604,34 @@ def inplace(name, x, *params):
 # back to the forward op) is written with torch ops, so these formulas are differentiable in
 # turn. Registered with torch.library only: the first-order formulas call the backward ops
 # through the dispatcher whenever a graph is being built (_bw).
-_K = 0.7978845608028654  # sqrt(2 / pi)
-_GELU_C = 0.044715
-_INV_SQRT_2PI = 0.3989422804014327
+def _derivative(fn, x, order, *params):
+    """The order-th derivative of the scalar function fn(t, *params) at each element of x, by
+    torch.func (so it is differentiable in turn, and x's graph is kept)."""
+    if x.numel() == 0:
+        return torch.zeros_like(x)
+    f = lambda t: fn(t, *params)  # noqa: E731
+    for _ in range(order):
+        f = torch.func.grad(f)
+    return torch.func.vmap(f)(x.reshape(-1)).reshape(x.shape)
 
 
-def _sigmoid_d(x):
-    s = torch.sigmoid(x)
-    return s, s * (1 - s)
-
-
-def _act_d2(activation, z, alpha=1.0, approximate="none"):
+def _act_d2(activation, z, negative_slope=0.01, alpha=1.0, approximate="none"):
     """The activation's second derivative at its input z (the outer chain rule's factor)."""
-    if activation == "sigmoid":
-        s, ds = _sigmoid_d(z)
-        return ds * (1 - 2 * s)
-    if activation == "tanh":
-        t = torch.tanh(z)
-        return -2 * t * (1 - t * t)
-    if activation in ("elu", "selu"):
-        a, scale = (alpha, 1.0) if activation == "elu" else (SELU_ALPHA, SELU_SCALE)
-        return torch.where(z > 0, torch.zeros_like(z), (a * scale) * torch.exp(z))
-    if activation == "silu":
-        s, ds = _sigmoid_d(z)
-        return ds * (2 + z * (1 - 2 * s))
-    if activation == "gelu" and approximate == "tanh":
-        t = torch.tanh(_K * (z + _GELU_C * z * z * z))
-        du = _K * (1 + 3 * _GELU_C * z * z)
-        return (1 - t * t) * (du + 0.5 * z * (6 * _K * _GELU_C * z - 2 * t * du * du))
-    if activation == "gelu":
-        return torch.exp(-0.5 * z * z) * _INV_SQRT_2PI * (2 - z * z)
-    return torch.zeros_like(z)  # relu, leaky_relu: piecewise linear
+    params = bias_act_param(activation, negative_slope, alpha, approximate)
+    return _derivative(ACTIVATIONS[activation].formula, z, 2, *params)
 
 
-# d backward(g, saved) / d saved, divided by g, for the activations that save their output y
-# (backward is g * f'(y) written in y) or their input x (backward is g * f'(x)).
-_SAVED_D = {
-    "sigmoid": lambda y, params: 1 - 2 * y,
-    "tanh": lambda y, params: -2 * y,
-    "elu": lambda y, params: (y <= 0).to(y.dtype),
-    "selu": lambda y, params: (y <= 0).to(y.dtype),
-    "gelu": lambda x, params: _act_d2("gelu", x, approximate=params[0]),
-    "silu": lambda x, params: _act_d2("silu", x),
-}
+def _saved_d(name, saved, params):
+    """d backward(g, saved) / d saved, divided by g: backward is g * f'(x), written in the
+    output y (grad_from_output) for the activations that save their output."""
+    row = ACTIVATIONS[name]
+    if row.saves == "output":
+        return _derivative(row.grad_from_output, saved, 1, *params)
+    return _derivative(row.formula, saved, 2, *params)
 
 
 def _register_saved_double(name):
     backward_op = getattr(ops, name + "_backward").default
-    d_saved = _SAVED_D[name]
 
     def setup_context(ctx, inputs, output):
         grad, saved, *ctx.params = inputs
@@ -675,7 +643,7 @@ def _register_saved_double(name):
         if ctx.needs_input_grad[0]:
             g_grad = backward_op(gg, saved, *ctx.params)
         if ctx.needs_input_grad[1]:
-            g_saved = gg * grad * d_saved(saved, ctx.params)
+            g_saved = gg * grad * _saved_d(name, saved, ctx.params)
         return (g_grad, g_saved) + (None,) * len(ctx.params)
 
     register_autograd(f"fastreg::{name}_backward", backward, setup_context=setup_context)
@@ -768,7 +736,7 @@ def _bias_act_dropout_double_backward(ctx, gg_input, gg_bias):
         z = saved + bias if ctx.has_bias else saved
         # the kernel's keep bits follow the memory order of the dense input
         kept = ops.dropout(_like_layout(grad, torch.empty_like(saved).stride()), seed, p, False)
-        g_z = h * kept * _act_d2(act, z, ctx.alpha, ctx.approximate)
+        g_z = h * kept * _act_d2(act, z, ctx.slope, ctx.alpha, ctx.approximate)
         g_saved = g_z if ctx.needs_input_grad[1] else None
         if ctx.needs_input_grad[2]:
             g_bias = g_z.reshape(-1, g_z.shape[-1]).sum(0)

@@ -3,48 +3,67 @@
 import torch
 
 from . import nn as fnn
+from ._activations import TABLE as ACTIVATIONS
 
-# torch.nn type -> builds the fastreg module from the old one (same arguments,
-# same parameters). Only exact types are swapped: a subclass may change forward.
-_MODULES = {
-    torch.nn.Sigmoid: lambda m: fnn.Sigmoid(),
-    torch.nn.Tanh: lambda m: fnn.Tanh(),
-    torch.nn.ReLU: lambda m: fnn.ReLU(m.inplace),
-    torch.nn.LeakyReLU: lambda m: fnn.LeakyReLU(m.negative_slope, m.inplace),
-    torch.nn.ELU: lambda m: fnn.ELU(m.alpha, m.inplace) if m.alpha >= 0 else None,
-    torch.nn.SELU: lambda m: fnn.SELU(m.inplace),
-    torch.nn.GELU: lambda m: fnn.GELU(m.approximate),
-    torch.nn.SiLU: lambda m: fnn.SiLU(m.inplace),
+
+def _activation_builder(row, fixed=None):
+    """Builds fastreg's module of an activation row from a torch (or timm) module: the row's
+    argument and ``inplace`` taken from the module's attributes, then `fixed` (a value None
+    drops that attribute). None where the module cannot be swapped: an argument fastreg
+    refuses (ELU's negative alpha), or an in-place module whose op has no in-place form."""
+    cls = fnn.ACTIVATION_MODULES[row.name]
+    fixed = fixed or {}
+
+    def build(m):
+        kw = {}
+        if row.param is not None and hasattr(m, row.param):
+            kw[row.param] = getattr(m, row.param)
+        if getattr(m, "inplace", False) and "inplace" not in fixed:
+            if not row.inplace:
+                return None
+            kw["inplace"] = True
+        kw.update(fixed)
+        kw = {k: v for k, v in kw.items() if v is not None}
+        if row.param_min is not None and not kw.get(row.param, row.param_min) >= row.param_min:
+            return None
+        return cls(**kw)
+
+    return build
+
+
+# torch.nn type -> builds the fastreg module from the old one (same arguments, same
+# parameters). Only exact types are swapped: a subclass may change forward.
+_MODULES = {row.torch_module: _activation_builder(row) for row in ACTIVATIONS.values()}
+_MODULES.update({
     torch.nn.PReLU: lambda m: _prelu(m),
     torch.nn.Dropout: lambda m: fnn.Dropout(m.p, m.inplace),
     torch.nn.AlphaDropout: lambda m: fnn.AlphaDropout(m.p, m.inplace),
-}
+})  # fmt: skip
 
 
 def _timm_types():
-    """timm's modules with a fastreg equivalent, when timm is installed: DropPath and the
-    activation layers its factory builds from names (`get_act_layer('gelu')` is timm's GELU,
-    not nn.GELU: ConvNeXt's MLPs, the sigmoid gates of its squeeze-excite blocks)."""
+    """timm's modules with a fastreg equivalent, when timm is installed: DropPath, PReLU and
+    the activation layers its factory builds from names, which the table's rows name
+    (`get_act_layer('gelu')` is timm's GELU, not nn.GELU: ConvNeXt's MLPs, the sigmoid gates
+    of its squeeze-excite blocks)."""
     try:
         from timm.layers import DropPath
         from timm.layers import activations as act
     except ImportError:
         return {}
+    try:
+        from timm.layers import activations_me as act_me
+    except ImportError:
+        act_me = None
     types = {
         DropPath: lambda m: fnn.DropPath(m.drop_prob, getattr(m, "scale_by_keep", True)),
-        act.GELU: lambda m: fnn.GELU(),  # its `inplace` argument is unused
-        act.GELUTanh: lambda m: fnn.GELU("tanh"),
-        act.Swish: lambda m: fnn.SiLU(m.inplace),  # x * sigmoid(x)
         act.PReLU: lambda m: _prelu(m),
-        # fastreg's Sigmoid and Tanh, like torch's, have no in-place form: those stay
-        act.Sigmoid: lambda m: None if m.inplace else fnn.Sigmoid(),
-        act.Tanh: lambda m: None if m.inplace else fnn.Tanh(),
     }
-    try:
-        from timm.layers.activations_me import SwishMe
-    except ImportError:
-        return types
-    types[SwishMe] = lambda m: fnn.SiLU()  # out of place whatever its `inplace`
+    for row in ACTIVATIONS.values():
+        for cls_name, fixed in row.timm.items():
+            cls = getattr(act, cls_name, None) or getattr(act_me, cls_name, None)
+            if cls is not None:
+                types[cls] = _activation_builder(row, fixed)
     return types
 
 
@@ -79,11 +98,12 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     Parameters (PReLU's weight) are the same objects, so optimizers and ``state_dict`` keys
     are unchanged, and eval-mode outputs equal the original model's.
 
-    Swapped: nn.Sigmoid, Tanh, ReLU, LeakyReLU, PReLU (keeping its weight), ELU
-    (alpha >= 0), SELU, GELU, SiLU, Dropout, AlphaDropout; when timm is installed,
-    timm's DropPath, GELU, GELUTanh, Swish, SwishMe, PReLU and (out of place) Sigmoid
-    and Tanh; when torchvision is installed, its StochasticDepth in 'row' mode. Only
-    exact types are swapped. A model that is itself such a module is returned as its
+    Swapped: torch.nn's module of every activation of the table (fastreg.nn: Sigmoid,
+    Tanh, ReLU, LeakyReLU, ELU with alpha >= 0, SELU, GELU, SiLU, ...), PReLU (keeping
+    its weight), Dropout, AlphaDropout; when timm is installed, timm's DropPath, PReLU and
+    the activation modules the table names (GELU, GELUTanh, Swish, SwishMe, out-of-place
+    Sigmoid and Tanh, ...); when torchvision is installed, its StochasticDepth in 'row'
+    mode. Only exact types are swapped. A model that is itself such a module is returned as its
     replacement.
 
     Example:

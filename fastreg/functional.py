@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from . import reference as R
+from ._activations import TABLE as ACTIVATIONS
 from ._autograd import EAGER_AUTOGRAD, EAGER_OUTPUTS, kernel
 from ._autograd import inplace as inplace_form
 from ._random import MIX_MODES, check_p, seed_tensor
@@ -22,12 +23,12 @@ ops = torch.ops.fastreg
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 __all__ = [
-    "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu",
+    *ACTIVATIONS, "prelu",
     "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
     "cutout", "random_erasing", "mixup", "cutmix",
 ]  # fmt: skip
 
-ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "selu")
+ACTIVATION_NAMES = tuple(ACTIVATIONS)  # what bias_act_dropout takes
 
 
 def _check_float(t, fn, arg="input"):
@@ -118,104 +119,95 @@ def _maybe_inplace(input, y, inplace):
     return input.copy_(y) if inplace else y
 
 
-def sigmoid(input: Tensor) -> Tensor:
-    """``torch.sigmoid(input)``: ``1 / (1 + exp(-x))``, elementwise.
-
-    Args:
-        input: a float tensor (float32, float64, float16, bfloat16) of any shape and layout.
-
-    Returns:
-        A tensor shaped and laid out like ``input``.
-
-    Saved for backward: the output (as torch).
-
-    Example:
-        >>> y = fastreg.functional.sigmoid(torch.randn(8, 16))
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(sigmoid, (input,), input)
-    _check_float(input, "sigmoid")
-    if _transforming():
-        return R.sigmoid(input)
-    return _call(ops.sigmoid, input)
+# --- activations: one function per row of the activation table (fastreg/_activations.py) ---
 
 
-def tanh(input: Tensor) -> Tensor:
-    """``torch.tanh(input)``, elementwise.
+def _activation_source(row):
+    """The source of the public function of an activation row: its signature (the input, the
+    op's argument with its default, ``inplace`` where the op has an in-place form), the
+    argument checks, the hand-off to the reference under a transform, the in-place kernel,
+    and the op through ``_call``."""
+    name, p = row.name, row.param
+    sig = "input: Tensor"
+    fwd = ""  # the op's arguments after the input
+    if p is not None:
+        sig += f", {p}: {'str' if row.variants else 'float'} = {row.default!r}"
+        fwd = f", {p}"
+    kw = f", {p}={p}" if p else ""
+    if row.inplace:
+        sig += ", inplace: bool = False"
+        kw += ", inplace=inplace"
+    lines = [
+        f"def {name}({sig}) -> Tensor:",
+        "    if has_torch_function_unary(input):",
+        f"        return handle_torch_function({name}, (input,), input{kw})",
+        f"    _check_float(input, {name!r})",
+    ]
+    if row.variants:
+        choices = ", ".join(map(repr, row.variants))
+        lines += [
+            f"    if {p} not in {row.variants!r}:",
+            f'        raise ValueError(f"fastreg.{name}: {p} must be one of {choices}; got {{{p}!r}}")',
+        ]
+    elif p is not None:
+        lines.append(f"    {p} = _check_number({p}, {name!r}, {p!r})")
+        if row.param_min is not None:
+            lines += [
+                f"    if not {p} >= {row.param_min!r}:",
+                f'        raise ValueError(f"fastreg.{name}: {p} must be >= {row.param_min!r}, got {{{p}}}")',
+            ]
+    if row.inplace:
+        lines += [
+            "    if _transforming():",
+            f"        return _maybe_inplace(input, R.{name}(_for_inplace(input, inplace){fwd}), inplace)",
+            "    if inplace and _inplace_kernel(input):",
+            f"        return inplace_form({name!r}, input{fwd})",
+        ]
+        if row.saves == "input":  # backward needs the input in-place overwrites: a copy, as torch's
+            lines += [
+                "    if inplace and _needs_grad(input):",
+                f"        return input.copy_(_call(ops.{name}, input.clone(){fwd}))",
+            ]
+    else:
+        lines += ["    if _transforming():", f"        return R.{name}(input{fwd})"]
+    mask = ", _needs_grad(input)" if row.saves == "mask" else ""  # save_mask: only for backward
+    lines.append(f"    y = _call(ops.{name}, input{fwd}{mask})")
+    lines.append("    return _maybe_inplace(input, y, inplace)" if row.inplace else "    return y")
+    return "\n".join(lines) + "\n"
 
-    Args:
-        input: a float tensor of any shape and layout.
 
-    Returns:
-        A tensor shaped and laid out like ``input``.
-
-    Saved for backward: the output (as torch).
-
-    Example:
-        >>> y = fastreg.functional.tanh(torch.randn(8, 16))
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(tanh, (input,), input)
-    _check_float(input, "tanh")
-    if _transforming():
-        return R.tanh(input)
-    return _call(ops.tanh, input)
-
-
-def relu(input: Tensor, inplace: bool = False) -> Tensor:
-    """``F.relu(input, inplace)``: ``max(x, 0)``, elementwise (NaN passes, as in torch).
-
-    Args:
-        input: a float tensor of any shape and layout.
-        inplace: write the result into ``input`` (torch's semantics; autograd-aware).
-
-    Returns:
-        A tensor shaped and laid out like ``input`` (``input`` itself when in place).
-
-    Saved for backward: a 1-bit mask, 1/8 byte per element (torch saves the output).
-
-    Example:
-        >>> y = fastreg.functional.relu(torch.randn(8, 16, requires_grad=True))
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(relu, (input,), input, inplace=inplace)
-    _check_float(input, "relu")
-    if _transforming():
-        return _maybe_inplace(input, R.relu(_for_inplace(input, inplace)), inplace)
-    if inplace and _inplace_kernel(input):
-        return inplace_form("relu", input)
-    y = _call(ops.relu, input, _needs_grad(input))
-    return _maybe_inplace(input, y, inplace)
+def _activation_doc(row):
+    torch_name = {torch.sigmoid: "torch.sigmoid", torch.tanh: "torch.tanh"}.get(
+        row.torch_function, f"F.{row.name}"
+    )
+    args = "        input: a float tensor (float32, float64, float16, bfloat16) of any shape and layout.\n"
+    if row.param is not None:
+        args += f"        {row.param}: {row.param_doc}.\n"
+    if row.inplace:
+        args += "        inplace: write the result into ``input`` (torch's semantics; autograd-aware).\n"
+    call = f"torch.randn(8, 16){', ' + repr(row.test_param) if row.param and not row.variants else ''}"
+    return (
+        f"``{torch_name}``: {row.summary}, elementwise.\n\n"
+        f"Args:\n{args}\n"
+        "Returns:\n"
+        "    A tensor shaped and laid out like ``input``"
+        + (" (``input`` itself when in place)" if row.inplace else "")
+        + ".\n\n"
+        f"Saved for backward: {row.saved_doc}.\n\n"
+        f"Example:\n    >>> y = fastreg.functional.{row.name}({call})\n"
+    )
 
 
-def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
-    """``F.leaky_relu(input, negative_slope, inplace)``: ``x if x > 0 else negative_slope * x``.
+def _make_activation(row):
+    namespace = {}
+    exec(_activation_source(row), globals(), namespace)  # noqa: S102  (generated from the table)
+    fn = namespace[row.name]
+    fn.__doc__ = _activation_doc(row)
+    return fn
 
-    Args:
-        input: a float tensor of any shape and layout.
-        negative_slope: the slope for ``x <= 0``.
-        inplace: write the result into ``input``.
 
-    Returns:
-        A tensor shaped and laid out like ``input``.
-
-    Saved for backward: a 1-bit mask, 1/8 byte per element (torch saves the input).
-
-    Example:
-        >>> y = fastreg.functional.leaky_relu(torch.randn(8, 16), 0.2)
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(
-            leaky_relu, (input,), input, negative_slope=negative_slope, inplace=inplace
-        )
-    _check_float(input, "leaky_relu")
-    slope = _check_number(negative_slope, "leaky_relu", "negative_slope")
-    if _transforming():
-        return _maybe_inplace(input, R.leaky_relu(_for_inplace(input, inplace), slope), inplace)
-    if inplace and _inplace_kernel(input):
-        return inplace_form("leaky_relu", input, slope)
-    y = _call(ops.leaky_relu, input, slope, _needs_grad(input))
-    return _maybe_inplace(input, y, inplace)
+for _row in ACTIVATIONS.values():
+    globals()[_row.name] = _make_activation(_row)
 
 
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
@@ -251,117 +243,6 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
     if _transforming():
         return R.prelu(input, weight)
     return _call(ops.prelu, input, weight)
-
-
-def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
-    """``F.elu(input, alpha, inplace)``: ``x if x > 0 else alpha * (exp(x) - 1)``.
-
-    Args:
-        input: a float tensor of any shape and layout.
-        alpha: the negative branch's scale, ``>= 0`` (backward reads the output, which a
-            negative alpha would make ambiguous).
-        inplace: write the result into ``input``.
-
-    Returns:
-        A tensor shaped and laid out like ``input``.
-
-    Saved for backward: the output (torch: the output as well).
-
-    Example:
-        >>> y = fastreg.functional.elu(torch.randn(8, 16))
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(elu, (input,), input, alpha=alpha, inplace=inplace)
-    _check_float(input, "elu")
-    alpha = _check_number(alpha, "elu", "alpha")
-    if not alpha >= 0:
-        raise ValueError(f"fastreg.elu: alpha must be >= 0 (backward uses the output), got {alpha}")
-    if _transforming():
-        return _maybe_inplace(input, R.elu(_for_inplace(input, inplace), alpha), inplace)
-    if inplace and _inplace_kernel(input):
-        return inplace_form("elu", input, alpha)
-    return _maybe_inplace(input, _call(ops.elu, input, alpha), inplace)
-
-
-def selu(input: Tensor, inplace: bool = False) -> Tensor:
-    """``F.selu(input, inplace)``: ``scale * (x if x > 0 else alpha * (exp(x) - 1))`` with
-    torch's constants.
-
-    Args:
-        input: a float tensor of any shape and layout.
-        inplace: write the result into ``input``.
-
-    Returns:
-        A tensor shaped and laid out like ``input``.
-
-    Saved for backward: the output.
-
-    Example:
-        >>> y = fastreg.functional.selu(torch.randn(8, 16))
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(selu, (input,), input, inplace=inplace)
-    _check_float(input, "selu")
-    if _transforming():
-        return _maybe_inplace(input, R.selu(_for_inplace(input, inplace)), inplace)
-    if inplace and _inplace_kernel(input):
-        return inplace_form("selu", input)
-    return _maybe_inplace(input, _call(ops.selu, input), inplace)
-
-
-def gelu(input: Tensor, approximate: str = "none") -> Tensor:
-    """``F.gelu(input, approximate)``: ``x * Phi(x)``, or its tanh approximation.
-
-    Args:
-        input: a float tensor of any shape and layout.
-        approximate: ``'none'`` (the erf form) or ``'tanh'``.
-
-    Returns:
-        A tensor shaped and laid out like ``input``.
-
-    Saved for backward: the input (as torch). Accuracy in docs/accuracy.md.
-
-    Example:
-        >>> y = fastreg.functional.gelu(torch.randn(8, 16), approximate="tanh")
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(gelu, (input,), input, approximate=approximate)
-    _check_float(input, "gelu")
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"fastreg.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    if _transforming():
-        return R.gelu(input, approximate)
-    return _call(ops.gelu, input, approximate)
-
-
-def silu(input: Tensor, inplace: bool = False) -> Tensor:
-    """``F.silu(input, inplace)``: ``x * sigmoid(x)``.
-
-    Args:
-        input: a float tensor of any shape and layout.
-        inplace: write the result into ``input`` (under autograd a copy of the input is
-            saved first, as torch does).
-
-    Returns:
-        A tensor shaped and laid out like ``input``.
-
-    Saved for backward: the input.
-
-    Example:
-        >>> y = fastreg.functional.silu(torch.randn(8, 16))
-    """
-    if has_torch_function_unary(input):
-        return handle_torch_function(silu, (input,), input, inplace=inplace)
-    _check_float(input, "silu")
-    if _transforming():
-        return _maybe_inplace(input, R.silu(_for_inplace(input, inplace)), inplace)
-    if inplace and _inplace_kernel(input):  # under autograd it saves a copy of the input
-        return inplace_form("silu", input)
-    if inplace and _needs_grad(input):
-        # backward needs the input that in-place overwrites: save a copy of it,
-        # as torch's in-place silu does
-        return input.copy_(_call(ops.silu, input.clone()))
-    return _maybe_inplace(input, _call(ops.silu, input), inplace)
 
 
 # --- dropout family ---------------------------------------------------------------------

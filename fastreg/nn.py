@@ -8,65 +8,42 @@ import torch
 from torch import Tensor
 
 from . import functional as FR
+from ._activations import TABLE as ACTIVATIONS
 from ._random import check_p
 
+
+def _activation_module(row):
+    """fastreg's module of an activation row: a subclass of torch.nn's (the same constructor
+    arguments, attributes, state_dict and repr) whose forward runs fastreg's function."""
+    base = row.torch_module
+    args = ([f"self.{row.param}"] if row.param else []) + (["self.inplace"] if row.inplace else [])
+    src = (
+        "def forward(self, input: Tensor) -> Tensor:\n"
+        f"    return FR.{row.name}(input{''.join(', ' + a for a in args)})\n"
+    )
+    namespace = {"FR": FR, "Tensor": Tensor}
+    exec(src, namespace)  # noqa: S102  (generated from the table)
+    doc = (
+        f":class:`torch.nn.{base.__name__}` running :func:`fastreg.functional.{row.name}`: the same\n"
+        "constructor arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance``\n"
+        f"checks keep working). Saved for backward: {row.saved_doc}.\n\n"
+        f"Example:\n    >>> m = fastreg.nn.{base.__name__}()\n"
+    )
+    cls = type(
+        base.__name__, (base,), {"forward": namespace["forward"], "__doc__": doc, "__module__": __name__}
+    )
+    cls.forward.__qualname__ = f"{base.__name__}.forward"
+    return cls
+
+
+ACTIVATION_MODULES = {name: _activation_module(row) for name, row in ACTIVATIONS.items()}
+globals().update({cls.__name__: cls for cls in ACTIVATION_MODULES.values()})
+
 __all__ = [
-    "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU", "SiLU",
+    *(cls.__name__ for cls in ACTIVATION_MODULES.values()), "PReLU",
     "Dropout", "AlphaDropout", "BiasActDropout", "DropPath", "DropConnectLinear", "Cutout",
     "RandomErasing", "Mixup",
 ]  # fmt: skip
-
-
-class Sigmoid(torch.nn.Sigmoid):
-    """:class:`torch.nn.Sigmoid` running :func:`fastreg.functional.sigmoid`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: the output.
-
-    Example:
-        >>> m = fastreg.nn.Sigmoid()
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.sigmoid(input)
-
-
-class Tanh(torch.nn.Tanh):
-    """:class:`torch.nn.Tanh` running :func:`fastreg.functional.tanh`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: the output.
-
-    Example:
-        >>> m = fastreg.nn.Tanh()
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.tanh(input)
-
-
-class ReLU(torch.nn.ReLU):
-    """:class:`torch.nn.ReLU` running :func:`fastreg.functional.relu`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: a 1-bit mask (torch: the output).
-
-    Example:
-        >>> m = fastreg.nn.ReLU(inplace=True)
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.relu(input, inplace=self.inplace)
-
-
-class LeakyReLU(torch.nn.LeakyReLU):
-    """:class:`torch.nn.LeakyReLU` running :func:`fastreg.functional.leaky_relu`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: a 1-bit mask (torch: the input).
-
-    Example:
-        >>> m = fastreg.nn.LeakyReLU(0.2)
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.leaky_relu(input, self.negative_slope, self.inplace)
 
 
 class PReLU(torch.nn.PReLU):
@@ -80,58 +57,6 @@ class PReLU(torch.nn.PReLU):
 
     def forward(self, input: Tensor) -> Tensor:
         return FR.prelu(input, self.weight)
-
-
-class ELU(torch.nn.ELU):
-    """:class:`torch.nn.ELU` running :func:`fastreg.functional.elu`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: the output (alpha must be >= 0).
-
-    Example:
-        >>> m = fastreg.nn.ELU(alpha=1.0)
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.elu(input, self.alpha, self.inplace)
-
-
-class SELU(torch.nn.SELU):
-    """:class:`torch.nn.SELU` running :func:`fastreg.functional.selu`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: the output.
-
-    Example:
-        >>> m = fastreg.nn.SELU()
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.selu(input, self.inplace)
-
-
-class GELU(torch.nn.GELU):
-    """:class:`torch.nn.GELU` running :func:`fastreg.functional.gelu`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: the input.
-
-    Example:
-        >>> m = fastreg.nn.GELU(approximate='tanh')
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.gelu(input, approximate=self.approximate)
-
-
-class SiLU(torch.nn.SiLU):
-    """:class:`torch.nn.SiLU` running :func:`fastreg.functional.silu`: the same constructor
-    arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance`` checks
-    keep working). Saved for backward: the input.
-
-    Example:
-        >>> m = fastreg.nn.SiLU()
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FR.silu(input, inplace=self.inplace)
 
 
 class Dropout(torch.nn.Dropout):

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ._activations import TABLE as ACTIVATIONS
 from ._random import (
     KIND_BLEND,
     KIND_CUT,
@@ -27,13 +28,10 @@ from ._random import (
 )
 
 __all__ = [
-    "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu",
+    *ACTIVATIONS, "prelu",
     "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
     "cutout", "random_erasing", "mixup", "cutmix",
 ]  # fmt: skip
-
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _opmath(x):
@@ -45,25 +43,28 @@ def _finish(input, y, inplace=False):
     return input.copy_(y) if inplace else y
 
 
-def sigmoid(input):
-    # torch.sigmoid, not 1 / (1 + exp(-x)): that quotient's derivative, exp(-x) / (1 + exp(-x))^2,
-    # is inf / inf = NaN where exp(-x) overflows (x < -88 in float32), and torch.func transforms
-    # and forward AD differentiate this reference (fastreg.functional)
-    return _finish(input, torch.sigmoid(_opmath(input)))
+# --- activations: each row's formula (fastreg/_activations.py) in opmath, rounded once -----
 
 
-def tanh(input):
-    return _finish(input, torch.tanh(_opmath(input)))
+def _make_activation(row):
+    """The reference of an activation row, with fastreg.functional's signature."""
+    p, inplace = row.param, row.inplace
+    sig = "input" + (f", {p}={row.default!r}" if p else "") + (", inplace=False" if inplace else "")
+    args = f", {p}" if p else ""
+    src = (
+        f"def {row.name}({sig}):\n"
+        f"    return _finish(input, formula(_opmath(input){args}){', inplace' if inplace else ''})\n"
+    )
+    namespace = {"_finish": _finish, "_opmath": _opmath, "formula": row.formula}
+    exec(src, namespace)  # noqa: S102  (generated from the table)
+    fn = namespace[row.name]
+    fn.__module__ = __name__
+    fn.__doc__ = f"``{row.name}``: {row.summary}, in plain torch (float32 for the half types)."
+    return fn
 
 
-def relu(input, inplace=False):
-    x = _opmath(input)
-    return _finish(input, torch.where(x <= 0, torch.zeros_like(x), x), inplace)
-
-
-def leaky_relu(input, negative_slope=0.01, inplace=False):
-    x = _opmath(input)
-    return _finish(input, torch.where(x > 0, x, x * negative_slope), inplace)
+for _row in ACTIVATIONS.values():
+    globals()[_row.name] = _make_activation(_row)
 
 
 def prelu(input, weight):
@@ -71,36 +72,6 @@ def prelu(input, weight):
     if w.numel() > 1:  # one weight per channel, channels on dim 1
         w = w.reshape([1, -1] + [1] * (x.dim() - 2))
     return _finish(input, torch.where(x > 0, x, w * x))
-
-
-def _expm1_neg(x):
-    """expm1(min(x, 0)), as the kernels compute ELU's negative branch: where x > 0 selects the
-    other branch, this one's derivative is then exp(0) = 1 rather than exp(x), which overflows
-    to inf for large x and makes the unselected branch's zero gradient 0 * inf = NaN."""
-    return torch.expm1(torch.where(x > 0, torch.zeros_like(x), x))  # (clamp passes no gradient at 0)
-
-
-def elu(input, alpha=1.0, inplace=False):
-    x = _opmath(input)
-    return _finish(input, torch.where(x > 0, x, alpha * _expm1_neg(x)), inplace)
-
-
-def selu(input, inplace=False):
-    x = _opmath(input)
-    return _finish(input, SELU_SCALE * torch.where(x > 0, x, SELU_ALPHA * _expm1_neg(x)), inplace)
-
-
-def gelu(input, approximate="none"):
-    x = _opmath(input)
-    if approximate == "tanh":
-        inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
-        return _finish(input, 0.5 * x * (1 + torch.tanh(inner)))
-    return _finish(input, 0.5 * x * (1 + torch.erf(x / math.sqrt(2))))
-
-
-def silu(input, inplace=False):
-    x = _opmath(input)
-    return _finish(input, x * torch.sigmoid(x), inplace)  # (not x / (1 + exp(-x)): see sigmoid)
 
 
 # --- dropout family: the same bits as the kernels (fastreg/_random.py, csrc/philox.h) ---------
@@ -155,6 +126,17 @@ def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None
     return _finish(input, torch.where(keep, kept, _scalar(-A * a * (1.0 - p), x)), inplace)
 
 
+def bias_act_param(activation, negative_slope, alpha, approximate):
+    """The activation's argument among bias_act_dropout's (csrc/activation_registry.h), as a
+    tuple of zero or one value."""
+    p = ACTIVATIONS[activation].param
+    return (
+        ()
+        if p is None
+        else ({"negative_slope": negative_slope, "alpha": alpha, "approximate": approximate}[p],)
+    )
+
+
 def bias_act_dropout(
     input, bias=None, activation="relu", p=0.0, training=True, *,
     negative_slope=0.01, alpha=1.0, approximate="none", generator=None, seed=None,
@@ -164,9 +146,7 @@ def bias_act_dropout(
         p = 0.0
     s = seed_tensor(input, generator, seed, "bias_act_dropout") if p > 0 else None
     z = _opmath(input) + (_opmath(bias) if bias is not None else 0)
-    kwargs = {"leaky_relu": {"negative_slope": negative_slope}, "elu": {"alpha": alpha},
-              "gelu": {"approximate": approximate}}.get(activation, {})  # fmt: skip
-    a = globals()[activation](z, **kwargs)
+    a = ACTIVATIONS[activation].formula(z, *bias_act_param(activation, negative_slope, alpha, approximate))
     if p == 0.0:
         return _finish(input, a)
     keep = keep_mask(input, s, p)

@@ -19,6 +19,8 @@ import torch
 
 import fastreg.functional as FR
 import fastreg.reference as R
+from fastreg._activations import TABLE
+from fastreg._activations import cases as activation_cases
 
 SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 ITERATIONS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
@@ -29,10 +31,7 @@ torch.manual_seed(rng.randrange(1 << 30))
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 3e-3, torch.bfloat16: 1.6e-2}
 SPECIALS = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e-40, -1e-40, 1e30, -1e30])
-ACTS = [
-    ("sigmoid", {}), ("tanh", {}), ("relu", {}), ("leaky_relu", {"negative_slope": 0.2}),
-    ("elu", {"alpha": 0.7}), ("selu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}), ("silu", {}),
-]  # fmt: skip
+ACTS = [(row.name, kw) for _, row, kw in activation_cases()]  # every case of the activation table
 
 
 def random_shape():
@@ -133,7 +132,7 @@ def dropout_case(dtype, x):
         res = torch.randn(x.shape).to(dtype) if rng.random() < 0.5 else None
         calls = [lambda v, m=m: m.drop_path(v, p, True, residual=res, seed=seed) for m in (FR, R)]
     else:
-        act = rng.choice(["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "selu"])
+        act = rng.choice(list(TABLE))
         what += " " + act
         b = torch.randn(x.shape[-1]).to(dtype) if rng.random() < 0.8 else None
         calls = [lambda v, m=m: m.bias_act_dropout(v, b, act, p, True, seed=seed) for m in (FR, R)]

@@ -26,6 +26,8 @@ from conftest import CUDA
 import fastreg  # noqa: F401
 import fastreg.reference as R
 from fastreg import _random
+from fastreg._activations import TABLE
+from fastreg._activations import cases as activation_cases
 
 ops = torch.ops.fastreg
 SEED = 12345
@@ -67,12 +69,7 @@ def vjp(fn, primals, grad):
 
 
 def saved_output_backward(name, g, y, *params):
-    if name == "sigmoid":
-        return g * y * (1 - y)
-    if name == "tanh":
-        return g * (1 - y * y)
-    a, s = (params[0], 1.0) if name == "elu" else (R.SELU_ALPHA, R.SELU_SCALE)
-    return torch.where(y <= 0, g * (y + a * s), g * s)
+    return g * TABLE[name].grad_from_output(y, *params)
 
 
 def _leaky(bits, g, slope):
@@ -152,7 +149,7 @@ IMG_SHAPES = [(2, 3, 8, 8), (0, 3, 8, 8), (1, 1, 1, 1), (3, 1, 5, 1)]
 
 def _act(name, *params):
     fwd = getattr(ops, name)
-    saves_output = name in ("sigmoid", "tanh", "elu", "selu")
+    saves_output = TABLE[name].saves == "output"
 
     def r_forward(x):
         return getattr(R, name)(x, *params)
@@ -183,7 +180,7 @@ def _act(name, *params):
             ACT_SHAPES,
             bad_shapes={"grad": [lambda t: t.reshape(-1)[:-1] if t.numel() else t.reshape(-1, 1)]},
         )
-    if name in ("elu", "selu", "silu"):
+    if TABLE[name].inplace:
         rows[name + "_"] = Row(
             lambda s, d: [randn(*s, device=d), *params],
             lambda x, *a: (r_forward(x),),
@@ -197,8 +194,8 @@ def _act(name, *params):
 def _mask_act(name, *params):
     fwd = getattr(ops, name)
 
-    def keep(x):
-        return ~(x <= 0) if name == "relu" else x > 0
+    def keep(x):  # the mask's bits: where the gradient passes unscaled (relu's NaN passes)
+        return {"relu": lambda: ~(x <= 0), "leaky_relu": lambda: x > 0}[name]()
 
     def r_forward(x):
         return getattr(R, name)(x, *params)
@@ -209,9 +206,7 @@ def _mask_act(name, *params):
 
     def r_backward(g, mask, *a):
         bits = unpack_mask(mask, g)
-        return (
-            _leaky(bits, g, params[0]) if name == "leaky_relu" else torch.where(bits, g, torch.zeros_like(g))
-        )
+        return _leaky(bits, g, params[0]) if params else torch.where(bits, g, torch.zeros_like(g))
 
     return {
         name: Row(
@@ -474,12 +469,8 @@ def _batch_rows():
 
 def table():
     rows = {}
-    for name in ("sigmoid", "tanh", "selu", "silu"):
-        rows.update(_act(name))
-    rows.update(_act("elu", 1.3))
-    rows.update(_act("gelu", "tanh"))
-    rows.update(_mask_act("relu"))
-    rows.update(_mask_act("leaky_relu", 0.1))
+    for _, row, kw in activation_cases():  # gelu: its last variant
+        rows.update((_mask_act if row.saves == "mask" else _act)(row.name, *kw.values()))
     rows["prelu"] = Row(
         lambda s, d: _prelu_make(s, d),
         lambda x, w: R.prelu(x, w),

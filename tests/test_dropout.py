@@ -5,22 +5,21 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from activation_cases import make_input
 from conftest import CUDA, DEVICES, check_raw_op_errors, child_tensors, ops_called, saved_bytes
-from test_activations import make_input
 
 import fastreg
 import fastreg.functional as FR
 import fastreg.nn as FN
 import fastreg.reference as R
+from fastreg._activations import TABLE
 
 ops = torch.ops.fastreg
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "strided", "permuted", "channels_last"]
 SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 7), (3, 1000), (4, 512)]  # 512: whole chunks per bias row
-TORCH_ACTS = {
-    "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.silu,
-    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "selu": F.selu,
-}  # fmt: skip
+# bias_act_dropout's activations: every row of the activation table
+TORCH_ACTS = {name: row.torch_function for name, row in TABLE.items()}
 ACTS = list(TORCH_ACTS)
 
 
@@ -557,6 +556,7 @@ def test_dropout_keeps_the_sign_of_zero(device, dtype):
 # over lengths that leave vector tails.
 EDGE_SCRIPT = """
 import sys, torch, fastreg, fastreg.functional as FR
+from fastreg._activations import cases
 def edge_inputs(dtype):
     tiny = torch.finfo(torch.float32).tiny
     vals = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-39, -1e-39, 3e-39, tiny,
@@ -587,12 +587,12 @@ for p in (0.0, 0.5, 1.0):
         y = FR.bias_act_dropout(xx, b, act, p, seed=11)
         gx, gb = torch.autograd.grad(y, (xx, b), r.reshape(1, -1))
         out[f"{act}{p}"], out[f"{act}_gx{p}"] = y, gx
-for name in ("sigmoid", "tanh", "gelu", "silu", "elu", "selu", "leaky_relu"):
+for name, row, kw in cases():
     xx = x.clone().requires_grad_()
-    y = getattr(FR, name)(xx)
+    y = getattr(FR, row.name)(xx, **kw)
     (gx,) = torch.autograd.grad(y, xx, r)
     with torch.no_grad():
-        plain = getattr(FR, name)(x)
+        plain = getattr(FR, row.name)(x, **kw)
     out[name], out[name + "_gx"], out[name + "_nograd"] = y, gx, plain
 out["prelu"] = FR.prelu(x[:288].view(2, 4, 36), r[:4])
 torch.save({k: v.view(torch.int16) for k, v in out.items()}, sys.argv[1])

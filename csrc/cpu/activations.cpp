@@ -255,6 +255,11 @@ FASTREG_TARGET_AVX2 __attribute__((noinline)) void relu_mask_backward_avx2(const
 }
 #endif
 
+// The 1-bit-mask ops with loops of their own for the half types (below); any other
+// mask functor takes the generic loops.
+template <class Op>
+constexpr bool kHasHalfMaskLoops = std::is_same_v<Op, Relu> || std::is_same_v<Op, LeakyRelu>;
+
 #ifdef FASTREG_HAVE_AVX512_BF16
 // The half types' mask loops above of instruction set I (AVX-512 or AVX2) for Op, over the
 // elements [i0, i1), i0 a multiple of 8 (kStream: dx + i0 64-byte aligned).
@@ -376,7 +381,7 @@ struct CpuLoops {
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
 #ifdef FASTREG_HAVE_AVX512_BF16
-          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx2) {
+          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx2 && kHasHalfMaskLoops<Op>) {
             const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
             return mask_forward_isa<decltype(isa)::isa>(op, xp, yp, mask, i0, i1);
           }
@@ -423,7 +428,7 @@ struct CpuLoops {
       at::parallel_for(0, chunks, kGrain / kMaskChunk, [&](int64_t c0, int64_t c1) {
         run_isa<kNarrowSelect<scalar_t>>([&](auto isa) FASTREG_INLINE_LAMBDA {
 #ifdef FASTREG_HAVE_AVX512_BF16
-          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx2) {
+          if constexpr (kTwoByte<scalar_t> && decltype(isa)::isa >= Isa::Avx2 && kHasHalfMaskLoops<Op>) {
             constexpr Isa I = decltype(isa)::isa;
             const int64_t i0 = c0 * kMaskChunk, i1 = std::min(n, c1 * kMaskChunk);
             if (stream && reinterpret_cast<uintptr_t>(dp + i0) % 64 == 0) {

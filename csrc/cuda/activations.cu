@@ -190,40 +190,46 @@ void ActivationLoops::forward(const Op& op, const at::Tensor& x, at::Tensor& y) 
 
 template <class Op>
 void ActivationLoops::backward(const Op& op, const at::Tensor& g, const at::Tensor& s, at::Tensor& dx) {
-  const c10::cuda::CUDAGuard guard(g.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_bwd", [&] {
-    launch_map<true>(BackwardFn<Op, scalar_t>{op}, dx.mutable_data_ptr<scalar_t>(),
-                     g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), g.numel());
-  });
+  if constexpr (Op::saved != Saved::Mask) {
+    const c10::cuda::CUDAGuard guard(g.device());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_bwd", [&] {
+      launch_map<true>(BackwardFn<Op, scalar_t>{op}, dx.mutable_data_ptr<scalar_t>(),
+                       g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), g.numel());
+    });
+  }
 }
 
 template <class Op>
 void ActivationLoops::forward_mask(const Op& op, const at::Tensor& x, at::Tensor& y, uint8_t* mask) {
-  if (mask == nullptr) return forward(op, x, y);  // inference: the plain map kernel
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n = x.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const int64_t grid = grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>);
-    mask_forward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        op, xp, yp, mask, n, aligned16(xp) && aligned16(yp));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  if constexpr (Op::saved == Saved::Mask) {
+    if (mask == nullptr) return forward(op, x, y);  // inference: the plain map kernel
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_act_mask", [&] {
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      const int64_t grid = grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>);
+      mask_forward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          op, xp, yp, mask, n, aligned16(xp) && aligned16(yp));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 }
 
 template <class Op>
 void ActivationLoops::backward_mask(const Op& op, const at::Tensor& g, const uint8_t* mask, at::Tensor& dx) {
-  const c10::cuda::CUDAGuard guard(g.device());
-  const int64_t n = g.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-    const int64_t grid = grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>);
-    mask_backward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        op, gp, mask, dp, n, aligned16(gp) && aligned16(dp));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  if constexpr (Op::saved == Saved::Mask) {
+    const c10::cuda::CUDAGuard guard(g.device());
+    const int64_t n = g.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_act_mask_bwd", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+      const int64_t grid = grid_for((n + 7) / 8, kBlock * kBatchUnits<scalar_t>);
+      mask_backward_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          op, gp, mask, dp, n, aligned16(gp) && aligned16(dp));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 }
 
 void ActivationLoops::prelu_forward(const at::Tensor& x, const at::Tensor& w, at::Tensor& y,
@@ -272,15 +278,17 @@ void ActivationLoops::prelu_backward(const at::Tensor& g, const at::Tensor& x, c
   });
 }
 
-#define FASTREG_INSTANTIATE_MAP(Op)                                                            \
-  template void ActivationLoops::forward<Op>(const Op&, const at::Tensor&, at::Tensor&); \
-  template void ActivationLoops::backward<Op>(const Op&, const at::Tensor&, const at::Tensor&, at::Tensor&);
-#define FASTREG_INSTANTIATE_MASK(Op)                                                                 \
-  template void ActivationLoops::forward_mask<Op>(const Op&, const at::Tensor&, at::Tensor&, uint8_t*); \
-  template void ActivationLoops::backward_mask<Op>(const Op&, const at::Tensor&, const uint8_t*, at::Tensor&);
-FASTREG_CUDA_MAP_ACTIVATIONS(FASTREG_INSTANTIATE_MAP)
-FASTREG_CUDA_MASK_ACTIVATIONS(FASTREG_INSTANTIATE_MASK)
-#undef FASTREG_INSTANTIATE_MAP
-#undef FASTREG_INSTANTIATE_MASK
+// The loops of every activation of FASTREG_ACTIVATIONS, for the op wrappers in register.cpp
+// (the mask loops are empty for the other functors, the backward map for the mask ones).
+#define FASTREG_INSTANTIATE(Op)                                                                   \
+  template void ActivationLoops::forward<Op>(const Op&, const at::Tensor&, at::Tensor&);          \
+  template void ActivationLoops::backward<Op>(const Op&, const at::Tensor&, const at::Tensor&,    \
+                                              at::Tensor&);                                       \
+  template void ActivationLoops::forward_mask<Op>(const Op&, const at::Tensor&, at::Tensor&,      \
+                                                  uint8_t*);                                      \
+  template void ActivationLoops::backward_mask<Op>(const Op&, const at::Tensor&, const uint8_t*, \
+                                                   at::Tensor&);
+FASTREG_ACTIVATIONS(FASTREG_INSTANTIATE)
+#undef FASTREG_INSTANTIATE
 
 }  // namespace fastreg::cuda

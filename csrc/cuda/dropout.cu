@@ -404,8 +404,7 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, 
   template void DropoutLoops::bias_act_dropout_backward<Op>(const Op&, const at::Tensor&, const at::Tensor&,  \
                                                             const at::Tensor&, const at::Tensor&,             \
                                                             DropoutParams, BiasShape, at::Tensor&, at::Tensor*);
-FASTREG_CUDA_MAP_ACTIVATIONS(FASTREG_INSTANTIATE)
-FASTREG_CUDA_MASK_ACTIVATIONS(FASTREG_INSTANTIATE)
+FASTREG_ACTIVATIONS(FASTREG_INSTANTIATE)
 #undef FASTREG_INSTANTIATE
 
 }  // namespace fastreg::cuda

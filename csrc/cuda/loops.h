@@ -57,8 +57,5 @@ struct BatchLoops {
                          bool inplace, bool backward);
 };
 
-// X(Op) for every activation functor a CUDA kernel is instantiated for.
-#define FASTREG_CUDA_MAP_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu)
-#define FASTREG_CUDA_MASK_ACTIVATIONS(X) X(Relu) X(LeakyRelu)
 
 }  // namespace fastreg::cuda

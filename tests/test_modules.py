@@ -1,0 +1,137 @@
+"""fastreg.nn's activation modules against torch.nn's, and fastreg.convert on torch and timm
+models."""
+
+import pytest
+import torch
+from activation_cases import CASES, KWARGS, ROW_OF, make_input, module_pairs
+from conftest import DEVICES
+
+import fastreg
+import fastreg.nn as FN
+from fastreg._activations import TABLE
+
+ops = torch.ops.fastreg
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", [*CASES, "prelu"])
+def test_modules(device, name):
+    """Each module computes what torch.nn's does, prints as it prints and has its state_dict
+    keys: every case's module at the case's argument, and PReLU."""
+    x = make_input((2, 4, 3, 3), "contiguous", torch.float32, device)
+    pairs = dict(zip(CASES, module_pairs(), strict=True))
+    pairs["prelu"] = (FN.PReLU(4, init=0.1), torch.nn.PReLU(4, init=0.1))
+    fm, tm = (m.to(device) for m in pairs[name])
+    torch.testing.assert_close(fm(x), tm(x))
+    assert repr(fm) == repr(tm)
+    assert fm.state_dict().keys() == tm.state_dict().keys()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_convert_swaps_every_activation_module(device, inplace):
+    """convert swaps torch.nn's module of every case for fastreg's, with the same argument and
+    inplace flag where the op has an in-place form (torch's in-place module without one
+    stays), keeping the training flag and the eval output."""
+    modules = []
+    for case, row in ROW_OF.items():
+        kw = dict(KWARGS[case], **({"inplace": True} if inplace and row.inplace else {}))
+        modules.append(row.torch_module(**kw))
+    model = torch.nn.Sequential(*modules).to(device).eval()
+    x = torch.randn(2, 3, 8, 8, device=device)
+    before = model(x.clone())
+    fastreg.convert(model)
+    for case, row, new in zip(CASES, ROW_OF.values(), model, strict=True):
+        assert type(new) is getattr(FN, row.torch_module.__name__), case
+        assert not new.training
+        for key, value in KWARGS[case].items():
+            assert getattr(new, key) == value, case
+        assert getattr(new, "inplace", False) == (inplace and row.inplace), case
+    torch.testing.assert_close(model(x.clone()), before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_convert(device):
+    model = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.ReLU(),
+            torch.nn.PReLU(4),
+            torch.nn.Sequential(torch.nn.GELU(), torch.nn.SiLU()),
+            torch.nn.LeakyReLU(0.05),
+            torch.nn.ELU(),
+            torch.nn.SELU(),
+            torch.nn.Tanh(),
+            torch.nn.Sigmoid(),
+        )
+        .to(device)
+        .eval()
+    )
+    prelu_weight = model[2].weight
+    x = torch.randn(2, 3, 8, 8, device=device)
+    before = model(x)
+    out = fastreg.convert(model)
+    assert out is model
+    kinds = [type(m) for m in model.modules()]
+    assert FN.ReLU in kinds and FN.PReLU in kinds and FN.GELU in kinds and FN.SiLU in kinds
+    assert torch.nn.ReLU not in kinds and torch.nn.GELU not in kinds
+    assert model[2].weight is prelu_weight
+    assert not model[1].training
+    torch.testing.assert_close(model(x), before)
+    assert isinstance(fastreg.convert(torch.nn.ReLU()), FN.ReLU)
+
+
+def test_convert_timm_activations():
+    """timm's factory builds its own activation modules from names (`get_act_layer('gelu')`
+    is timm's GELU: ConvNeXt's MLPs, squeeze-excite gates): convert swaps each that has a
+    fastreg equivalent, keeps PReLU's weight, leaves in-place Sigmoid/Tanh (fastreg's, like
+    torch's, are out of place), and the eval outputs stay those of the timm model."""
+    timm = pytest.importorskip("timm")
+    from timm.layers import activations as act
+    from timm.layers.activations_me import SwishMe
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), act.GELU(), act.GELUTanh(), act.Swish(), act.PReLU(4), act.Sigmoid(),
+        act.Tanh(), SwishMe(), act.Sigmoid(inplace=True), act.Tanh(inplace=True),
+    ).eval()  # fmt: skip
+    weight = model[4].weight
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x)
+    fastreg.convert(model)
+    assert [type(m) for m in model[1:]] == [
+        FN.GELU, FN.GELU, FN.SiLU, FN.PReLU, FN.Sigmoid, FN.Tanh, FN.SiLU, act.Sigmoid, act.Tanh
+    ]  # fmt: skip
+    assert model[1].approximate == "none" and model[2].approximate == "tanh"
+    assert model[4].weight is weight and not model[1].training
+    torch.testing.assert_close(model(x), before)
+    convnext = timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = convnext(x)
+    fastreg.convert(convnext)
+    kinds = {type(m) for m in convnext.modules()}
+    assert FN.GELU in kinds and FN.DropPath in kinds and act.GELU not in kinds
+    torch.testing.assert_close(convnext(x), before)
+
+
+def test_convert_every_timm_activation_of_the_table():
+    """Each timm class a row of the table names (timm.layers.activations or activations_me)
+    becomes that row's fastreg module, with the arguments the row fixes, and computes what
+    the timm module computes."""
+    pytest.importorskip("timm")
+    from timm.layers import activations as act
+    from timm.layers import activations_me as act_me
+
+    x = torch.randn(2, 3, 8, 8) * 3
+    swapped = 0
+    for row in TABLE.values():
+        for cls_name, fixed in row.timm.items():
+            module = (getattr(act, cls_name, None) or getattr(act_me, cls_name))().eval()
+            before = module(x.clone())
+            new = fastreg.convert(module)
+            assert type(new) is getattr(FN, row.torch_module.__name__), cls_name
+            for key, value in fixed.items():
+                if value is not None:
+                    assert getattr(new, key) == value, cls_name
+            torch.testing.assert_close(new(x.clone()), before, msg=cls_name)
+            swapped += 1
+    assert swapped == sum(len(row.timm) for row in TABLE.values()) > 0
