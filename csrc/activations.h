@@ -372,6 +372,30 @@ struct Silu {
   }
 };
 
+// Mish, x tanh(softplus(x)). With n = e^x (e^x + 2), tanh(log(1 + e^x)) = n / (n + 2) and
+// 1 - tanh = 2 / (n + 2): neither the forward nor the backward's 1 - t^2 cancels. Above 20
+// softplus(x) is x (torch's threshold) and tanh of it is 1 in float64: the identity there,
+// e^x clamped so that n stays finite.
+struct Mish {
+  static constexpr const char* kName = "mish";
+  static constexpr Saved saved = Saved::Input;
+  static constexpr bool kInplace = true;
+  FASTREG_FN T forward(T x) const {
+    const T e = M::exp(x > T(20) ? T(20) : x);
+    const T n = e * (e + T(2));
+    return x > T(20) ? x : x * M::div(n, n + T(2));
+  }
+  FASTREG_FN T backward(T g, T x) const {
+    const T e = M::exp(x > T(20) ? T(20) : x);
+    const T n = e * (e + T(2));
+    const T d = n + T(2);
+    const T t = M::div(n, d);
+    const T sigmoid = M::div(e, e + T(1));
+    const T one_minus_t2 = M::div(T(2), d) * (T(1) + t);
+    return x > T(20) ? g : g * (t + x * sigmoid * one_minus_t2);
+  }
+};
+
 // PReLU's weight varies along dim 1, so its kernels pass the channel's weight.
 struct Prelu {
   static constexpr Saved saved = Saved::Input;
@@ -385,6 +409,6 @@ struct Prelu {
 // Every activation op, in one list: their schemas (csrc/fastreg.cpp), both backends'
 // kernels and registrations (activation_ops.h, cuda/activations.cu) and the activations
 // bias_act_dropout takes follow from it. (PReLU, with its weight, is an op of its own.)
-#define FASTREG_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Relu) X(LeakyRelu) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu)
+#define FASTREG_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Relu) X(LeakyRelu) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu) X(Mish)
 
 }  // namespace fastreg

@@ -168,6 +168,15 @@ ROWS = [
         saved_doc="the input",
         timm={"Swish": {}, "SwishMe": {"inplace": None}},
     ),
+    Activation(
+        "mish",
+        formula=lambda x: x * torch.tanh(F.softplus(x)),
+        torch_function=F.mish,
+        torch_module=torch.nn.Mish,
+        summary="``x * tanh(softplus(x))``",
+        saved_doc="the input (as torch)",
+        timm={"Mish": {}, "MishMe": {}},
+    ),
 ]
 
 
