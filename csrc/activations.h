@@ -396,6 +396,23 @@ struct Mish {
   }
 };
 
+// Hardswish, x relu6(x + 3) / 6, and torch's gradient: 0 up to -3, x / 3 + 1/2 below 3,
+// the gradient itself from 3 on (and at NaN, as in torch). The clamp keeps NaN.
+struct Hardswish {
+  static constexpr const char* kName = "hardswish";
+  static constexpr Saved saved = Saved::Input;
+  static constexpr bool kInplace = true;
+  FASTREG_FN T forward(T x) const {
+    T c = x + T(3);
+    c = c < T(0) ? T(0) : c;
+    c = c > T(6) ? T(6) : c;
+    return M::div(x * c, T(6));
+  }
+  FASTREG_FN T backward(T g, T x) const {
+    return x <= T(-3) ? T(0) : (x < T(3) ? g * (M::div(x, T(3)) + T(0.5)) : g);
+  }
+};
+
 // PReLU's weight varies along dim 1, so its kernels pass the channel's weight.
 struct Prelu {
   static constexpr Saved saved = Saved::Input;
@@ -409,6 +426,6 @@ struct Prelu {
 // Every activation op, in one list: their schemas (csrc/fastreg.cpp), both backends'
 // kernels and registrations (activation_ops.h, cuda/activations.cu) and the activations
 // bias_act_dropout takes follow from it. (PReLU, with its weight, is an op of its own.)
-#define FASTREG_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Relu) X(LeakyRelu) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu) X(Mish)
+#define FASTREG_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Relu) X(LeakyRelu) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu) X(Mish) X(Hardswish)
 
 }  // namespace fastreg

@@ -177,6 +177,15 @@ ROWS = [
         saved_doc="the input (as torch)",
         timm={"Mish": {}, "MishMe": {}},
     ),
+    Activation(
+        "hardswish",
+        formula=lambda x: x * torch.clamp(x + 3, 0, 6) / 6,
+        torch_function=F.hardswish,
+        torch_module=torch.nn.Hardswish,
+        summary="``x * relu6(x + 3) / 6``",
+        saved_doc="the input (as torch)",
+        timm={"HardSwish": {}, "HardSwishMe": {}},
+    ),
 ]
 
 
