@@ -401,8 +401,11 @@ def bias_act_dropout(
     p = check_p(p, fn)
     slope = _check_number(negative_slope, fn, "negative_slope")
     alpha = _check_number(alpha, fn, "alpha")
-    if activation == "elu" and not alpha >= 0:
-        raise ValueError(f"fastreg.{fn}: alpha must be >= 0, got {alpha}")
+    row = ACTIVATIONS[activation]
+    if row.param_min is not None:
+        value = {"negative_slope": slope, "alpha": alpha}[row.param]
+        if not value >= row.param_min:
+            raise ValueError(f"fastreg.{fn}: {row.param} must be >= {row.param_min!r}, got {value}")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"fastreg.{fn}: approximate must be 'none' or 'tanh', got {approximate!r}")
     if not training:

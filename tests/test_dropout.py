@@ -787,6 +787,8 @@ def test_bad_input(device):
         FR.bias_act_dropout(x, torch.zeros(5, device=device), "relu", 0.1)
     with pytest.raises(ValueError, match="activation"):
         FR.bias_act_dropout(x, None, "swish", 0.1)
+    with pytest.raises(ValueError, match="fastreg.bias_act_dropout: alpha must be >= 0.0, got -1.0"):
+        FR.bias_act_dropout(x, None, "elu", 0.1, alpha=-1.0)
     with pytest.raises(RuntimeError, match="bias"):
         FR.bias_act_dropout(x, torch.zeros(6, device="meta"), "relu", 0.1)
     with pytest.raises(ValueError, match="residual"):
