@@ -144,19 +144,22 @@ memcheck() {  # file, subset, seconds
 }
 sanitizer_rc=0
 {
-  san batch && memcheck tests/test_batch.py "cuda and float32 and (cutout_bitwise or random_erasing_bitwise \
-    or (mix_bitwise and switch) or mix_same_on_cpu)" ${SAN_BATCH_S:-60}
+  san batch && memcheck tests/test_cutout_erasing.py "cuda and float32 and (cutout_bitwise \
+    or random_erasing_bitwise)" ${SAN_ERASE_S:-30}
+  san batch && memcheck tests/test_mix.py "cuda and float32 and ((mix_bitwise and switch) \
+    or mix_same_on_cpu)" ${SAN_MIX_S:-30}
   # every dropout-family op, and bias+act+dropout through its mask (relu) and input (gelu)
   # paths: all the activations do not finish in 45 s under memcheck
-  san dropout && memcheck tests/test_dropout.py "cuda and float32 and ((bitwise and 0.3) or \
-    (bias_act_dropout_matches and (gelu or relu) and not leaky))" ${SAN_DROPOUT_S:-45}
+  san dropout && memcheck tests/test_dropout.py "cuda and float32 and bitwise and 0.3" ${SAN_DROPOUT_S:-25}
+  san dropout && memcheck tests/test_fused_dropout.py "cuda and float32 and \
+    bias_act_dropout_matches and (gelu or relu) and not leaky" ${SAN_FUSED_S:-20}
   san activations && memcheck tests/test_activation_values.py \
     "cuda_unaligned or (backward_matches_torch and cuda and float32 and relu)" ${SAN_ACT_S:-28}
   san activations && memcheck tests/test_prelu.py \
     "prelu_matches_torch and cuda and float32" ${SAN_PRELU_S:-12}
   if san racecheck; then
     timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --error-exitcode 99 \
-      $PY -m pytest tests/test_dropout.py tests/test_prelu.py -q -p no:cacheprovider \
+      $PY -m pytest tests/test_fused_dropout.py tests/test_prelu.py -q -p no:cacheprovider \
       -k "cuda and float32 and (bias_act_dropout_matches or prelu_matches) and not bfloat"
     rc=$?
     echo "racecheck rc $rc"
