@@ -30,10 +30,36 @@ def _activations():
 ACTIVATIONS = _activations()
 
 
+def _forward(f, inp):
+    def run():
+        with torch.no_grad():
+            return f(inp)
+
+    return run
+
+
+def _step(f, inpg, g):
+    grad = g.view(inpg.shape)
+    return lambda: torch.autograd.grad(f(inpg), inpg, grad)
+
+
+def _cases_of(name, impls, mask, inp, inpg, g):
+    """The inference and training-step Cases of one activation on one input."""
+    numel, e = inp.numel(), inp.element_size()
+    dt = str(inp.dtype).replace("torch.", "")
+    fwd = Case(
+        "activations", name, "fwd", dt, numel, 2 * numel * e, {k: _forward(f, inp) for k, f in impls.items()}
+    )
+    # x in, y out | grad in, saved in, grad out (a 1-bit mask for relu)
+    floor = (4 * e + 0.25) * numel if mask else 5 * e * numel
+    saved = {k: (lambda f=f: f(inpg)) for k, f in impls.items() if k != "compile"}
+    steps = {k: _step(f, inpg, g) for k, f in impls.items()}
+    return [fwd, Case("activations", name, "fwd+bwd", dt, numel, int(floor), steps, saved)]
+
+
 def cases(device, dtypes, numel, compile_ops):
     out = []
     for dtype in dtypes:
-        e = torch.tensor([], dtype=dtype).element_size()
         x = torch.randn(numel, device=device, dtype=dtype)
         g = torch.randn(numel, device=device, dtype=dtype)
         xg = x.clone().requires_grad_()
@@ -51,44 +77,5 @@ def cases(device, dtypes, numel, compile_ops):
             impls = {"fastreg": fr, "eager": eager}
             if name in compile_ops:
                 impls["compile"] = torch.compile(eager, dynamic=False)
-            dt = str(dtype).replace("torch.", "")
-
-            def fwd(f, inp=inp):
-                def run():
-                    with torch.no_grad():
-                        return f(inp)
-
-                return run
-
-            out.append(
-                Case(
-                    "activations",
-                    name,
-                    "fwd",
-                    dt,
-                    numel,
-                    2 * numel * e,
-                    {k: fwd(f) for k, f in impls.items()},
-                )
-            )
-
-            def step(f, inpg=inpg, g=g):
-                grad = g.view(inpg.shape)
-                return lambda: torch.autograd.grad(f(inpg), inpg, grad)
-
-            # x in, y out | grad in, saved in, grad out (a 1-bit mask for relu)
-            floor = (4 * e + 0.25) * numel if mask else 5 * e * numel
-            saved = {k: (lambda f=f, inpg=inpg: f(inpg)) for k, f in impls.items() if k != "compile"}
-            out.append(
-                Case(
-                    "activations",
-                    name,
-                    "fwd+bwd",
-                    dt,
-                    numel,
-                    int(floor),
-                    {k: step(f) for k, f in impls.items()},
-                    saved,
-                )
-            )
+            out += _cases_of(name, impls, mask, inp, inpg, g)
     return out

@@ -110,89 +110,101 @@ def _box_bytes(boxes, C, e, reads=1):
     return int(area * C * e * reads)
 
 
+def _box_rows(x, seed, TimmErasing, v2):
+    """(op, floor, impls, note) of cutout and random erasing, in place on the batch x."""
+    B, C, H, W = x.shape
+    e = x.element_size()
+    # cutout in place (size H/4): only the boxes are written
+    size = H // 4
+    floor = _box_bytes(_random.cutout_boxes(seed, B, H, W, size, 1.0), C, e)
+    cutout = {
+        "fastreg": lambda: FR.cutout(x, size, inplace=True),
+        "eager": lambda: eager_cutout(x, size),
+    }
+    rows = [("cutout_", floor, cutout, "in place; floor = box bytes")]
+    # random erasing in place, p = 1
+    floor = _box_bytes(_random.erase_boxes(seed, B, H, W, 1.0, 0.02, 0.33, -1.2040, 1.1939), C, e)
+    impls = {
+        "fastreg": lambda: FR.random_erasing(x, 1.0, inplace=True),
+        "eager": lambda: eager_random_erasing(x),
+    }
+    if TimmErasing is not None:
+        te = TimmErasing(probability=1.0, mode="const", device=x.device)
+        impls["timm"] = lambda te=te: te(x)
+    if v2 is not None:
+        tv = v2.RandomErasing(p=1.0, value=0)
+        impls["torchvision"] = lambda tv=tv: tv(x)
+    rows.append(
+        ("random_erasing_", floor, impls, "in place; floor = box bytes; torchvision: one box per batch")
+    )
+    return rows
+
+
+def _mix_rows(x, y, mode, seed, TimmMixup, v2):
+    """(op, floor, impls, note) of mixup, cutmix (in place) and fastreg.nn.Mixup in one mode."""
+    B, C, H, W = x.shape
+    e, N = x.element_size(), x.numel()
+
+    def timm_mixup(mixup_alpha, cutmix_alpha):
+        tm = TimmMixup(
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mode=mode,
+            label_smoothing=SMOOTH,
+            num_classes=K,
+        )
+        return lambda: tm(x, y)
+
+    def bound(module):
+        return lambda: module(x, y)
+
+    # mixup: 2N (pairs read together, written together)
+    impls = {
+        "fastreg": lambda: FR.mixup(x, y, 1.0, num_classes=K, label_smoothing=SMOOTH, mode=mode),
+        "eager": lambda: eager_mixup(x, y, 1.0, mode),
+    }
+    if TimmMixup is not None:
+        impls["timm"] = timm_mixup(1.0, 0.0)
+    if v2 is not None and mode == "batch":
+        impls["torchvision"] = bound(v2.MixUp(alpha=1.0, num_classes=K))
+    rows = [(f"mixup {mode}", 2 * N * e, impls, "")]
+    # cutmix in place: the boxes (read from the partner, written)
+    draws = _random.mix_draws(seed, B, H, W, _random.MIX_MODES[mode], 0.0, 1.0, None, 1.0, 0.5, True)
+    boxes = (draws[2] == _random.KIND_CUT, *draws[3:])
+    impls = {
+        "fastreg": lambda: FR.cutmix(
+            x, y, 1.0, num_classes=K, label_smoothing=SMOOTH, mode=mode, inplace=True
+        ),
+        "eager": lambda: eager_cutmix(x, y, 1.0, mode),
+    }
+    if TimmMixup is not None:
+        impls["timm"] = timm_mixup(0.0, 1.0)
+    if v2 is not None and mode == "batch":
+        impls["torchvision"] = bound(v2.CutMix(alpha=1.0, num_classes=K))
+    rows.append((f"cutmix_ {mode}", _box_bytes(boxes, C, e, reads=2), impls, "in place; floor = box bytes"))
+    # timm's default recipe (mixup 0.8, cutmix 1.0, switch 0.5): fastreg.nn.Mixup vs timm.Mixup
+    fm = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K)
+    impls = {"fastreg": lambda: fm(x, y)}
+    if TimmMixup is not None:
+        impls["timm"] = timm_mixup(0.8, 1.0)
+    rows.append((f"Mixup {mode}", 2 * N * e, impls, "mixup .8 / cutmix 1 / switch .5"))
+    return rows
+
+
 def cases(device, dtypes, numel, compile_ops):
     on_gpu = torch.device(device).type == "cuda"
     B, C, H, W = (256, 3, 224, 224) if on_gpu else (64, 3, 64, 64)
     TimmMixup, TimmErasing = _timm()
     v2 = _tv2()
+    seed = 1234
     out = []
     for dtype in dtypes:
         dt = str(dtype).replace("torch.", "")
-        e = torch.tensor([], dtype=dtype).element_size()
         x = torch.rand(B, C, H, W, device=device, dtype=dtype)
         y = torch.randint(0, K, (B,), device=device)
-        N = x.numel()
-        seed = 1234
-
-        def add(op, floor, impls, note=""):
-            out.append(Case("batch", op, "fwd", dt, N, int(floor), impls, {}, note))
-
-        # cutout in place (size H/4): only the boxes are written
-        size = H // 4
-        floor = _box_bytes(_random.cutout_boxes(seed, B, H, W, size, 1.0), C, e)
-        add("cutout_", floor, {
-            "fastreg": lambda: FR.cutout(x, size, inplace=True),
-            "eager": lambda: eager_cutout(x, size),
-        }, "in place; floor = box bytes")  # fmt: skip
-
-        # random erasing in place, p = 1
-        floor = _box_bytes(_random.erase_boxes(seed, B, H, W, 1.0, 0.02, 0.33, -1.2040, 1.1939), C, e)
-        impls = {
-            "fastreg": lambda: FR.random_erasing(x, 1.0, inplace=True),
-            "eager": lambda: eager_random_erasing(x),
-        }
-        if TimmErasing is not None:
-            te = TimmErasing(probability=1.0, mode="const", device=device)
-            impls["timm"] = lambda te=te: te(x)
-        if v2 is not None:
-            tv = v2.RandomErasing(p=1.0, value=0)
-            impls["torchvision"] = lambda tv=tv: tv(x)
-        add("random_erasing_", floor, impls, "in place; floor = box bytes; torchvision: one box per batch")
-
+        rows = _box_rows(x, seed, TimmErasing, v2)
         for mode in ("batch", "pair", "elem"):
-            # mixup: 2N (pairs read together, written together)
-            impls = {
-                "fastreg": lambda mode=mode: FR.mixup(
-                    x, y, 1.0, num_classes=K, label_smoothing=SMOOTH, mode=mode
-                ),
-                "eager": lambda mode=mode: eager_mixup(x, y, 1.0, mode),
-            }
-            if TimmMixup is not None:
-                tm = TimmMixup(
-                    mixup_alpha=1.0, cutmix_alpha=0.0, mode=mode, label_smoothing=SMOOTH, num_classes=K
-                )
-                impls["timm"] = lambda tm=tm: tm(x, y)
-            if v2 is not None and mode == "batch":
-                tv = v2.MixUp(alpha=1.0, num_classes=K)
-                impls["torchvision"] = lambda tv=tv: tv(x, y)
-            add(f"mixup {mode}", 2 * N * e, impls)
-
-            # cutmix in place: the boxes (read from the partner, written)
-            draws = _random.mix_draws(seed, B, H, W, _random.MIX_MODES[mode], 0.0, 1.0, None, 1.0, 0.5, True)
-            boxes = (draws[2] == _random.KIND_CUT, *draws[3:])
-            impls = {
-                "fastreg": lambda mode=mode: FR.cutmix(
-                    x, y, 1.0, num_classes=K, label_smoothing=SMOOTH, mode=mode, inplace=True
-                ),
-                "eager": lambda mode=mode: eager_cutmix(x, y, 1.0, mode),
-            }
-            if TimmMixup is not None:
-                tm = TimmMixup(
-                    mixup_alpha=0.0, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K
-                )
-                impls["timm"] = lambda tm=tm: tm(x, y)
-            if v2 is not None and mode == "batch":
-                tv = v2.CutMix(alpha=1.0, num_classes=K)
-                impls["torchvision"] = lambda tv=tv: tv(x, y)
-            add(f"cutmix_ {mode}", _box_bytes(boxes, C, e, reads=2), impls, "in place; floor = box bytes")
-
-            # timm's default recipe (mixup 0.8, cutmix 1.0, switch 0.5): fastreg.nn.Mixup vs timm.Mixup
-            fm = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K)
-            impls = {"fastreg": lambda fm=fm: fm(x, y)}
-            if TimmMixup is not None:
-                tm = TimmMixup(
-                    mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, label_smoothing=SMOOTH, num_classes=K
-                )
-                impls["timm"] = lambda tm=tm: tm(x, y)
-            add(f"Mixup {mode}", 2 * N * e, impls, "mixup .8 / cutmix 1 / switch .5")
+            rows += _mix_rows(x, y, mode, seed, TimmMixup, v2)
+        for op, floor, impls, note in rows:
+            out.append(Case("batch", op, "fwd", dt, x.numel(), int(floor), impls, {}, note))
     return out

@@ -29,6 +29,36 @@ def _step(f, inputs, grad):
     return lambda: torch.autograd.grad(f(*inputs), inputs, grad)
 
 
+def _dropconnect_case(device):
+    """DropConnect: a training step of the layer against nn.Linear's (same shapes)."""
+    on_gpu = torch.device(device).type == "cuda"
+    m, k, n = (8192, 4096, 4096) if on_gpu else (512, 1024, 1024)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=True)
+    w = (torch.randn(n, k, device=device, dtype=dtype) / k**0.5).requires_grad_()
+    bias = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(m, n, device=device, dtype=dtype)
+    inputs = (x, w, bias)
+    impls = {
+        "fastreg": lambda a, ww, bb: FR.dropconnect_linear(a, ww, bb, P),
+        "eager": lambda a, ww, bb: F.linear(a, F.dropout(ww, P), bb),
+        "nn.Linear": lambda a, ww, bb: F.linear(a, ww, bb),
+    }
+    saved = {kk: (lambda f=f: f(*inputs)) for kk, f in impls.items()}
+    floor = (m * k + n * k + m * n) * 2 * x.element_size()
+    return Case(
+            "dropout",
+            f"dropconnect_linear {m}x{k}x{n}",
+            "fwd+bwd",
+            str(dtype).replace("torch.", ""),
+            n * k,
+            floor,
+            {kk: _step(f, inputs, g) for kk, f in impls.items()},
+            saved,
+            note="matmul-bound: compare with nn.Linear, not the byte floor",
+    )  # fmt: skip
+
+
 def cases(device, dtypes, numel, compile_ops):
     out = []
     for dtype in dtypes:
@@ -73,33 +103,5 @@ def cases(device, dtypes, numel, compile_ops):
             lambda t, rr: rr + timm_drop_path(t, P), (x, r),
         )  # fmt: skip
 
-    # DropConnect: a training step of the layer against nn.Linear's (same shapes)
-    on_gpu = torch.device(device).type == "cuda"
-    m, k, n = (8192, 4096, 4096) if on_gpu else (512, 1024, 1024)
-    dtype = torch.bfloat16 if on_gpu else torch.float32
-    x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=True)
-    w = (torch.randn(n, k, device=device, dtype=dtype) / k**0.5).requires_grad_()
-    bias = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
-    g = torch.randn(m, n, device=device, dtype=dtype)
-    inputs = (x, w, bias)
-    impls = {
-        "fastreg": lambda a, ww, bb: FR.dropconnect_linear(a, ww, bb, P),
-        "eager": lambda a, ww, bb: F.linear(a, F.dropout(ww, P), bb),
-        "nn.Linear": lambda a, ww, bb: F.linear(a, ww, bb),
-    }
-    saved = {kk: (lambda f=f: f(*inputs)) for kk, f in impls.items()}
-    floor = (m * k + n * k + m * n) * 2 * x.element_size()
-    out.append(
-        Case(
-            "dropout",
-            f"dropconnect_linear {m}x{k}x{n}",
-            "fwd+bwd",
-            str(dtype).replace("torch.", ""),
-            n * k,
-            floor,
-            {kk: _step(f, inputs, g) for kk, f in impls.items()},
-            saved,
-            note="matmul-bound: compare with nn.Linear, not the byte floor",
-        )  # fmt: skip
-    )
+    out.append(_dropconnect_case(device))
     return out

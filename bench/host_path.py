@@ -47,27 +47,11 @@ def per_call_us(fn, device, n=2000, warmup=50):
     return host
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    device = p.parse_args().device
-    # small tensors: the device work is negligible, what is timed is the host path
-    x = torch.rand(8, 3, 16, 16, device=device)
-    t = torch.randint(0, 10, (8,), device=device)
-    one = torch.zeros(1, device=device)
-    seed = torch.tensor([1], device=device)
-    m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
-    mix_args = (t, seed, 10, 0.1, 1.0, 0.0, -1.0, -1.0, 1.0, 0.5, 0, True)
-    rows = [
-        ("one tiny torch op (x.add_(0))", lambda: one.add_(0)),
-        ("torch.empty(8, 3, 16, 16)", lambda: torch.empty(8, 3, 16, 16, device=device)),
-        ("seed: torch.randint on device", lambda: torch.randint(-(2**63), 2**63 - 1, (1,), device=device)),
-        ("raw ops.cutout_ (1 launch)", lambda: ops.cutout_(x, seed, 4, 1.0, 0.0)),
-        ("raw ops.mix_ (draw, targets, pass)", lambda: ops.mix_(x, *mix_args)),
-        ("raw ops.mix (autograd kernel)", lambda: ops.mix(x, *mix_args)),
-    ]
-    # activations and dropout on a small tensor: an inference call, and a training step
-    # (forward + backward through autograd), fastreg against eager torch
+def _small_tensor_rows(device):
+    """Activations and dropout on a small tensor: (eager and raw-op rows, fastreg rows)."""
+    rows, fastreg_rows = [], []
+    # an inference call, and a training step (forward + backward through autograd), fastreg
+    # against eager torch
     a = torch.randn(256, device=device)
     ag = a.clone().requires_grad_()
     ga = torch.randn(256, device=device)
@@ -94,11 +78,6 @@ def main():
     rows.append(
         ("leaky_relu_backward: typed entry", lambda: fastreg._C.below.leaky_relu_backward(ga, mask, 0.01))
     )
-    fastreg_rows = [
-        ("FR.cutout(inplace=True)", lambda: FR.cutout(x, 4, inplace=True)),
-        ("FR.mixup", lambda: FR.mixup(x, t, 1.0, num_classes=10, label_smoothing=0.1)),
-        ("nn.Mixup (timm recipe)", lambda: m(x, t)),
-    ]
     for name, fr, ref in (
         ("leaky_relu", FR.leaky_relu, torch.nn.functional.leaky_relu),
         ("gelu", FR.gelu, torch.nn.functional.gelu),
@@ -108,11 +87,48 @@ def main():
         rows.append((f"{name} inference: eager", infer(ref)))
         fastreg_rows.append((f"{name} fwd+bwd step", step(fr)))
         rows.append((f"{name} fwd+bwd step: eager", step(ref)))
+    return rows, fastreg_rows
+
+
+def timed_rows(device):
+    """(name, call) of every row: torch baselines, raw ops, fastreg calls and their eager
+    counterparts; a fastreg call twice, the second to run with the typed entries off."""
+    # small tensors: the device work is negligible, what is timed is the host path
+    x = torch.rand(8, 3, 16, 16, device=device)
+    t = torch.randint(0, 10, (8,), device=device)
+    one = torch.zeros(1, device=device)
+    seed = torch.tensor([1], device=device)
+    m = FN.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    mix_args = (t, seed, 10, 0.1, 1.0, 0.0, -1.0, -1.0, 1.0, 0.5, 0, True)
+    rows = [
+        ("one tiny torch op (x.add_(0))", lambda: one.add_(0)),
+        ("torch.empty(8, 3, 16, 16)", lambda: torch.empty(8, 3, 16, 16, device=device)),
+        ("seed: torch.randint on device", lambda: torch.randint(-(2**63), 2**63 - 1, (1,), device=device)),
+        ("raw ops.cutout_ (1 launch)", lambda: ops.cutout_(x, seed, 4, 1.0, 0.0)),
+        ("raw ops.mix_ (draw, targets, pass)", lambda: ops.mix_(x, *mix_args)),
+        ("raw ops.mix (autograd kernel)", lambda: ops.mix(x, *mix_args)),
+    ]
+    small, fastreg_small = _small_tensor_rows(device)
+    rows += small
+    fastreg_rows = [
+        ("FR.cutout(inplace=True)", lambda: FR.cutout(x, 4, inplace=True)),
+        ("FR.mixup", lambda: FR.mixup(x, t, 1.0, num_classes=10, label_smoothing=0.1)),
+        ("nn.Mixup (timm recipe)", lambda: m(x, t)),
+    ]
+    fastreg_rows += fastreg_small
     # each fastreg call twice: through the typed entries (what it runs) and with them off
     # (every op through torch.ops' boxed path)
     for name, fn in fastreg_rows:
         rows.append((f"{name}: fastreg", fn))
         rows.append((f"{name}: fastreg via torch.ops", fn))
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    device = p.parse_args().device
+    rows = timed_rows(device)
     # rows interleaved over rounds (this machine's speed drifts by minutes); medians
     times = {name: [] for name, _ in rows}
     entries = A._ENTRIES

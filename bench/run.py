@@ -46,7 +46,7 @@ def cap_cpu_isa(isa):
     return caps
 
 
-def main():
+def parse_args():
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if cuda else "cpu")
@@ -85,7 +85,31 @@ def main():
         action="store_true",
         help="CPU: keep glibc's adaptive malloc thresholds (page faults make timings bimodal)",
     )
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def run_families(args, device, dtypes, numels, copy_gbps, rounds):
+    """Times every case of the families, ops and dtypes asked for; returns the result rows."""
+    rows = []
+    for fam in args.families.split(","):
+        module = FAMILIES[fam]
+        everything = args.compile_ops == "all"
+        compile_ops = set() if args.compile_ops == "none" else set(args.compile_ops.split(","))
+        for dtype in dtypes:
+            for case in module.cases(
+                device, [dtype], numels[dtype], compile_ops if not everything else _All()
+            ):
+                if args.ops and case.op not in args.ops.split(","):
+                    continue
+                if args.compile_dtypes != "all" and case.dtype not in args.compile_dtypes.split(","):
+                    case.impls.pop("compile", None)
+                rows.append(harness.run_case(case, device, copy_gbps, rounds))
+                print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
+    return rows
+
+
+def main():
+    args = parse_args()
     caps = cap_cpu_isa(args.cpu_isa) if args.cpu_isa else None
     if not caps and any(os.environ.get(k) for k in harness.CPU_ISA_ENV):
         print(
@@ -107,21 +131,7 @@ def main():
     print(f"device {harness.device_name(device)}, elements per tensor: {sizes}")
     print(f"copy bandwidth {copy_gbps:.0f} GB/s (read + write, {copy_bytes >> 20} MiB)")
 
-    rows = []
-    for fam in args.families.split(","):
-        module = FAMILIES[fam]
-        everything = args.compile_ops == "all"
-        compile_ops = set() if args.compile_ops == "none" else set(args.compile_ops.split(","))
-        for dtype in dtypes:
-            for case in module.cases(
-                device, [dtype], numels[dtype], compile_ops if not everything else _All()
-            ):
-                if args.ops and case.op not in args.ops.split(","):
-                    continue
-                if args.compile_dtypes != "all" and case.dtype not in args.compile_dtypes.split(","):
-                    case.impls.pop("compile", None)
-                rows.append(harness.run_case(case, device, copy_gbps, rounds))
-                print(harness.format_table(rows[-1:], copy_gbps).splitlines()[-1], flush=True)
+    rows = run_families(args, device, dtypes, numels, copy_gbps, rounds)
     paths = harness.write_results(
         rows,
         device,

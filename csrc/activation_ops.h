@@ -27,20 +27,20 @@ inline std::string shape_str(const at::Tensor& t) {
 inline void check_float(const at::Tensor& t, const char* op, const char* arg) {
   FASTREG_CHECK_VALUE(t.defined(), "fastreg.", op, ": ", arg, " is undefined");
   const auto st = t.scalar_type();
-  FASTREG_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "fastreg.", op, ": ", arg,
-              " must be a float32, float64, float16 or bfloat16 tensor, got ", st);
+  FASTREG_CHECK_TYPE(
+      st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, "fastreg.",
+      op, ": ", arg, " must be a float32, float64, float16 or bfloat16 tensor, got ", st);
 }
 
 // `t` must be on `ref`'s device with `ref`'s dtype and shape.
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                       const char* arg, const char* ref_arg) {
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg,
+                       const char* ref_arg) {
   FASTREG_CHECK(t.device() == ref.device(), "fastreg.", op, ": ", arg, " is on ", t.device(),
-              " but ", ref_arg, " is on ", ref.device());
+                " but ", ref_arg, " is on ", ref.device());
   FASTREG_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "fastreg.", op, ": ", arg, " has dtype ",
-                   t.scalar_type(), " but ", ref_arg, " has dtype ", ref.scalar_type());
+                     t.scalar_type(), " but ", ref_arg, " has dtype ", ref.scalar_type());
   FASTREG_CHECK_VALUE(t.sizes() == ref.sizes(), "fastreg.", op, ": ", arg, " has shape ",
-                    shape_str(t), " but ", ref_arg, " has shape ", shape_str(ref));
+                      shape_str(t), " but ", ref_arg, " has shape ", shape_str(ref));
 }
 
 // Kernels walk memory linearly, so they take non-overlapping dense tensors
@@ -151,7 +151,8 @@ inline at::Tensor checked_mask(const at::Tensor& mask, const at::Tensor& grad, c
                                const char* arg) {
   FASTREG_CHECK_VALUE(mask.defined(), "fastreg.", name, ": ", arg, " is undefined");
   FASTREG_CHECK_TYPE(mask.scalar_type() == at::kByte, "fastreg.", name, ": ", arg,
-                     " must be a uint8 tensor (the forward's 1-bit mask), got ", mask.scalar_type());
+                     " must be a uint8 tensor (the forward's 1-bit mask), got ",
+                     mask.scalar_type());
   FASTREG_CHECK_VALUE(mask.dim() == 1, "fastreg.", name, ": ", arg, " must be 1-D, got shape ",
                       shape_str(mask));
   FASTREG_CHECK(mask.device() == grad.device(), "fastreg.", name, ": ", arg, " is on ",
@@ -186,18 +187,17 @@ struct PreluShape {
 // Checks come before any tensor is made, so bad input changes nothing.
 inline void check_prelu(const at::Tensor& x, const at::Tensor& weight, const char* name) {
   check_float(weight, name, "weight");
-  FASTREG_CHECK(weight.device() == x.device(), "fastreg.", name, ": weight is on ",
-              weight.device(), " but input is on ", x.device());
+  FASTREG_CHECK(weight.device() == x.device(), "fastreg.", name, ": weight is on ", weight.device(),
+                " but input is on ", x.device());
   FASTREG_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "fastreg.", name,
-                   ": weight has dtype ", weight.scalar_type(), " but input has dtype ",
-                   x.scalar_type());
+                     ": weight has dtype ", weight.scalar_type(), " but input has dtype ",
+                     x.scalar_type());
   FASTREG_CHECK_VALUE(weight.dim() <= 1, "fastreg.", name, ": weight must be 0-D or 1-D, got ",
-                    weight.dim(), "-D");
+                      weight.dim(), "-D");
   const int64_t c = weight.numel();
-  FASTREG_CHECK_VALUE(c == 1 || (x.dim() >= 2 && x.size(1) == c), "fastreg.", name,
-                    ": weight has ", c,
-                    " elements but must have 1 or input.size(1) elements (input shape ",
-                    shape_str(x), ")");
+  FASTREG_CHECK_VALUE(c == 1 || (x.dim() >= 2 && x.size(1) == c), "fastreg.", name, ": weight has ",
+                      c, " elements but must have 1 or input.size(1) elements (input shape ",
+                      shape_str(x), ")");
 }
 
 inline PreluShape prelu_shape(const at::Tensor& xd, const at::Tensor& weight) {
@@ -243,8 +243,8 @@ void register_activation(torch::Library& m, Pack<P...>) {
   if constexpr (Op::saved == Saved::Mask) {
     m.impl(Op::kName, [](const Tensor& x, P... p, bool save_mask) {
       return with_op<Op>(
-          Op::kName, [&](const auto& op) { return act_forward_mask<L>(Op::kName, x, save_mask, op); },
-          p...);
+          Op::kName,
+          [&](const auto& op) { return act_forward_mask<L>(Op::kName, x, save_mask, op); }, p...);
     });
     m.impl(backward_name<Op>(), [](const Tensor& g, const Tensor& mask, P... p) {
       const char* name = backward_name<Op>();
@@ -255,7 +255,8 @@ void register_activation(torch::Library& m, Pack<P...>) {
       m.impl(inplace_name<Op>(), [](Tensor& x, P... p, bool save_mask) {
         const char* name = inplace_name<Op>();
         return with_op<Op>(
-            name, [&](const auto& op) { return act_forward_mask_<L>(name, x, save_mask, op); }, p...);
+            name, [&](const auto& op) { return act_forward_mask_<L>(name, x, save_mask, op); },
+            p...);
       });
     }
   } else {
@@ -265,7 +266,8 @@ void register_activation(torch::Library& m, Pack<P...>) {
     });
     m.impl(backward_name<Op>(), [](const Tensor& g, const Tensor& s, P... p) {
       const char* name = backward_name<Op>();
-      return with_op<Op>(name, [&](const auto& op) { return act_backward<L>(name, g, s, op); }, p...);
+      return with_op<Op>(
+          name, [&](const auto& op) { return act_backward<L>(name, g, s, op); }, p...);
     });
     if constexpr (kHasInplace<Op>) {
       m.impl(inplace_name<Op>(), [](Tensor& x, P... p) {

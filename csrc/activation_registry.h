@@ -47,7 +47,7 @@ template <class Op>
 constexpr bool kHasInplace<Op, std::void_t<decltype(Op::kInplace)>> = Op::kInplace;
 
 template <class Op>
-constexpr ParamKind kParamKind = VariantArg<Op>::value != nullptr ? ParamKind::kVariant
+constexpr ParamKind kParamKind = VariantArg<Op>::value != nullptr  ? ParamKind::kVariant
                                  : ParamName<Op>::value != nullptr ? ParamKind::kFloat
                                                                    : ParamKind::kNone;
 
@@ -90,12 +90,12 @@ constexpr bool kSameOp = std::string_view(A::kName) == std::string_view(B::kName
 template <class Op>
 constexpr bool is_primary() {
   bool found = false, earlier = false;
-#define FASTREG_SCAN(O) \
-  if (!found) {         \
+#define FASTREG_SCAN(O)        \
+  if (!found) {                \
     if (std::is_same_v<O, Op>) \
-      found = true;     \
-    else if (kSameOp<O, Op>) \
-      earlier = true;   \
+      found = true;            \
+    else if (kSameOp<O, Op>)   \
+      earlier = true;          \
   }
   FASTREG_ACTIVATIONS(FASTREG_SCAN)
 #undef FASTREG_SCAN
@@ -112,8 +112,8 @@ decltype(auto) with_op(const char* /*name*/, F&& f) {
 template <class Op, class F>
 decltype(auto) with_op(const char* name, F&& f, double value) {
   if constexpr (kHasParamMin<Op>) {
-    FASTREG_CHECK_VALUE(value >= Op::kParamMin, "fastreg.", name, ": ", Op::kParam, " must be >= ",
-                        Op::kParamMin, ", got ", value);
+    FASTREG_CHECK_VALUE(value >= Op::kParamMin, "fastreg.", name, ": ", Op::kParam,
+                        " must be >= ", Op::kParamMin, ", got ", value);
   }
   return f(Op{value});
 }

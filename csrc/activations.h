@@ -187,9 +187,15 @@ struct Sfu {
   }
 #else
   static constexpr float kMinNormal = 1.17549435e-38f;
-  static inline float flush(float v) { return std::fabs(v) < kMinNormal ? std::copysign(0.0f, v) : v; }
-  static inline float ex2(float x) { return flush(static_cast<float>(std::exp2(static_cast<double>(flush(x))))); }
-  static inline float rcp(float b) { return flush(static_cast<float>(1.0 / static_cast<double>(flush(b)))); }
+  static inline float flush(float v) {
+    return std::fabs(v) < kMinNormal ? std::copysign(0.0f, v) : v;
+  }
+  static inline float ex2(float x) {
+    return flush(static_cast<float>(std::exp2(static_cast<double>(flush(x)))));
+  }
+  static inline float rcp(float b) {
+    return flush(static_cast<float>(1.0 / static_cast<double>(flush(b))));
+  }
 #endif
 };
 
@@ -426,6 +432,10 @@ struct Prelu {
 // Every activation op, in one list: their schemas (csrc/fastreg.cpp), both backends'
 // kernels and registrations (activation_ops.h, cuda/activations.cu) and the activations
 // bias_act_dropout takes follow from it. (PReLU, with its weight, is an op of its own.)
-#define FASTREG_ACTIVATIONS(X) X(Sigmoid) X(Tanh) X(Relu) X(LeakyRelu) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu) X(Mish) X(Hardswish)
+// clang-format off
+#define FASTREG_ACTIVATIONS(X) \
+  X(Sigmoid) X(Tanh) X(Relu) X(LeakyRelu) X(Elu) X(Selu) X(Gelu) X(GeluTanh) X(Silu) \
+  X(Mish) X(Hardswish)
+// clang-format on
 
 }  // namespace fastreg

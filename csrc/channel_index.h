@@ -42,8 +42,7 @@ struct FastDivmod {
   int64_t d;
   bool small;
   FastDivmod(int64_t divisor, int64_t max_dividend)
-      : d(divisor),
-        small(max_dividend < (int64_t(1) << 31) && divisor < (int64_t(1) << 31)) {
+      : d(divisor), small(max_dividend < (int64_t(1) << 31) && divisor < (int64_t(1) << 31)) {
     if (small) d32 = Divider32(static_cast<uint32_t>(divisor));
   }
   FASTREG_INDEX_HD void operator()(int64_t a, int64_t& q, int64_t& r) const {

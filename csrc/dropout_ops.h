@@ -29,15 +29,15 @@ struct DropoutParams {
 
 inline void check_p(double p, const char* op) {
   FASTREG_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastreg.", op,
-                    ": p (dropout probability) must be in [0, 1], got ", p);
+                      ": p (dropout probability) must be in [0, 1], got ", p);
 }
 
 inline void check_seed(const at::Tensor& seed, const at::Tensor& x, const char* op,
                        const char* x_arg = "input") {
   FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
                      ": seed must be a one-element int64 tensor");
-  FASTREG_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(), " but ",
-                x_arg, " is on ", x.device());
+  FASTREG_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(),
+                " but ", x_arg, " is on ", x.device());
 }
 
 constexpr double kAlphaDropoutAlpha = 1.7580993408473766;
@@ -101,8 +101,9 @@ inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bia
   FASTREG_CHECK(b.device() == x.device(), "fastreg.", name, ": bias is on ", b.device(), " but ",
                 x_arg, " is on ", x.device());
   FASTREG_CHECK_VALUE(x.dim() >= 1 && b.dim() == 1 && b.size(0) == x.size(-1), "fastreg.", name,
-                      ": bias must be 1-D with ", x_arg, ".size(-1) = ", x.dim() >= 1 ? x.size(-1) : 0,
-                      " elements, got shape ", shape_str(b));
+                      ": bias must be 1-D with ", x_arg,
+                      ".size(-1) = ", x.dim() >= 1 ? x.size(-1) : 0, " elements, got shape ",
+                      shape_str(b));
 }
 
 inline BiasShape bias_shape(const at::Tensor& xd, const std::optional<at::Tensor>& bias) {
@@ -129,8 +130,7 @@ at::Tensor dropout_forward(const at::Tensor& x, const at::Tensor& seed, double p
   check_p(p, name);
   const at::Tensor xd = dense(x);
   at::Tensor y = at::empty_like(xd);
-  if (y.numel() > 0)
-    L::dropout(xd, std::nullopt, seed, dropout_params(p, alpha, backward), y);
+  if (y.numel() > 0) L::dropout(xd, std::nullopt, seed, dropout_params(p, alpha, backward), y);
   return y;
 }
 
@@ -163,8 +163,8 @@ inline double drop_path_scale(double p, bool scale_by_keep) {
 
 template <class L>
 at::Tensor drop_path_forward(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                             const at::Tensor& seed, double p, bool scale_by_keep,
-                             const char* name, const char* x_arg) {
+                             const at::Tensor& seed, double p, bool scale_by_keep, const char* name,
+                             const char* x_arg) {
   check_float(x, name, x_arg);
   check_seed(seed, x, name, x_arg);
   check_p(p, name);
@@ -192,17 +192,18 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_forward(
   const at::Tensor xd = dense(x);
   const BiasShape shape = bias_shape(xd, bias);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  return with_activation("bias_act_dropout", activation, negative_slope, alpha, approximate, [&](auto op) {
-    using Op = decltype(op);
-    const bool mask_bits = Op::saved == Saved::Mask && save_mask;
-    at::Tensor y = at::empty_like(xd);
-    at::Tensor mask = at::empty({mask_bits ? mask_bytes(xd.numel()) : 0},
-                                xd.options().dtype(at::kByte));
-    if (y.numel() > 0)
-      L::bias_act_dropout(op, xd, b, seed, dropout_params(p, false, false), shape, y,
-                          mask_bits ? mask.data_ptr<uint8_t>() : nullptr);
-    return std::make_tuple(y, mask);
-  });
+  return with_activation(
+      "bias_act_dropout", activation, negative_slope, alpha, approximate, [&](auto op) {
+        using Op = decltype(op);
+        const bool mask_bits = Op::saved == Saved::Mask && save_mask;
+        at::Tensor y = at::empty_like(xd);
+        at::Tensor mask =
+            at::empty({mask_bits ? mask_bytes(xd.numel()) : 0}, xd.options().dtype(at::kByte));
+        if (y.numel() > 0)
+          L::bias_act_dropout(op, xd, b, seed, dropout_params(p, false, false), shape, y,
+                              mask_bits ? mask.data_ptr<uint8_t>() : nullptr);
+        return std::make_tuple(y, mask);
+      });
 }
 
 // `saved` is the 1-bit mask (relu, leaky_relu) or the input. `grad` must be
@@ -233,7 +234,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_backward(
     const bool has_bias = bias.has_value() && bias->defined();
     const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
     at::Tensor dx = at::empty_like(g);
-    at::Tensor db = has_bias ? at::empty({shape.channels}, g.options()) : at::empty({0}, g.options());
+    at::Tensor db =
+        has_bias ? at::empty({shape.channels}, g.options()) : at::empty({0}, g.options());
     if (dx.numel() > 0)
       L::bias_act_dropout_backward(op, g, s, b, seed, dropout_params(p, false, true), shape, dx,
                                    has_bias ? &db : nullptr);

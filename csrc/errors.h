@@ -35,7 +35,8 @@ inline void put(std::string& s, c10::string_view v) { s.append(v.data(), v.size(
 inline void put(std::string& s, char v) { s += v; }
 inline void put(std::string& s, bool v) { s += v ? "true" : "false"; }
 template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool> &&
-                                        !std::is_same_v<T, char>, int> = 0>
+                                        !std::is_same_v<T, char>,
+                                    int> = 0>
 inline void put(std::string& s, T v) {
   s += std::to_string(v);
 }
@@ -63,13 +64,16 @@ std::string cat(const Args&... args) {
 }  // namespace detail
 }  // namespace fastreg
 
-#define FASTREG_CHECK_IMPL(thrower, cond, ...)                 \
-  do {                                                         \
+#define FASTREG_CHECK_IMPL(thrower, cond, ...)                               \
+  do {                                                                       \
     if (C10_UNLIKELY(!(cond))) thrower(::fastreg::detail::cat(__VA_ARGS__)); \
   } while (0)
 // TypeError: wrong dtype or kind of argument.
-#define FASTREG_CHECK_TYPE(cond, ...) FASTREG_CHECK_IMPL(::fastreg::throw_type_error, cond, __VA_ARGS__)
+#define FASTREG_CHECK_TYPE(cond, ...) \
+  FASTREG_CHECK_IMPL(::fastreg::throw_type_error, cond, __VA_ARGS__)
 // ValueError: a wrong value or shape.
-#define FASTREG_CHECK_VALUE(cond, ...) FASTREG_CHECK_IMPL(::fastreg::throw_value_error, cond, __VA_ARGS__)
+#define FASTREG_CHECK_VALUE(cond, ...) \
+  FASTREG_CHECK_IMPL(::fastreg::throw_value_error, cond, __VA_ARGS__)
 // RuntimeError: anything else (devices), as torch raises it.
-#define FASTREG_CHECK(cond, ...) FASTREG_CHECK_IMPL(::fastreg::throw_runtime_error, cond, __VA_ARGS__)
+#define FASTREG_CHECK(cond, ...) \
+  FASTREG_CHECK_IMPL(::fastreg::throw_runtime_error, cond, __VA_ARGS__)

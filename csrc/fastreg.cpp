@@ -1,20 +1,18 @@
 // Every op schema of fastreg, in one place; kernels are registered per backend
 // in cpu/<family>.cpp and cuda/<family>.cu. The pybind11 module reports how the
 // extension was built and holds each op's typed entry (below).
-#include <torch/extension.h>
-
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/csrc/autograd/variable.h>
+#include <torch/extension.h>
 
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "activation_registry.h"
+#include "build_info.h"  // written by setup.py
 #include "cpu/cpu_kernel.h"
 #include "errors.h"
-
-#include "build_info.h"  // written by setup.py
 
 namespace {
 
@@ -87,7 +85,8 @@ void def_activation(torch::Library& m, fastreg::Pack<P...>) {
       name + "_backward(Tensor grad, Tensor " + fastreg::saved_arg<Op>() + arg + ") -> Tensor";
   def<Y(T, T, P...)>(m, backward);
   if constexpr (Op::saved == Saved::Mask) {
-    def<Y2(T, P..., bool)>(m, name + "(Tensor input" + arg + ", bool save_mask) -> (Tensor, Tensor)");
+    def<Y2(T, P..., bool)>(m,
+                           name + "(Tensor input" + arg + ", bool save_mask) -> (Tensor, Tensor)");
     if constexpr (fastreg::kHasInplace<Op>) {
       def<Y(Mut, P..., bool)>(m, name + "_(Tensor(a!) input" + arg + ", bool save_mask) -> Tensor");
     }
@@ -99,9 +98,7 @@ void def_activation(torch::Library& m, fastreg::Pack<P...>) {
   }
 }
 
-}  // namespace
-
-TORCH_LIBRARY(fastreg, m) {
+void def_activation_ops(torch::Library& m) {
   // Activations: every op of FASTREG_ACTIVATIONS (csrc/activations.h), def_activation below.
   // Backward ops take what docs/design.md says is saved: the output (sigmoid, tanh, elu,
   // selu), the input (gelu, silu) or a 1-bit mask (relu, leaky_relu; empty when save_mask
@@ -113,14 +110,16 @@ TORCH_LIBRARY(fastreg, m) {
     if constexpr (fastreg::is_primary<Op>()) def_activation<Op>(m, fastreg::params_of<Op>{});
   });
   def<Y(T, T)>(m, "prelu(Tensor input, Tensor weight) -> Tensor");
-  def<Y2(T, T, T)>(
-      m, "prelu_backward(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
+  def<Y2(T, T, T)>(m,
+                   "prelu_backward(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
+}
 
+void def_dropout_ops(torch::Library& m) {
   // Dropout family. `seed` is a one-element int64 tensor on the input's device
   // (philox.h maps it and each element to random bits); backward ops regenerate
   // the keep decisions from it, so no mask is stored.
-  def<Y(T, T, double, bool)>(
-      m, "dropout(Tensor input, Tensor seed, float p, bool alpha) -> Tensor");
+  def<Y(T, T, double, bool)>(m,
+                             "dropout(Tensor input, Tensor seed, float p, bool alpha) -> Tensor");
   def<Y(T, T, double, bool)>(
       m, "dropout_backward(Tensor grad, Tensor seed, float p, bool alpha) -> Tensor");
   def<void(Mut, T, double, bool)>(
@@ -128,24 +127,31 @@ TORCH_LIBRARY(fastreg, m) {
   def<Y(T, T, T, double)>(
       m, "dropout_add(Tensor input, Tensor residual, Tensor seed, float p) -> Tensor");
   def<Y(T, OptT, T, double, bool)>(
-      m, "drop_path(Tensor input, Tensor? residual, Tensor seed, float p, "
+      m,
+      "drop_path(Tensor input, Tensor? residual, Tensor seed, float p, "
       "bool scale_by_keep) -> Tensor");
   def<Y(T, T, double, bool)>(
       m, "drop_path_backward(Tensor grad, Tensor seed, float p, bool scale_by_keep) -> Tensor");
   def<Y2(T, OptT, T, sv, double, double, double, sv, bool)>(
-      m, "bias_act_dropout(Tensor input, Tensor? bias, Tensor seed, str activation, float p, "
+      m,
+      "bias_act_dropout(Tensor input, Tensor? bias, Tensor seed, str activation, float p, "
       "float negative_slope, float alpha, str approximate, bool save_mask) -> (Tensor, Tensor)");
   def<Y2(T, T, OptT, T, sv, double, double, double, sv)>(
-      m, "bias_act_dropout_backward(Tensor grad, Tensor saved, Tensor? bias, Tensor seed, "
+      m,
+      "bias_act_dropout_backward(Tensor grad, Tensor saved, Tensor? bias, Tensor seed, "
       "str activation, float p, float negative_slope, float alpha, str approximate) "
       "-> (Tensor, Tensor)");
   // Composite (fastreg/_autograd.py): the weight mask from `dropout`, the
   // product from ATen's matmul; saves the input and the seed only.
-  m.def("dropconnect_linear(Tensor input, Tensor weight, Tensor? bias, Tensor seed, float p) -> Tensor");
+  m.def(
+      "dropconnect_linear(Tensor input, Tensor weight, Tensor? bias, Tensor seed, float p) -> "
+      "Tensor");
   m.def(
       "dropconnect_linear_backward(Tensor grad, Tensor input, Tensor weight, Tensor seed, float p) "
       "-> (Tensor, Tensor, Tensor)");
+}
 
+void def_batch_ops(torch::Library& m) {
   // Batch family groundwork (test-only): n float64 draws of Beta(a, b), bit-identical
   // on every device and in fastreg/_random.py (csrc/sampling.h).
   m.def("_sample_beta(Tensor seed, int n, float a, float b, int stream) -> Tensor");
@@ -161,25 +167,38 @@ TORCH_LIBRARY(fastreg, m) {
   // `random` fills per-element standard normals (keyed by the element's memory
   // position) instead of `value`. Backward erases the gradient's boxes with 0.
   def<Y(T, T, double, double, double, double, double, double, bool)>(
-      m, "random_erasing(Tensor images, Tensor seed, float p, float scale_lo, float scale_hi, "
+      m,
+      "random_erasing(Tensor images, Tensor seed, float p, float scale_lo, float scale_hi, "
       "float log_ratio_lo, float log_ratio_hi, float value, bool random) -> Tensor");
   def<void(Mut, T, double, double, double, double, double, double, bool)>(
-      m, "random_erasing_(Tensor(a!) images, Tensor seed, float p, float scale_lo, float scale_hi, "
+      m,
+      "random_erasing_(Tensor(a!) images, Tensor seed, float p, float scale_lo, float scale_hi, "
       "float log_ratio_lo, float log_ratio_hi, float value, bool random) -> ()");
   // Mixup / CutMix / timm's Mixup in one op: returns (mixed images, soft targets,
   // params) where params (B, 8) float64 holds each sample's draw (lambda, target
   // lambda, kind, box; csrc/sampling.h mix_draw), which backward reads. mix_mode: 0
   // batch, 1 pair, 2 elem; cut_min < 0: no min-max box.
   def<Y3(T, T, T, int64_t, double, double, double, double, double, double, double, int64_t, bool)>(
-      m, "mix(Tensor images, Tensor target, Tensor seed, int num_classes, float label_smoothing, "
-      "float mixup_alpha, float cutmix_alpha, float cut_min, float cut_max, float prob, float switch_prob, "
-      "int mix_mode, bool correct_lam) -> (Tensor, Tensor, Tensor)");
+      m,
+      "mix(Tensor images, Tensor target, Tensor seed, int num_classes, float label_smoothing, "
+      "float mixup_alpha, float cutmix_alpha, float cut_min, float cut_max, float prob, "
+      "float switch_prob, int mix_mode, bool correct_lam) -> (Tensor, Tensor, Tensor)");
   def<Y2(Mut, T, T, int64_t, double, double, double, double, double, double, double, int64_t,
          bool)>(
-      m, "mix_(Tensor(a!) images, Tensor target, Tensor seed, int num_classes, float label_smoothing, "
-      "float mixup_alpha, float cutmix_alpha, float cut_min, float cut_max, float prob, float switch_prob, "
-      "int mix_mode, bool correct_lam) -> (Tensor, Tensor)");
+      m,
+      "mix_(Tensor(a!) images, Tensor target, Tensor seed, int num_classes, float label_smoothing, "
+      "float mixup_alpha, float cutmix_alpha, float cut_min, float cut_max, float prob, "
+      "float switch_prob, int mix_mode, bool correct_lam) -> (Tensor, Tensor)");
   def<Y(T, T)>(m, "mix_backward(Tensor grad, Tensor params) -> Tensor");
+}
+
+}  // namespace
+
+// Every op's schema (and typed entry), family by family.
+TORCH_LIBRARY(fastreg, m) {
+  def_activation_ops(m);
+  def_dropout_ops(m);
+  def_batch_ops(m);
 }
 
 // The in-place ops bump their input's version counter, as torch's in-place ops do, so
@@ -293,7 +312,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("activations", &activations, "The activation ops and their arguments (activations.h)");
   auto below = m.def_submodule("below", "each op's typed entry below autograd (_autograd.kernel)");
   for (const auto& [name, bind] : entries()) bind(below, name);
-  auto testing =
-      m.def_submodule("_testing", "launch plans and index arithmetic of the CUDA kernels, for tests");
+  auto testing = m.def_submodule(
+      "_testing", "launch plans and index arithmetic of the CUDA kernels, for tests");
   fastreg::bind_testing(testing);
 }

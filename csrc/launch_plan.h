@@ -37,7 +37,8 @@ struct MapGrid {
 };
 
 inline MapGrid map_grid(int64_t n, int vec_elems, bool aligned, int64_t sms) {
-  if (aligned) return {true, grid_blocks(std::max<int64_t>(n / vec_elems, 1), kBlock * kMapUnroll, sms)};
+  if (aligned)
+    return {true, grid_blocks(std::max<int64_t>(n / vec_elems, 1), kBlock * kMapUnroll, sms)};
   return {false, grid_blocks(n, kBlock * kMapUnroll, sms)};
 }
 
@@ -54,10 +55,14 @@ enum class ParamGrad {
 
 inline const char* name(ParamGrad p) {
   switch (p) {
-    case ParamGrad::kNone: return "none";
-    case ParamGrad::kColumns: return "columns";
-    case ParamGrad::kSharedPartials: return "shared_partials";
-    case ParamGrad::kReduction: return "reduction";
+    case ParamGrad::kNone:
+      return "none";
+    case ParamGrad::kColumns:
+      return "columns";
+    case ParamGrad::kSharedPartials:
+      return "shared_partials";
+    case ParamGrad::kReduction:
+      return "reduction";
   }
   return "?";
 }
@@ -103,8 +108,9 @@ inline ColumnsGrid columns_grid(int64_t n, int64_t channels, int64_t sms) {
   const int cols = static_cast<int>(std::min<int64_t>(groups, kBlock));
   const int64_t x = (groups + cols - 1) / cols;
   const int64_t rows_per_block = kBlock / cols;
-  const int64_t y = std::max<int64_t>(1, std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block,
-                                                           std::max<int64_t>(1, sms * 8 / x)));
+  const int64_t y =
+      std::max<int64_t>(1, std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block,
+                                             std::max<int64_t>(1, sms * 8 / x)));
   return {cols, x, y};
 }
 
@@ -120,7 +126,8 @@ struct MixGrid {
 inline MixGrid mix_grid(int64_t batch, int64_t sample, int vec_elems, bool aligned) {
   const bool vec = sample % vec_elems == 0 && aligned;
   const int64_t packs = vec ? sample / vec_elems : sample, pairs = (batch + 1) / 2;
-  return {vec, std::min<int64_t>((packs + kBlock - 1) / kBlock, 65535), std::min<int64_t>(pairs, 65535)};
+  return {vec, std::min<int64_t>((packs + kBlock - 1) / kBlock, 65535),
+          std::min<int64_t>(pairs, 65535)};
 }
 
 // The accumulation type of a storage type (float for the half types).

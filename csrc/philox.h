@@ -26,21 +26,19 @@
 namespace fastreg::philox {
 
 // Stream ids: one per independent draw.
-constexpr uint32_t kStreamElement = 0;    // dropout-style per-element keep decisions
-constexpr uint32_t kStreamSample = 1;     // drop path: one keep decision per sample
-constexpr uint32_t kStreamBox = 3;        // (2 unused) cutout: per-sample coin and box centre
-constexpr uint32_t kStreamErase = 4;      // random erasing: coin (counter 1 = 0), attempts (1 + a)
-constexpr uint32_t kStreamEraseValue = 5; // random erasing, value='random': per-element normals
-constexpr uint32_t kStreamMix = 6;        // mixup/cutmix: coin, switch, box centre / min-max box
-constexpr uint32_t kStreamMixupBeta = 8;  // mixup lambda: Gamma draws on streams 8 and 9
+constexpr uint32_t kStreamElement = 0;     // dropout-style per-element keep decisions
+constexpr uint32_t kStreamSample = 1;      // drop path: one keep decision per sample
+constexpr uint32_t kStreamBox = 3;         // (2 unused) cutout: per-sample coin and box centre
+constexpr uint32_t kStreamErase = 4;       // random erasing: coin (counter 1 = 0), attempts (1 + a)
+constexpr uint32_t kStreamEraseValue = 5;  // random erasing, value='random': per-element normals
+constexpr uint32_t kStreamMix = 6;         // mixup/cutmix: coin, switch, box centre / min-max box
+constexpr uint32_t kStreamMixupBeta = 8;   // mixup lambda: Gamma draws on streams 8 and 9
 constexpr uint32_t kStreamCutmixBeta = 10;  // cutmix lambda: Gamma draws on streams 10 and 11
 
 constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
 constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
 
-struct Word4 {
-  uint32_t v[4];
-};
+struct Word4 { uint32_t v[4]; };
 
 FASTREG_PHILOX_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   const uint64_t p = static_cast<uint64_t>(a) * b;
@@ -50,9 +48,7 @@ FASTREG_PHILOX_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& l
 
 // The ten round keys of a seed: kernels compute them once per thread and
 // reuse them for every counter block they draw.
-struct Key {
-  uint32_t k0[10], k1[10];
-};
+struct Key { uint32_t k0[10], k1[10]; };
 
 FASTREG_PHILOX_HD Key key_schedule(uint64_t seed) {
   Key key;
@@ -89,8 +85,8 @@ FASTREG_PHILOX_HD Word4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uin
 
 // The four words of counter block `block` (elements 4*block .. 4*block+3).
 FASTREG_PHILOX_HD Word4 block_words(const Key& key, uint32_t stream, uint64_t block) {
-  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), stream,
-                       0u, key);
+  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), stream, 0u,
+                       key);
 }
 
 // The word of element (or sample) i.
@@ -105,9 +101,7 @@ FASTREG_PHILOX_HD uint32_t word(uint64_t seed, uint32_t stream, uint64_t i) {
 // An element is kept when its word is at or above round(p * 2^32): p = 0 keeps
 // everything, p = 1 (threshold 2^32) nothing. The threshold is an integer so
 // that every device and the reference agree bit for bit.
-inline uint64_t keep_threshold(double p) {
-  return static_cast<uint64_t>(p * 4294967296.0 + 0.5);
-}
+inline uint64_t keep_threshold(double p) { return static_cast<uint64_t>(p * 4294967296.0 + 0.5); }
 
 // The keep test of every kernel: word >= threshold, with p = 1 (threshold 2^32,
 // which does not fit 32 bits) keeping nothing.

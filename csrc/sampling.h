@@ -10,8 +10,8 @@
 // attempt 0 the boost uniform for shape < 1.
 #pragma once
 
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "philox.h"
@@ -66,9 +66,9 @@ FASTREG_PHILOX_HD float dlog(float x) {
   const float s = ddiv(dsub(m, 1.0f), dadd(m, 1.0f));
   const float s2 = dmul(s, s);
   float p = 0.1111111119389534f;  // 1/9 (exact float32 values: the reference reads the same)
-  p = dadd(dmul(p, s2), 0.1428571492433548f);  // 1/7
+  p = dadd(dmul(p, s2), 0.1428571492433548f);   // 1/7
   p = dadd(dmul(p, s2), 0.20000000298023224f);  // 1/5
-  p = dadd(dmul(p, s2), 0.3333333432674408f);  // 1/3
+  p = dadd(dmul(p, s2), 0.3333333432674408f);   // 1/3
   p = dadd(dmul(p, s2), 1.0f);
   const float log_m = dmul(dmul(2.0f, s), p);
   const float ef = static_cast<float>(e);
@@ -80,10 +80,10 @@ FASTREG_PHILOX_HD float dexp(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
   const float n = drint(dmul(x, 1.4426950216293335f));
   const float r = dsub(dsub(x, dmul(n, 0.693145751953125f)), dmul(n, 1.428606765330187e-06f));
-  float p = 0.00019841270113829523f;  // 1/5040
+  float p = 0.00019841270113829523f;             // 1/5040
   p = dadd(dmul(p, r), 0.0013888889225199819f);  // 1/720
-  p = dadd(dmul(p, r), 0.008333333767950535f);  // 1/120
-  p = dadd(dmul(p, r), 0.0416666679084301f);  // 1/24
+  p = dadd(dmul(p, r), 0.008333333767950535f);   // 1/120
+  p = dadd(dmul(p, r), 0.0416666679084301f);     // 1/24
   p = dadd(dmul(p, r), 0.1666666716337204f);
   p = dadd(dmul(p, r), 0.5f);
   p = dadd(dmul(p, r), 1.0f);
@@ -99,7 +99,8 @@ constexpr int kMaxAttempts = 64;
 
 // Gamma(shape, 1) by Marsaglia & Tsang (2000); shape < 1 via the boost
 // Gamma(shape + 1) * U^(1/shape).
-FASTREG_PHILOX_HD float gamma(const philox::Key& key, uint32_t stream, uint32_t sample, float shape) {
+FASTREG_PHILOX_HD float gamma(const philox::Key& key, uint32_t stream, uint32_t sample,
+                              float shape) {
   const bool boost = shape < 1.0f;
   const float a = boost ? dadd(shape, 1.0f) : shape;
   const float d = dsub(a, 0.3333333432674408f);
@@ -107,7 +108,8 @@ FASTREG_PHILOX_HD float gamma(const philox::Key& key, uint32_t stream, uint32_t 
   float result = d;  // returned only if every attempt is rejected (probability < 1e-40)
   float boost_u = 0.5f;
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
-    const philox::Word4 w = philox::philox4x32_10(sample, static_cast<uint32_t>(attempt), stream, 0u, key);
+    const philox::Word4 w =
+        philox::philox4x32_10(sample, static_cast<uint32_t>(attempt), stream, 0u, key);
     if (attempt == 0) boost_u = uniform(w.v[3]);
     // polar method: (v1, v2) uniform in the square, kept inside the unit disc
     const float v1 = dsub(dmul(2.0f, uniform(w.v[0])), 1.0f);
@@ -154,8 +156,10 @@ struct Box {
 FASTREG_PHILOX_HD Box cutout_box(const philox::Key& key, uint32_t sample, int64_t H, int64_t W,
                                  int64_t size, uint64_t threshold) {
   const philox::Word4 w = philox::philox4x32_10(sample, 0u, philox::kStreamBox, 0u, key);
-  const int64_t cy = static_cast<int64_t>((static_cast<uint64_t>(w.v[1]) * static_cast<uint64_t>(H)) >> 32);
-  const int64_t cx = static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(W)) >> 32);
+  const int64_t cy =
+      static_cast<int64_t>((static_cast<uint64_t>(w.v[1]) * static_cast<uint64_t>(H)) >> 32);
+  const int64_t cx =
+      static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(W)) >> 32);
   const int64_t top = cy - size / 2, left = cx - size / 2;
   Box b;
   b.apply = static_cast<uint64_t>(w.v[0]) < threshold;
@@ -185,16 +189,18 @@ FASTREG_PHILOX_HD Box erase_box(const philox::Key& key, uint32_t sample, const E
   const philox::Word4 coin = philox::philox4x32_10(sample, 0u, philox::kStreamErase, 0u, key);
   if (!(static_cast<uint64_t>(coin.v[0]) < e.threshold)) return b;
   for (int attempt = 0; attempt < kEraseAttempts; ++attempt) {
-    const philox::Word4 w =
-        philox::philox4x32_10(sample, static_cast<uint32_t>(1 + attempt), philox::kStreamErase, 0u, key);
+    const philox::Word4 w = philox::philox4x32_10(sample, static_cast<uint32_t>(1 + attempt),
+                                                  philox::kStreamErase, 0u, key);
     const float target = dmul(e.area, dadd(e.scale_lo, dmul(uniform(w.v[0]), e.scale_span)));
     const float aspect = dexp(dadd(e.log_ratio_lo, dmul(uniform(w.v[1]), e.log_ratio_span)));
     const int64_t h = static_cast<int64_t>(drint(dsqrt(dmul(target, aspect))));
     const int64_t wd = static_cast<int64_t>(drint(dsqrt(ddiv(target, aspect))));
     if (!(h < e.H && wd < e.W)) continue;
     b.apply = true;
-    b.y0 = static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(e.H - h + 1)) >> 32);
-    b.x0 = static_cast<int64_t>((static_cast<uint64_t>(w.v[3]) * static_cast<uint64_t>(e.W - wd + 1)) >> 32);
+    b.y0 = static_cast<int64_t>(
+        (static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(e.H - h + 1)) >> 32);
+    b.x0 = static_cast<int64_t>(
+        (static_cast<uint64_t>(w.v[3]) * static_cast<uint64_t>(e.W - wd + 1)) >> 32);
     b.y1 = b.y0 + h;
     b.x1 = b.x0 + wd;
     return b;
@@ -208,7 +214,8 @@ struct BoxRule {
   int64_t size;        // cutout
   uint64_t threshold;  // cutout
   EraseSpec e;         // random erasing
-  FASTREG_PHILOX_HD Box operator()(const philox::Key& key, uint32_t sample, int64_t H, int64_t W) const {
+  FASTREG_PHILOX_HD Box operator()(const philox::Key& key, uint32_t sample, int64_t H,
+                                   int64_t W) const {
     return erase ? erase_box(key, sample, e) : cutout_box(key, sample, H, W, size, threshold);
   }
 };
@@ -219,22 +226,34 @@ FASTREG_PHILOX_HD void sincos_2pi(float u, float& s, float& c) {
   const float q = drint(dmul(u, 4.0f));
   const float x = dmul(dsub(u, dmul(q, 0.25f)), 6.2831854820251465f);
   const float x2 = dmul(x, x);
-  float ps = 2.7557318844628753e-06f;  // 1/9!
+  float ps = 2.7557318844628753e-06f;                // 1/9!
   ps = dsub(dmul(ps, x2), 0.00019841270113829523f);  // 1/7!
-  ps = dadd(dmul(ps, x2), 0.008333333767950535f);  // 1/5!
-  ps = dsub(dmul(ps, x2), 0.1666666716337204f);  // 1/3!
+  ps = dadd(dmul(ps, x2), 0.008333333767950535f);    // 1/5!
+  ps = dsub(dmul(ps, x2), 0.1666666716337204f);      // 1/3!
   ps = dadd(dmul(ps, x2), 1.0f);
   const float sx = dmul(x, ps);
-  float pc = 2.4801587642286904e-05f;  // 1/8!
+  float pc = 2.4801587642286904e-05f;               // 1/8!
   pc = dsub(dmul(pc, x2), 0.0013888889225199819f);  // 1/6!
-  pc = dadd(dmul(pc, x2), 0.0416666679084301f);  // 1/4!
+  pc = dadd(dmul(pc, x2), 0.0416666679084301f);     // 1/4!
   pc = dsub(dmul(pc, x2), 0.5f);
   const float cx = dadd(dmul(pc, x2), 1.0f);
   switch (static_cast<int>(q) & 3) {
-    case 0: s = sx; c = cx; break;
-    case 1: s = cx; c = -sx; break;
-    case 2: s = -sx; c = -cx; break;
-    default: s = -cx; c = sx; break;
+    case 0:
+      s = sx;
+      c = cx;
+      break;
+    case 1:
+      s = cx;
+      c = -sx;
+      break;
+    case 2:
+      s = -sx;
+      c = -cx;
+      break;
+    default:
+      s = -cx;
+      c = sx;
+      break;
   }
 }
 
@@ -308,18 +327,24 @@ FASTREG_PHILOX_HD MixDraw mix_draw(const philox::Key& key, uint32_t k, const Mix
   d.kind = kMixCut;
   if (m.minmax) {
     const philox::Word4 v = philox::philox4x32_10(k, 1u, philox::kStreamMix, 0u, key);
-    const int64_t ch = m.min_h + static_cast<int64_t>((static_cast<uint64_t>(v.v[0]) * m.span_h) >> 32);
-    const int64_t cw = m.min_w + static_cast<int64_t>((static_cast<uint64_t>(v.v[1]) * m.span_w) >> 32);
-    d.y0 = static_cast<int64_t>((static_cast<uint64_t>(v.v[2]) * static_cast<uint64_t>(m.H - ch + 1)) >> 32);
-    d.x0 = static_cast<int64_t>((static_cast<uint64_t>(v.v[3]) * static_cast<uint64_t>(m.W - cw + 1)) >> 32);
+    const int64_t ch =
+        m.min_h + static_cast<int64_t>((static_cast<uint64_t>(v.v[0]) * m.span_h) >> 32);
+    const int64_t cw =
+        m.min_w + static_cast<int64_t>((static_cast<uint64_t>(v.v[1]) * m.span_w) >> 32);
+    d.y0 = static_cast<int64_t>(
+        (static_cast<uint64_t>(v.v[2]) * static_cast<uint64_t>(m.H - ch + 1)) >> 32);
+    d.x0 = static_cast<int64_t>(
+        (static_cast<uint64_t>(v.v[3]) * static_cast<uint64_t>(m.W - cw + 1)) >> 32);
     d.y1 = d.y0 + ch;
     d.x1 = d.x0 + cw;
   } else {
     const double rest = 1.0 - lam;
     const int64_t ch = floor_sqrt(static_cast<double>(m.H * m.H) * rest);
     const int64_t cw = floor_sqrt(static_cast<double>(m.W * m.W) * rest);
-    const int64_t cy = static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(m.H)) >> 32);
-    const int64_t cx = static_cast<int64_t>((static_cast<uint64_t>(w.v[3]) * static_cast<uint64_t>(m.W)) >> 32);
+    const int64_t cy =
+        static_cast<int64_t>((static_cast<uint64_t>(w.v[2]) * static_cast<uint64_t>(m.H)) >> 32);
+    const int64_t cx =
+        static_cast<int64_t>((static_cast<uint64_t>(w.v[3]) * static_cast<uint64_t>(m.W)) >> 32);
     d.y0 = clip(cy - ch / 2, m.H);
     d.y1 = clip(cy + (ch + 1) / 2, m.H);
     d.x0 = clip(cx - cw / 2, m.W);
@@ -361,7 +386,8 @@ struct MixMember {
   // are clipped to the image (NaN to 0), so no values make the kernels leave the image.
   FASTREG_PHILOX_HD static MixMember from_row(const double* row, int64_t H, int64_t W) {
     const double k = row[2];
-    const int kind = k == double(kMixBlend) ? kMixBlend : (k == double(kMixCut) ? kMixCut : kMixNone);
+    const int kind =
+        k == double(kMixBlend) ? kMixBlend : (k == double(kMixCut) ? kMixCut : kMixNone);
     return {kind, row[0], edge(row[3], H), edge(row[4], H), edge(row[5], W), edge(row[6], W)};
   }
   FASTREG_PHILOX_HD static int64_t edge(double v, int64_t hi) {
@@ -371,7 +397,9 @@ struct MixMember {
   // the mode of every element outside a box
   FASTREG_PHILOX_HD MixMode base() const { return kind == kMixBlend ? kBlend : kOwn; }
   // whether row y (0 <= y < H) crosses this sample's box
-  FASTREG_PHILOX_HD bool cuts_row(int64_t y) const { return kind == kMixCut && y >= y0 && y < y1 && x1 > x0; }
+  FASTREG_PHILOX_HD bool cuts_row(int64_t y) const {
+    return kind == kMixCut && y >= y0 && y < y1 && x1 > x0;
+  }
   // the mode at row y, position col of a row whose pixels are sw elements apart
   FASTREG_PHILOX_HD MixMode mode_at(int64_t y, int64_t col, int64_t sw) const {
     return cuts_row(y) && col >= x0 * sw && col < x1 * sw ? kPartner : base();
@@ -390,7 +418,8 @@ FASTREG_PHILOX_HD A partner_coef(MixMode m, A rest) {
   return m == kOwn ? A(0) : (m == kPartner ? A(1) : rest);
 }
 
-FASTREG_PHILOX_HD uint32_t mix_key_index(int mode, int64_t i, int64_t B) {  // 0 batch, 1 pair, 2 elem
+FASTREG_PHILOX_HD uint32_t mix_key_index(int mode, int64_t i,
+                                         int64_t B) {  // 0 batch, 1 pair, 2 elem
   return mode == 0 ? 0u : static_cast<uint32_t>(mode == 1 ? (i < B - 1 - i ? i : B - 1 - i) : i);
 }
 

@@ -1,9 +1,8 @@
 // fastreg._C._testing: the host-side code of the CUDA launchers (launch_plan.h)
 // and the kernels' index arithmetic (channel_index.h), callable from Python, so
 // that the CPU tests drive every branch of it; none of it is part of the API.
-#include <torch/extension.h>
-
 #include <ATen/Dispatch.h>
+#include <torch/extension.h>
 
 #include <cmath>
 #include <string>
@@ -24,9 +23,9 @@ using Pair = std::tuple<int64_t, int64_t>;
 // operator(), what a kernel does once per unit) and by step() from the first.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> channel_index(
     int64_t n, int64_t channels, int64_t inner, int64_t first, int64_t count) {
-  FASTREG_CHECK_VALUE(n > 0 && channels > 0 && inner > 0 && first >= 0 && count >= 0 &&
-                          first + count <= n,
-                      "channel_index: bad arguments");
+  FASTREG_CHECK_VALUE(
+      n > 0 && channels > 0 && inner > 0 && first >= 0 && count >= 0 && first + count <= n,
+      "channel_index: bad arguments");
   const ChannelIndex index(n, channels, inner);
   auto opts = at::TensorOptions().dtype(at::kLong);
   at::Tensor c = at::empty({count}, opts), pos = at::empty({count}, opts);
@@ -72,10 +71,11 @@ struct LibmLib {
 };
 
 // The functor of activation `name` (its float argument `param`, its variant `variant`)
-// applied element by element to x (float32 or float64) in the math of `policy`: "cpu" (the CPU kernels' Precise), "cuda" (what a CUDA kernel of
-// x's dtype computes: Precise on libdevice; for x float32 holding a half type's values,
-// with half=True, math::Fast). backward: the gradient for grad 1 given the saved value
-// in x (the output or the input, as the functor saves; the input for the mask ones).
+// applied element by element to x (float32 or float64) in the math of `policy`: "cpu" (the CPU
+// kernels' Precise), "cuda" (what a CUDA kernel of x's dtype computes: Precise on libdevice; for x
+// float32 holding a half type's values, with half=True, math::Fast). backward: the gradient for
+// grad 1 given the saved value in x (the output or the input, as the functor saves; the input for
+// the mask ones).
 at::Tensor eval_activation(const std::string& name, bool backward, const at::Tensor& x,
                            const std::string& policy, bool half, double param,
                            const std::string& variant) {
@@ -115,20 +115,21 @@ at::Tensor eval_activation(const std::string& name, bool backward, const at::Ten
   return out;
 }
 
-}  // namespace
-
-void bind_testing(pybind11::module_& m) {
+// The CUDA launch plans (launch_plan.h), which are host code.
+void bind_launch_plans(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("grid_blocks", &plan::grid_blocks, py::arg("work"), py::arg("per_block"), py::arg("sms"),
         py::arg("waves") = plan::kWaves);
   m.def("bias_grad_path", [](bool has_bias, int64_t channels, int64_t inner, bool aligned,
                              bool deterministic, int64_t acc_bytes) {
-    return std::string(
-        plan::name(plan::bias_grad_path(has_bias, {channels, inner}, aligned, deterministic, acc_bytes)));
+    return std::string(plan::name(
+        plan::bias_grad_path(has_bias, {channels, inner}, aligned, deterministic, acc_bytes)));
   });
-  m.def("prelu_grad_path", [](int64_t channels, int64_t inner, bool deterministic, int64_t acc_bytes) {
-    return std::string(plan::name(plan::prelu_grad_path({channels, inner}, deterministic, acc_bytes)));
-  });
+  m.def("prelu_grad_path",
+        [](int64_t channels, int64_t inner, bool deterministic, int64_t acc_bytes) {
+          return std::string(
+              plan::name(plan::prelu_grad_path({channels, inner}, deterministic, acc_bytes)));
+        });
   m.def("bias_rows_forward", [](bool has_bias, int64_t channels, int64_t inner, bool aligned) {
     return plan::bias_rows_forward(has_bias, {channels, inner}, aligned);
   });
@@ -144,6 +145,12 @@ void bind_testing(pybind11::module_& m) {
     const plan::MixGrid g = plan::mix_grid(batch, sample, vec_elems, aligned);
     return std::make_tuple(g.vec, g.x, g.y);
   });
+}
+
+}  // namespace
+
+void bind_testing(pybind11::module_& m) {
+  bind_launch_plans(m);
   // The [outer][C][inner] views the ops take of their (dense) inputs.
   m.def("bias_shape", [](const at::Tensor& x, const std::optional<at::Tensor>& bias) {
     const BiasShape s = bias_shape(dense(x), bias);

@@ -336,6 +336,43 @@ def alpha_dropout(
     return _dropout("alpha_dropout", True, input, p, training, inplace, generator, seed)
 
 
+def _checked_bias(input, bias, fn):
+    """bias_act_dropout's bias checked against the input (cast to its dtype under autocast)."""
+    if bias is None:
+        return None
+    _check_float(bias, fn, "bias")
+    bias = _autocast_to(bias, input.dtype)
+    if bias.dtype != input.dtype:
+        raise TypeError(f"fastreg.{fn}: bias has dtype {bias.dtype} but input has {input.dtype}")
+    if bias.device != input.device:
+        raise RuntimeError(f"fastreg.{fn}: bias is on {bias.device} but input is on {input.device}")
+    if input.dim() == 0 or bias.dim() != 1 or bias.shape[0] != input.shape[-1]:
+        raise ValueError(
+            f"fastreg.{fn}: bias must be 1-D with input.size(-1) elements, got shape "
+            f"{tuple(bias.shape)} for input shape {tuple(input.shape)}"
+        )
+    return bias
+
+
+def _checked_activation_args(activation, negative_slope, alpha, approximate, fn):
+    """bias_act_dropout's activation and its arguments checked as the activation's own
+    function checks them; returns (negative_slope, alpha) as floats."""
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(
+            f"fastreg.{fn}: activation must be one of {', '.join(ACTIVATION_NAMES)}; got {activation!r}"
+        )
+    slope = _check_number(negative_slope, fn, "negative_slope")
+    alpha = _check_number(alpha, fn, "alpha")
+    row = ACTIVATIONS[activation]
+    if row.param_min is not None:
+        value = {"negative_slope": slope, "alpha": alpha}[row.param]
+        if not value >= row.param_min:
+            raise ValueError(f"fastreg.{fn}: {row.param} must be >= {row.param_min!r}, got {value}")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"fastreg.{fn}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return slope, alpha
+
+
 def bias_act_dropout(
     input: Tensor,
     bias: Tensor | None = None,
@@ -354,7 +391,7 @@ def bias_act_dropout(
     Args:
         input: a float tensor ``(..., K)`` of any layout.
         bias: ``(K,)`` of ``input``'s dtype (cast to it under autocast), or None.
-        activation: one of relu, leaky_relu, gelu, silu, sigmoid, tanh, elu, selu.
+        activation: the activation's name, one of ACTIVATION_LIST.
         p: the drop probability, in [0, 1]; not training means ``p = 0``.
         training: apply dropout.
         negative_slope: leaky_relu's slope.
@@ -382,32 +419,9 @@ def bias_act_dropout(
         )  # fmt: skip
     fn = "bias_act_dropout"
     _check_float(input, fn)
-    if bias is not None:
-        _check_float(bias, fn, "bias")
-        bias = _autocast_to(bias, input.dtype)
-        if bias.dtype != input.dtype:
-            raise TypeError(f"fastreg.{fn}: bias has dtype {bias.dtype} but input has {input.dtype}")
-        if bias.device != input.device:
-            raise RuntimeError(f"fastreg.{fn}: bias is on {bias.device} but input is on {input.device}")
-        if input.dim() == 0 or bias.dim() != 1 or bias.shape[0] != input.shape[-1]:
-            raise ValueError(
-                f"fastreg.{fn}: bias must be 1-D with input.size(-1) elements, got shape "
-                f"{tuple(bias.shape)} for input shape {tuple(input.shape)}"
-            )
-    if activation not in ACTIVATION_NAMES:
-        raise ValueError(
-            f"fastreg.{fn}: activation must be one of {', '.join(ACTIVATION_NAMES)}; got {activation!r}"
-        )
+    bias = _checked_bias(input, bias, fn)
+    slope, alpha = _checked_activation_args(activation, negative_slope, alpha, approximate, fn)
     p = check_p(p, fn)
-    slope = _check_number(negative_slope, fn, "negative_slope")
-    alpha = _check_number(alpha, fn, "alpha")
-    row = ACTIVATIONS[activation]
-    if row.param_min is not None:
-        value = {"negative_slope": slope, "alpha": alpha}[row.param]
-        if not value >= row.param_min:
-            raise ValueError(f"fastreg.{fn}: {row.param} must be >= {row.param_min!r}, got {value}")
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"fastreg.{fn}: approximate must be 'none' or 'tanh', got {approximate!r}")
     if not training:
         p = 0.0
     if _transforming():
@@ -421,11 +435,14 @@ def bias_act_dropout(
         if p > 0
         else torch.zeros(1, dtype=torch.int64, device=input.device)
     )
-    save_mask = activation in ("relu", "leaky_relu") and (
+    save_mask = ACTIVATIONS[activation].saves == "mask" and (
         _needs_grad(input) or (bias is not None and _needs_grad(bias))
     )
     y = _call(ops.bias_act_dropout, input, bias, s, activation, p, slope, alpha, approximate, save_mask)
     return y
+
+
+bias_act_dropout.__doc__ = bias_act_dropout.__doc__.replace("ACTIVATION_LIST", ", ".join(ACTIVATION_NAMES))
 
 
 def dropout_add(
@@ -752,6 +769,55 @@ def _check_alpha(alpha, fn, arg, allow_zero=False):
     return alpha
 
 
+def _checked_target(images, target, num_classes, fn):
+    """mixup's target (class indices (B,) as int64, or probabilities (B, K), detached) and
+    num_classes (required with indices, K's value with probabilities), checked."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"fastreg.{fn}: target must be a Tensor, got {type(target).__name__}")
+    if target.device != images.device:
+        raise ValueError(f"fastreg.{fn}: target is on {target.device} but images are on {images.device}")
+    if target.dim() not in (1, 2) or target.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"fastreg.{fn}: target must be class indices (B,) or probabilities (B, K) with B = "
+            f"{images.shape[0]} (the images' batch), got shape {tuple(target.shape)}"
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0
+    ):
+        raise ValueError(f"fastreg.{fn}: num_classes must be a positive int, got {num_classes!r}")
+    if target.dim() == 1:
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"fastreg.{fn}: class-index target must be an integer tensor, got {target.dtype}")
+        if num_classes is None:
+            raise ValueError(f"fastreg.{fn}: num_classes is required when target holds class indices")
+        return target.long(), num_classes
+    if not target.dtype.is_floating_point:
+        raise TypeError(f"fastreg.{fn}: probability target (B, K) must be a float tensor, got {target.dtype}")
+    if num_classes is None:
+        num_classes = target.shape[1]
+    elif num_classes != target.shape[1]:
+        raise ValueError(
+            f"fastreg.{fn}: target has {target.shape[1]} classes but num_classes is {num_classes}"
+        )
+    return target.detach(), num_classes  # targets are data: no gradient flows to them
+
+
+def _checked_cutmix_minmax(images, cutmix_minmax, fn):
+    """cutmix_minmax as the op's (min, max) fractions, (-1, -1) for None; a range that leaves
+    no box side for the image's size is an error."""
+    if cutmix_minmax is None:
+        return -1.0, -1.0
+    cut_min, cut_max = _check_pair(cutmix_minmax, fn, "cutmix_minmax")
+    H, W = images.shape[2], images.shape[3]
+    if not (0.0 <= cut_min and cut_max <= 1.0 and int(H * cut_min) < int(H * cut_max)) or not (
+        int(W * cut_min) < int(W * cut_max)
+    ):
+        raise ValueError(
+            f"fastreg.{fn}: cutmix_minmax {cutmix_minmax!r} gives no box side range for a {H}x{W} image"
+        )
+    return cut_min, cut_max
+
+
 def _mix(
     fn,
     images,
@@ -773,53 +839,13 @@ def _mix(
     _check_float(images, fn, "images")
     if images.dim() != 4:
         raise ValueError(f"fastreg.{fn}: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"fastreg.{fn}: target must be a Tensor, got {type(target).__name__}")
-    if target.device != images.device:
-        raise ValueError(f"fastreg.{fn}: target is on {target.device} but images are on {images.device}")
-    if target.dim() not in (1, 2) or target.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"fastreg.{fn}: target must be class indices (B,) or probabilities (B, K) with B = "
-            f"{images.shape[0]} (the images' batch), got shape {tuple(target.shape)}"
-        )
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0
-    ):
-        raise ValueError(f"fastreg.{fn}: num_classes must be a positive int, got {num_classes!r}")
-    if target.dim() == 1:
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-            raise TypeError(f"fastreg.{fn}: class-index target must be an integer tensor, got {target.dtype}")
-        if num_classes is None:
-            raise ValueError(f"fastreg.{fn}: num_classes is required when target holds class indices")
-        if target.dtype != torch.int64:
-            target = target.long()
-    else:
-        if not target.dtype.is_floating_point:
-            raise TypeError(
-                f"fastreg.{fn}: probability target (B, K) must be a float tensor, got {target.dtype}"
-            )
-        if num_classes is None:
-            num_classes = target.shape[1]
-        elif num_classes != target.shape[1]:
-            raise ValueError(
-                f"fastreg.{fn}: target has {target.shape[1]} classes but num_classes is {num_classes}"
-            )
-        target = target.detach()  # targets are data: no gradient flows to them
+    target, num_classes = _checked_target(images, target, num_classes, fn)
     eps = _check_number(label_smoothing, fn, "label_smoothing")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"fastreg.{fn}: label_smoothing must be in [0, 1], got {eps}")
     if mode not in MIX_MODES:
         raise ValueError(f"fastreg.{fn}: mode must be 'batch', 'pair' or 'elem', got {mode!r}")
-    cut_min, cut_max = -1.0, -1.0
-    if cutmix_minmax is not None:
-        cut_min, cut_max = _check_pair(cutmix_minmax, fn, "cutmix_minmax")
-        H, W = images.shape[2], images.shape[3]
-        if not (0.0 <= cut_min and cut_max <= 1.0 and int(H * cut_min) < int(H * cut_max)) or not (
-            int(W * cut_min) < int(W * cut_max)
-        ):
-            raise ValueError(
-                f"fastreg.{fn}: cutmix_minmax {cutmix_minmax!r} gives no box side range for a {H}x{W} image"
-            )
+    cut_min, cut_max = _checked_cutmix_minmax(images, cutmix_minmax, fn)
     if _transforming():
         return R.mix(
             images, target, num_classes=num_classes, label_smoothing=eps, mixup_alpha=mixup_alpha,

@@ -1,6 +1,6 @@
 """The contract of every raw op under torch.ops.fastreg, table-driven.
 
-Ops are enumerated from the library (a new op without a row here fails
+Ops are enumerated from the library (a new op without a row in contract_table.py fails
 test_every_op_has_a_row). For each op, its tensor arguments get, one at a time:
 a wrong dtype, a wrong device (a meta tensor; a CPU/CUDA mix where a GPU is), a wrong
 rank or size where the op's schema fixes them, a non-contiguous view, an expanded

@@ -9,6 +9,7 @@ back to c10::str / TORCH_CHECK-style formatting, which the CPU-only CI cannot ca
 import pathlib
 import re
 import subprocess
+import sys
 
 CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 
@@ -155,3 +156,42 @@ def test_every_public_function_and_class_is_documented_and_typed():
     if "Example:" not in (fastreg.convert.__doc__ or ""):
         missing.append("convert: no example")
     assert not missing, "\n".join(missing)
+
+
+def _function_length():
+    sys.path.insert(0, str(CSRC.parent / "tools"))
+    try:
+        import function_length
+    finally:
+        sys.path.pop(0)
+    return function_length
+
+
+def test_no_function_is_longer_than_the_limit_without_a_reason():
+    """Every Python and C++ function of the library, its benchmarks and tools is at most
+    60 lines long (a Python docstring not counted), or says why beside it (tools/function_length.py)."""
+    assert _function_length().long_functions() == []
+
+
+def test_the_length_check_finds_long_functions(tmp_path):
+    """The check counts a function from its signature to its closing line, finds C++
+    functions at file, namespace and class scope by their braces (not inner blocks, braces in
+    strings or comments, or macros), skips a Python docstring, and accepts a `length:` reason."""
+    fl = _function_length()
+    body = "".join('    if (x) { y("}"); }  // {\n' for _ in range(60))
+    (tmp_path / "a.cpp").write_text(
+        "#define M(a) \\\n  a\nnamespace n {\n"
+        f"void short_one() {{\n{body[: body.index(chr(10)) + 1]}}}\n"
+        f"struct S {{\n  void long_one() {{\n{body}  }}\n}};\n"
+        f"// length: a table\nvoid with_reason() {{\n{body}}}\n}}\n"
+    )
+    lines = "".join(f"    x{i} = {i}\n" for i in range(59))
+    doc = '    """' + "\n" * 10 + '    """\n'
+    (tmp_path / "b.py").write_text(
+        f"def fits():\n{doc}{lines}\n\ndef too_long():\n{lines}    x = 1\n    return x\n"
+    )
+    found = fl.long_functions([str(tmp_path)])
+    assert [(pathlib.Path(p).name, name, first, n) for p, name, first, n in found] == [
+        ("a.cpp", "long_one", 8, 62),
+        ("b.py", "too_long", 74, 62),
+    ]

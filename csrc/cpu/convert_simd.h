@@ -14,16 +14,15 @@
 // sequence is ~8 vector instructions per 16 elements.
 //
 // float16: AVX-512F's VCVTPH2PS / VCVTPS2PH (16 lanes; F16C's 8-lane forms on AVX2
-// CPUs), exact and round to nearest even. They differ from c10 only on NaN (the instructions keep the
-// payload, c10 gives 0x7e00 with the sign), again detected per vector. The
-// generic conversions are ~10 (load) and ~15 (store) vector instructions per 16
-// elements, more than the math of most loops; GCC 12 vectorizes no _Float16
-// conversion without AVX512-FP16, hence the intrinsics.
+// CPUs), exact and round to nearest even. They differ from c10 only on NaN (the instructions keep
+// the payload, c10 gives 0x7e00 with the sign), again detected per vector. The generic conversions
+// are ~10 (load) and ~15 (store) vector instructions per 16 elements, more than the math of most
+// loops; GCC 12 vectorizes no _Float16 conversion without AVX512-FP16, hence the intrinsics.
 #pragma once
 
 #include <algorithm>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cpu_kernel.h"
@@ -49,7 +48,8 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 bf16x16_load(
 
 // One 64-byte line at p (kStream: a non-temporal store, p 64-byte aligned).
 template <bool kStream>
-FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void line_store(uint16_t* p, __m512i v) {
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void line_store(uint16_t* p,
+                                                                            __m512i v) {
   if constexpr (kStream) {
     _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
   } else {
@@ -60,7 +60,9 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void line_store(uint
 // The fallback of the vector stores below: 32 float32 values rounded one by one
 // by the generic conversion (round(float) -> uint16_t bits).
 template <class Round>
-FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void generic32_store(uint16_t* p, __m512 lo, __m512 hi,
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void generic32_store(uint16_t* p,
+                                                                                 __m512 lo,
+                                                                                 __m512 hi,
                                                                                  Round round) {
   alignas(64) float v[32];
   _mm512_store_ps(v, lo);
@@ -70,10 +72,13 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void generic32_store
 
 // 32 float32 values (lo: elements 0-15, hi: 16-31) -> 32 bfloat16 at p, as c10 rounds.
 template <bool kStream = false>
-FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void bf16x32_store(uint16_t* p, __m512 lo,
-                                                                                     __m512 hi) {
-  const __mmask16 s = _mm512_fpclass_ps_mask(lo, kBf16Special) | _mm512_fpclass_ps_mask(hi, kBf16Special);
-  if (__builtin_expect(s == 0, 1)) return line_store<kStream>(p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void bf16x32_store(uint16_t* p,
+                                                                               __m512 lo,
+                                                                               __m512 hi) {
+  const __mmask16 s =
+      _mm512_fpclass_ps_mask(lo, kBf16Special) | _mm512_fpclass_ps_mask(hi, kBf16Special);
+  if (__builtin_expect(s == 0, 1))
+    return line_store<kStream>(p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
   generic32_store(p, lo, hi, float_to_bf16);
 }
 
@@ -84,8 +89,11 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 half16_load(c
 
 // 32 float32 values (lo: elements 0-15, hi: 16-31) -> 32 float16 at p, as c10 rounds.
 template <bool kStream = false>
-FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(uint16_t* p, __m512 lo, __m512 hi) {
-  const __mmask16 nan = _mm512_cmp_ps_mask(lo, lo, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(hi, hi, _CMP_UNORD_Q);
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(uint16_t* p,
+                                                                              __m512 lo,
+                                                                              __m512 hi) {
+  const __mmask16 nan =
+      _mm512_cmp_ps_mask(lo, lo, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(hi, hi, _CMP_UNORD_Q);
   if (__builtin_expect(nan == 0, 1)) {
     const __m256i a = _mm512_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256i b = _mm512_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -95,7 +103,8 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void half32_store(ui
 }
 
 // The 16 values of the 2-byte type T at p as float32 (exact).
-template <class T> FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512 load16(const T* p) {
+template <class T> FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512
+load16(const T* p) {
   if constexpr (std::is_same_v<T, c10::Half>) {
     return half16_load(raw(p));
   } else {
@@ -108,7 +117,8 @@ template <class T> FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) _
 // generic rounding. kStream: the converted line leaves by a non-temporal store (p 64-byte
 // aligned; the generic roundings store as usual).
 template <bool kStream = false, class T>
-FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store16x2(T* p, __m512 lo, __m512 hi, bool bf16i) {
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store16x2(T* p, __m512 lo,
+                                                                           __m512 hi, bool bf16i) {
   if constexpr (std::is_same_v<T, c10::Half>) {
     half32_store<kStream>(raw(p), lo, hi);
   } else if (bf16i) {
@@ -122,10 +132,12 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store16x2(T* p,
 // loops), 32 at a time by AVX512_BF16 (bfloat16: called where bf16_convert()) or
 // AVX-512F (float16).
 template <class T>
-FASTREG_TARGET_AVX512 __attribute__((noinline)) void store_row512(T* __restrict dst, const float* __restrict src,
+FASTREG_TARGET_AVX512 __attribute__((noinline)) void store_row512(T* __restrict dst,
+                                                                  const float* __restrict src,
                                                                   int64_t n) {
   int64_t k = 0;
-  for (; k + 32 <= n; k += 32) store16x2(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16), true);
+  for (; k + 32 <= n; k += 32)
+    store16x2(dst + k, _mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16), true);
   for (; k < n; ++k) store(dst, k, src[k]);
 }
 
@@ -134,7 +146,8 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void store_row512(T* __restrict 
 // float16 by F16C (every AVX2 CPU has it; cpu_isa() checks): FASTREG_TARGET_AVX2 names it.
 
 // The 8 values of the 2-byte type T at p as float32 (exact).
-template <class T> FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256 load8(const T* p) {
+template <class T> FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256
+load8(const T* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   if constexpr (std::is_same_v<T, c10::Half>) {
     return _mm256_cvtph_ps(h);
@@ -147,7 +160,8 @@ template <class T> FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m
 FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) __m256i bf16x8_round(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+  const __m256i r =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
 }
@@ -175,21 +189,22 @@ FASTREG_TARGET_AVX2 inline __attribute__((always_inline)) void store8x2(T* p, __
                                                          _mm256_cmp_ps(b, b, _CMP_UNORD_Q))) == 0,
                          1)) {
       constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-      return store256<kStream>(q, _mm256_set_m128i(_mm256_cvtps_ph(b, kNearest), _mm256_cvtps_ph(a, kNearest)));
+      return store256<kStream>(
+          q, _mm256_set_m128i(_mm256_cvtps_ph(b, kNearest), _mm256_cvtps_ph(a, kNearest)));
     }
     alignas(32) float v[16];
     _mm256_store_ps(v, a);
     _mm256_store_ps(v + 8, b);
     for (int k = 0; k < 16; ++k) raw(p)[k] = float_to_half(v[k]);
   } else {
-    const __m256i packed = _mm256_packus_epi32(bf16x8_round(a), bf16x8_round(b));  // a0-3 b0-3 | a4-7 b4-7
-    store256<kStream>(q, _mm256_permute4x64_epi64(packed, 0xd8));                 // a0-7 b0-7
+    const __m256i packed =
+        _mm256_packus_epi32(bf16x8_round(a), bf16x8_round(b));     // a0-3 b0-3 | a4-7 b4-7
+    store256<kStream>(q, _mm256_permute4x64_epi64(packed, 0xd8));  // a0-7 b0-7
   }
 }
 
-FASTREG_TARGET_AVX2 __attribute__((noinline)) inline void half_store_row256(uint16_t* __restrict dst,
-                                                                            const float* __restrict src,
-                                                                            int64_t n) {
+FASTREG_TARGET_AVX2 __attribute__((noinline)) inline void half_store_row256(
+    uint16_t* __restrict dst, const float* __restrict src, int64_t n) {
   int64_t k = 0;
   for (; k + 8 <= n; k += 8) {
     const __m256 v = _mm256_loadu_ps(src + k);
@@ -246,7 +261,8 @@ inline bool stream_stores(int64_t bytes) {
 
 // dst[0 .. n) = src[0 .. n) in scalar_t (buffered loops' row stores), bfloat16
 // through AVX512_BF16's conversion where bf16_convert().
-template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t<T>* __restrict src, int64_t n) {
+template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t<T>* __restrict src,
+                                               int64_t n) {
 #ifdef FASTREG_HAVE_AVX512_BF16
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (bf16_convert()) return store_row512(dst, src, n);
@@ -259,7 +275,8 @@ template <class T> FASTREG_HOST void store_row(T* __restrict dst, const opmath_t
   for (int64_t k = 0; k < n; ++k) store(dst, k, src[k]);
 }
 
-template <class T> constexpr bool kTwoByte = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+template <class T> constexpr bool kTwoByte =
+    std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
 
 #ifdef FASTREG_HAVE_AVX512_BF16
 #pragma GCC diagnostic push
@@ -282,7 +299,8 @@ template <bool kBytes>
 FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512i line_load(const void* p) {
   if constexpr (kBytes) {
     const __m256i* q = static_cast<const __m256i*>(p);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(q)), _mm256_load_si256(q + 1), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(q)),
+                              _mm256_load_si256(q + 1), 1);
   } else {
     return _mm512_load_si512(p);
   }
@@ -290,9 +308,10 @@ FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) __m512i line_load(co
 
 // The 32 float32 values v[0 .. 32) rounded to the 2-byte type T at p (store16x2).
 template <bool kStream, bool kBytes, class T>
-FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store32(T* p, const float* v, bool bf16i) {
-  store16x2<kStream>(p, _mm512_castsi512_ps(line_load<kBytes>(v)), _mm512_castsi512_ps(line_load<kBytes>(v + 16)),
-                     bf16i);
+FASTREG_TARGET_AVX512 inline __attribute__((always_inline)) void store32(T* p, const float* v,
+                                                                         bool bf16i) {
+  store16x2<kStream>(p, _mm512_castsi512_ps(line_load<kBytes>(v)),
+                     _mm512_castsi512_ps(line_load<kBytes>(v + 16)), bf16i);
 }
 
 // out[k] = f(i + k, v[0][k] ...) for the 32 elements of a step of map_avx512 / map_avx2,
@@ -316,13 +335,13 @@ FASTREG_HOST void map_block(float* __restrict out, const float (*v)[32], int64_t
     }
   } else if constexpr (N == 0) {
     _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-    for (int k = 0; k < 32; ++k) out[k] = f(i + k);
+        for (int k = 0; k < 32; ++k) out[k] = f(i + k);
   } else if constexpr (N == 1) {
     _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-    for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k]);
+        for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k]);
   } else {
     _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-    for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k], v[1][k]);
+        for (int k = 0; k < 32; ++k) out[k] = f(i + k, v[0][k], v[1][k]);
   }
 }
 
@@ -334,11 +353,14 @@ FASTREG_HOST void map_block(float* __restrict out, const float (*v)[32], int64_t
 // temporal stores as they are computed (after ordinary stores up to y's first 64-byte
 // boundary). Reached only through run_avx512's flatten (its target attribute).
 template <bool kStream, bool kBytes, class T, class F, class... P>
-FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, const F& f, P... in) {
+FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, const F& f,
+                                      P... in) {
   constexpr size_t N = sizeof...(P);
-  static_assert(N <= 2 && (std::is_same_v<P, const T*> && ...), "map_avx512: up to two inputs of y's type");
+  static_assert(N <= 2 && (std::is_same_v<P, const T*> && ...),
+                "map_avx512: up to two inputs of y's type");
   if constexpr (kStream) {
-    for (; i < end && reinterpret_cast<uintptr_t>(y + i) % 64 != 0; ++i) store(y, i, f(i, load(in, i)...));
+    for (; i < end && reinterpret_cast<uintptr_t>(y + i) % 64 != 0; ++i)
+      store(y, i, f(i, load(in, i)...));
   }
   if constexpr (kTwoByte<T>) {
     const bool bf16i = bf16_convert();
@@ -357,7 +379,7 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
     for (; i + 4 * L <= end; i += 4 * L) {
       alignas(64) T out[4 * L];
       _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-      for (int64_t k = 0; k < 4 * L; ++k) out[k] = f(i + k, in[i + k]...);
+          for (int64_t k = 0; k < 4 * L; ++k) out[k] = f(i + k, in[i + k]...);
       for (int64_t j = 0; j < 4 * L; j += L) {
         _mm512_stream_si512(reinterpret_cast<__m512i*>(y + i + j), line_load<kBytes>(out + j));
       }
@@ -376,9 +398,11 @@ FASTREG_TARGET_AVX512 void map_avx512(T* __restrict y, int64_t i, int64_t end, c
 template <bool kStream, class T, class F, class... P>
 FASTREG_TARGET_AVX2 void map_avx2(T* __restrict y, int64_t i, int64_t end, const F& f, P... in) {
   constexpr size_t N = sizeof...(P);
-  static_assert(N <= 2 && (std::is_same_v<P, const T*> && ...), "map_avx2: up to two inputs of y's type");
+  static_assert(N <= 2 && (std::is_same_v<P, const T*> && ...),
+                "map_avx2: up to two inputs of y's type");
   if constexpr (kStream) {
-    for (; i < end && reinterpret_cast<uintptr_t>(y + i) % 64 != 0; ++i) store(y, i, f(i, load(in, i)...));
+    for (; i < end && reinterpret_cast<uintptr_t>(y + i) % 64 != 0; ++i)
+      store(y, i, f(i, load(in, i)...));
   }
   if constexpr (kTwoByte<T>) {
     const T* const ptr[N + 1] = {in..., nullptr};
@@ -397,7 +421,7 @@ FASTREG_TARGET_AVX2 void map_avx2(T* __restrict y, int64_t i, int64_t end, const
     for (; i + 4 * L <= end; i += 4 * L) {
       alignas(64) T out[4 * L];
       _Pragma("GCC unroll 1")  // kept a loop for the vectorizer (unrolled, it stays scalar)
-      for (int64_t k = 0; k < 4 * L; ++k) out[k] = f(i + k, in[i + k]...);
+          for (int64_t k = 0; k < 4 * L; ++k) out[k] = f(i + k, in[i + k]...);
       for (int64_t j = 0; j < 4 * L; j += L / 2) {
         _mm256_stream_si256(reinterpret_cast<__m256i*>(y + i + j),
                             _mm256_load_si256(reinterpret_cast<const __m256i*>(out + j)));
@@ -417,7 +441,8 @@ FASTREG_TARGET_AVX2 void map_avx2(T* __restrict y, int64_t i, int64_t end, const
 // the 2-byte types; otherwise each value is loaded and stored (rounded) as it is
 // computed, which GCC vectorizes.
 template <bool kBytes, class Tag, class T, class F, class... P>
-FASTREG_HOST void map_rows(Tag, T* __restrict y, int64_t begin, int64_t end, const F& f, bool stream, P... in) {
+FASTREG_HOST void map_rows(Tag, T* __restrict y, int64_t begin, int64_t end, const F& f,
+                           bool stream, P... in) {
 #ifdef FASTREG_HAVE_AVX512_BF16
   if constexpr (Tag::isa >= Isa::Avx512) {
     if (stream) return map_avx512<true, kBytes>(y, begin, end, f, in...);
@@ -426,7 +451,8 @@ FASTREG_HOST void map_rows(Tag, T* __restrict y, int64_t begin, int64_t end, con
     }
   } else if constexpr (Tag::isa == Isa::Avx2) {
     if (stream) return map_avx2<true>(y, begin, end, f, in...);
-    if constexpr (kTwoByte<T>) return map_avx2<false>(y, begin, end, f, in...);  // (with F16C: cpu_isa())
+    if constexpr (kTwoByte<T>)
+      return map_avx2<false>(y, begin, end, f, in...);  // (with F16C: cpu_isa())
   }
 #endif
   (void)stream;  // streaming is for the AVX-512 and AVX2 paths (stream_stores())
@@ -436,17 +462,18 @@ FASTREG_HOST void map_rows(Tag, T* __restrict y, int64_t begin, int64_t end, con
 // The three shapes the loops use: y[i] = f(i), f(i, a[i]), f(i, a[i], b[i]). kBytes:
 // f reads or writes a byte per element (a keep byte; see line_load).
 template <bool kBytes = false, class Tag, class T, class F>
-FASTREG_HOST void map_store(Tag tag, T* __restrict y, int64_t begin, int64_t end, const F& f, bool stream = false) {
+FASTREG_HOST void map_store(Tag tag, T* __restrict y, int64_t begin, int64_t end, const F& f,
+                            bool stream = false) {
   map_rows<kBytes>(tag, y, begin, end, f, stream);
 }
 template <bool kBytes = false, class Tag, class T, class F>
-FASTREG_HOST void map1(Tag tag, T* __restrict y, const T* __restrict a, int64_t begin, int64_t end, const F& f,
-                       bool stream = false) {
+FASTREG_HOST void map1(Tag tag, T* __restrict y, const T* __restrict a, int64_t begin, int64_t end,
+                       const F& f, bool stream = false) {
   map_rows<kBytes>(tag, y, begin, end, f, stream, a);
 }
 template <bool kBytes = false, class Tag, class T, class F>
-FASTREG_HOST void map2(Tag tag, T* __restrict y, const T* __restrict a, const T* __restrict b, int64_t begin,
-                       int64_t end, const F& f, bool stream = false) {
+FASTREG_HOST void map2(Tag tag, T* __restrict y, const T* __restrict a, const T* __restrict b,
+                       int64_t begin, int64_t end, const F& f, bool stream = false) {
   map_rows<kBytes>(tag, y, begin, end, f, stream, a, b);
 }
 

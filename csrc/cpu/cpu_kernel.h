@@ -84,7 +84,9 @@ template <class T> struct Raw { using type = T; };
 template <> struct Raw<c10::Half> { using type = uint16_t; };
 template <> struct Raw<c10::BFloat16> { using type = uint16_t; };
 template <class T> using raw_t = typename Raw<T>::type;
-template <class T> FASTREG_HOST const raw_t<T>* raw(const T* p) { return reinterpret_cast<const raw_t<T>*>(p); }
+template <class T> FASTREG_HOST const raw_t<T>* raw(const T* p) {
+  return reinterpret_cast<const raw_t<T>*>(p);
+}
 template <class T> FASTREG_HOST raw_t<T>* raw(T* p) { return reinterpret_cast<raw_t<T>*>(p); }
 
 // Eight 0/1 bytes -> one byte, bit t = byte t: one multiply moves byte t's bit to
@@ -97,7 +99,8 @@ FASTREG_HOST uint8_t pack_bits8(const uint8_t* b) {
 
 // The inverse for `bytes` mask bytes: bit t of byte q -> out[8q + t], non-zero
 // when set (one multiply spreads the byte over 8 bytes, a mask keeps bit t of each).
-FASTREG_HOST void unpack_bits8(const uint8_t* __restrict m, int64_t bytes, uint8_t* __restrict out) {
+FASTREG_HOST void unpack_bits8(const uint8_t* __restrict m, int64_t bytes,
+                               uint8_t* __restrict out) {
   for (int64_t q = 0; q < bytes; ++q) {
     const uint64_t spread = (uint64_t(m[q]) * 0x0101010101010101ull) & 0x8040201008040201ull;
     std::memcpy(out + 8 * q, &spread, 8);
@@ -121,7 +124,8 @@ inline Isa detect_isa() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && want != "avx2") {
     return __builtin_cpu_supports("avx512bf16") && want != "avx512" ? Isa::Avx512Bf16 : Isa::Avx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
     return Isa::Avx2;  // (every AVX2 CPU has F16C: the float16 conversions)
   }
 #endif
@@ -135,10 +139,14 @@ inline Isa cpu_isa() {
 
 inline const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::Avx512Bf16: return "avx512bf16";
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    default: return "portable";
+    case Isa::Avx512Bf16:
+      return "avx512bf16";
+    case Isa::Avx512:
+      return "avx512";
+    case Isa::Avx2:
+      return "avx2";
+    default:
+      return "portable";
   }
 }
 
@@ -149,7 +157,8 @@ inline const char* isa_name(Isa isa) {
 #define FASTREG_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,avx2,fma")))
 #define FASTREG_TARGET_AVX512_256 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,avx2,fma,prefer-vector-width=256")))
+  __attribute__((target(          \
+      "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,avx2,fma,prefer-vector-width=256")))
 #define FASTREG_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define FASTREG_TARGET_AVX512
@@ -159,25 +168,28 @@ inline const char* isa_name(Isa isa) {
 
 // The instruction set a loop body was inlined for, known at compile time: run_isa
 // hands one to the body, which passes it to map1/map2/map_store (convert_simd.h).
-template <Isa I> struct IsaTag {
-  static constexpr Isa isa = I;
-};
+template <Isa I> struct IsaTag { static constexpr Isa isa = I; };
 
 // The body (an always_inline lambda taking an IsaTag) is inlined into each
 // wrapper, so the vectorizer sees it with that wrapper's instruction set.
 // `flatten` also inlines what the body calls: convert_simd.h's AVX-512 and AVX2 loops
 // carry the wrapper's target attribute, which a default-target lambda cannot inline
 // itself, so they reach the body's loop only through the wrapper.
-template <class F> FASTREG_TARGET_AVX512 __attribute__((noinline, flatten)) void run_avx512(const F& f) {
+template <class F> FASTREG_TARGET_AVX512 __attribute__((noinline, flatten)) void run_avx512(
+    const F& f) {
   f(IsaTag<Isa::Avx512>{});
 }
-template <class F> FASTREG_TARGET_AVX512_256 __attribute__((noinline, flatten)) void run_avx512_256(const F& f) {
+template <class F> FASTREG_TARGET_AVX512_256 __attribute__((noinline, flatten)) void run_avx512_256(
+    const F& f) {
   f(IsaTag<Isa::Avx512>{});
 }
-template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline, flatten)) void run_avx2(const F& f) {
+template <class F> FASTREG_TARGET_AVX2 __attribute__((noinline, flatten)) void run_avx2(
+    const F& f) {
   f(IsaTag<Isa::Avx2>{});
 }
-template <class F> __attribute__((noinline)) void run_portable(const F& f) { f(IsaTag<Isa::Portable>{}); }
+template <class F> __attribute__((noinline)) void run_portable(const F& f) {
+  f(IsaTag<Isa::Portable>{});
+}
 
 // kNarrow: on an AVX-512 CPU, vectorize with 256-bit registers (AVX-512VL
 // instructions): faster for the memory-bound select loops of 4- and 8-byte types
@@ -194,8 +206,11 @@ template <bool kNarrow = false, class F> void run_isa(const F& f) {
         run_avx512(f);
       }
       break;
-    case Isa::Avx2: run_avx2(f); break;
-    default: run_portable(f);
+    case Isa::Avx2:
+      run_avx2(f);
+      break;
+    default:
+      run_portable(f);
   }
 }
 

@@ -16,7 +16,7 @@
 namespace fastreg::cpu {
 namespace {
 
-constexpr int64_t kChunk = 256;                // elements per chunk (a multiple of 8 and 4)
+constexpr int64_t kChunk = 256;  // elements per chunk (a multiple of 8 and 4)
 constexpr int64_t kChunksPerTask = kGrain / kChunk;
 
 // words[k] = Philox word of element i0 + k, for k < len (len <= kChunk,
@@ -60,8 +60,10 @@ struct KeepScale16 {
       : scale(_mm512_set1_ps(s)),
         threshold(_mm512_set1_epi32(static_cast<int>(keep.threshold))),
         any(keep.none ? 0 : 0xffff) {}
-  FASTREG_TARGET_AVX512 __attribute__((always_inline)) __m512 operator()(const uint32_t* words, __m512 v) const {
-    return _mm512_maskz_mul_ps(_mm512_mask_cmpge_epu32_mask(any, _mm512_loadu_si512(words), threshold), v, scale);
+  FASTREG_TARGET_AVX512 __attribute__((always_inline)) __m512 operator()(const uint32_t* words,
+                                                                         __m512 v) const {
+    return _mm512_maskz_mul_ps(
+        _mm512_mask_cmpge_epu32_mask(any, _mm512_loadu_si512(words), threshold), v, scale);
   }
 };
 
@@ -75,7 +77,8 @@ FASTREG_TARGET_AVX512 __attribute__((noinline)) void dropout_bf16_chunk(
   const KeepScale16 drop(scale, keep);
   int64_t k = 0;
   for (; k + 32 <= len; k += 32) {
-    __m512 a0 = drop(words + k, bf16x16_load(x + k)), a1 = drop(words + k + 16, bf16x16_load(x + k + 16));
+    __m512 a0 = drop(words + k, bf16x16_load(x + k)),
+           a1 = drop(words + k + 16, bf16x16_load(x + k + 16));
     if constexpr (kResidual) {
       a0 = _mm512_add_ps(bf16x16_load(r + k), a0);
       a1 = _mm512_add_ps(bf16x16_load(r + k + 16), a1);
@@ -115,27 +118,38 @@ bool dropout_chunk_fast(const T*, const T*, T*, const uint32_t*, int64_t, opmath
   return false;
 }
 inline bool dropout_chunk_fast(const c10::BFloat16* x, const c10::BFloat16* r, c10::BFloat16* y,
-                               const uint32_t* words, int64_t len, float scale, Keep keep, bool stream) {
+                               const uint32_t* words, int64_t len, float scale, Keep keep,
+                               bool stream) {
 #ifdef FASTREG_HAVE_AVX512_BF16
   if (!bf16_convert()) return false;
-  const auto f = r != nullptr ? (stream ? dropout_bf16_chunk<true, true> : dropout_bf16_chunk<true, false>)
-                              : (stream ? dropout_bf16_chunk<false, true> : dropout_bf16_chunk<false, false>);
+  const auto f =
+      r != nullptr ? (stream ? dropout_bf16_chunk<true, true> : dropout_bf16_chunk<true, false>)
+                   : (stream ? dropout_bf16_chunk<false, true> : dropout_bf16_chunk<false, false>);
   f(raw(x), raw(r), raw(y), words, len, scale, keep);
   return true;
 #else
   return false;
 #endif
 }
-inline bool dropout_chunk_fast(const float* x, const float* r, float* y, const uint32_t* words, int64_t len,
-                               float scale, Keep keep, bool stream) {
+inline bool dropout_chunk_fast(const float* x, const float* r, float* y, const uint32_t* words,
+                               int64_t len, float scale, Keep keep, bool stream) {
 #ifdef FASTREG_HAVE_AVX512_BF16
   if (!stream) return false;
-  (r != nullptr ? dropout_f32_stream_chunk<true> : dropout_f32_stream_chunk<false>)(x, r, y, words, len, scale,
-                                                                                      keep);
+  (r != nullptr ? dropout_f32_stream_chunk<true>
+                : dropout_f32_stream_chunk<false>)(x, r, y, words, len, scale, keep);
   return true;
 #else
   return false;
 #endif
+}
+
+// Chunks per task of bias_act_dropout's backward, from the sizes only, so that grad_bias
+// (summed per task, then over tasks in order) is deterministic: doubled while the tasks'
+// grad_bias rows would hold more than 2^22 values.
+inline int64_t backward_chunks_per_task(int64_t chunks, int64_t K, bool dbias) {
+  int64_t per_task = kChunksPerTask;
+  while (dbias && per_task < chunks && (chunks / per_task) * K > (int64_t(1) << 22)) per_task *= 2;
+  return per_task;
 }
 
 // Splits [i, end) into segments where the channel of element start+j is
@@ -162,55 +176,59 @@ struct CpuLoops {
                       const at::Tensor& seed_t, DropoutParams prm, at::Tensor& y) {
     const int64_t n = x.numel(), chunks = (n + kChunk - 1) / kChunk;
     const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
-      using A = opmath_t<scalar_t>;
-      const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
-      const scalar_t* __restrict rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
-      const A scale = A(prm.scale), add = A(prm.keep_add), drop = A(prm.drop_value);
-      const bool affine = prm.keep_add != 0.0 || prm.drop_value != 0.0;
-      FASTREG_CHECK(!(affine && residual), "internal: alpha dropout takes no residual");
-      const Keep keep(prm.threshold);
-      // Plain and residual dropout (alpha dropout takes the generic loops): bfloat16
-      // through AVX512_BF16's conversion; non-temporal stores when the op's bytes exceed
-      // the last-level cache. AVX-512 only: on the AVX2 path Philox words cost twice as
-      // much, so compute, not memory, bounds the loop, and streaming measured slower.
-      const int64_t bytes = n * static_cast<int64_t>(sizeof(scalar_t)) * (residual ? 3 : 2);
-      const bool stream = !affine && cpu_isa() >= Isa::Avx512 && stream_stores(bytes) &&
-                          reinterpret_cast<uintptr_t>(yp) % 64 == 0;
-      at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
-        run_isa([&](auto isa) FASTREG_INLINE_LAMBDA {
-          // locals, not captures: the loops must not re-read them after each store
-          const Keep kp = keep;
-          const A sc = scale, ad = add, dr = drop;
-          const scalar_t* __restrict x_ = xp;
-          const scalar_t* __restrict r_ = rp;
-          scalar_t* __restrict y_ = yp;
-          alignas(64) uint32_t words[kChunk + 4];
-          for (int64_t ch = c0; ch < c1; ++ch) {
-            const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
-            fill_words(seed, philox::kStreamElement, i0, len, words);
-            if (!affine && dropout_chunk_fast(x_ + i0, r_ ? r_ + i0 : nullptr, y_ + i0, words, len, sc, kp, stream)) {
-              continue;
-            }
-            // (map1/map2: the 2-byte types converted by instruction in the loop where the CPU
-            // has it; the intrinsics chunks above stay faster for plain dropout)
-            if (affine) {  // alpha dropout (never with a residual)
-              map1(isa, y_ + i0, x_ + i0, 0, len,
-                   [&](int64_t k, A v) FASTREG_INLINE_LAMBDA { return kp(words[k]) ? v * sc + ad : dr; });
-            } else if (r_ != nullptr) {
-              map2(isa, y_ + i0, x_ + i0, r_ + i0, 0, len, [&](int64_t k, A v, A r) FASTREG_INLINE_LAMBDA {
-                return r + (kp(words[k]) ? v * sc : A(0));
-              });
-            } else {  // no + 0 (a kept -0 stays -0, as in torch)
-              map1(isa, y_ + i0, x_ + i0, 0, len,
-                   [&](int64_t k, A v) FASTREG_INLINE_LAMBDA { return kp(words[k]) ? v * sc : A(0); });
-            }
-          }
-          if (stream) store_fence();
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
+          using A = opmath_t<scalar_t>;
+          const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
+          const scalar_t* __restrict rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+          scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
+          const A scale = A(prm.scale), add = A(prm.keep_add), drop = A(prm.drop_value);
+          const bool affine = prm.keep_add != 0.0 || prm.drop_value != 0.0;
+          FASTREG_CHECK(!(affine && residual), "internal: alpha dropout takes no residual");
+          const Keep keep(prm.threshold);
+          // Plain and residual dropout (alpha dropout takes the generic loops): bfloat16
+          // through AVX512_BF16's conversion; non-temporal stores when the op's bytes exceed
+          // the last-level cache. AVX-512 only: on the AVX2 path Philox words cost twice as
+          // much, so compute, not memory, bounds the loop, and streaming measured slower.
+          const int64_t bytes = n * static_cast<int64_t>(sizeof(scalar_t)) * (residual ? 3 : 2);
+          const bool stream = !affine && cpu_isa() >= Isa::Avx512 && stream_stores(bytes) &&
+                              reinterpret_cast<uintptr_t>(yp) % 64 == 0;
+          at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
+            run_isa([&](auto isa) FASTREG_INLINE_LAMBDA {
+              // locals, not captures: the loops must not re-read them after each store
+              const Keep kp = keep;
+              const A sc = scale, ad = add, dr = drop;
+              const scalar_t* __restrict x_ = xp;
+              const scalar_t* __restrict r_ = rp;
+              scalar_t* __restrict y_ = yp;
+              alignas(64) uint32_t words[kChunk + 4];
+              for (int64_t ch = c0; ch < c1; ++ch) {
+                const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
+                fill_words(seed, philox::kStreamElement, i0, len, words);
+                if (!affine && dropout_chunk_fast(x_ + i0, r_ ? r_ + i0 : nullptr, y_ + i0, words,
+                                                  len, sc, kp, stream)) {
+                  continue;
+                }
+                // (map1/map2: the 2-byte types converted by instruction in the loop where the CPU
+                // has it; the intrinsics chunks above stay faster for plain dropout)
+                if (affine) {  // alpha dropout (never with a residual)
+                  map1(isa, y_ + i0, x_ + i0, 0, len, [&](int64_t k, A v) FASTREG_INLINE_LAMBDA {
+                    return kp(words[k]) ? v * sc + ad : dr;
+                  });
+                } else if (r_ != nullptr) {
+                  map2(isa, y_ + i0, x_ + i0, r_ + i0, 0, len,
+                       [&](int64_t k, A v, A r)
+                           FASTREG_INLINE_LAMBDA { return r + (kp(words[k]) ? v * sc : A(0)); });
+                } else {  // no + 0 (a kept -0 stays -0, as in torch)
+                  map1(isa, y_ + i0, x_ + i0, 0, len, [&](int64_t k, A v) FASTREG_INLINE_LAMBDA {
+                    return kp(words[k]) ? v * sc : A(0);
+                  });
+                }
+              }
+              if (stream) store_fence();
+            });
+          });
         });
-      });
-    });
   }
 
   static void drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual,
@@ -218,27 +236,31 @@ struct CpuLoops {
                         SampleShape shape, at::Tensor& y) {
     const int64_t B = shape.samples, inner = shape.inner, rows = x.numel() / inner;
     const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
-      using A = opmath_t<scalar_t>;
-      const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
-      const scalar_t* __restrict rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
-      const Keep keep(threshold);
-      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r % B, base = r * inner;
-          const A s = keep(philox::word(seed, philox::kStreamSample, b)) ? A(scale_d) : A(0);
-          run_isa([&](auto isa) FASTREG_INLINE_LAMBDA {
-            if (rp != nullptr) {
-              map2(isa, yp + base, xp + base, rp + base, 0, inner,
-                   [&](int64_t, A v, A res) FASTREG_INLINE_LAMBDA { return res + v * s; });
-            } else {
-              map1(isa, yp + base, xp + base, 0, inner, [&](int64_t, A v) FASTREG_INLINE_LAMBDA { return v * s; });
-            }
-          });
-        }
-      });
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
+          using A = opmath_t<scalar_t>;
+          const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
+          const scalar_t* __restrict rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+          scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
+          const Keep keep(threshold);
+          at::parallel_for(
+              0, rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
+                for (int64_t r = r0; r < r1; ++r) {
+                  const int64_t b = r % B, base = r * inner;
+                  const A s =
+                      keep(philox::word(seed, philox::kStreamSample, b)) ? A(scale_d) : A(0);
+                  run_isa([&](auto isa) FASTREG_INLINE_LAMBDA {
+                    if (rp != nullptr) {
+                      map2(isa, yp + base, xp + base, rp + base, 0, inner,
+                           [&](int64_t, A v, A res) FASTREG_INLINE_LAMBDA { return res + v * s; });
+                    } else {
+                      map1(isa, yp + base, xp + base, 0, inner,
+                           [&](int64_t, A v) FASTREG_INLINE_LAMBDA { return v * s; });
+                    }
+                  });
+                }
+              });
+        });
   }
 
   // A chunk's bias values, one per element (the channel walk kept out of the
@@ -303,12 +325,13 @@ struct CpuLoops {
             fill_words(seed, philox::kStreamElement, i0, len, words);
             if (rows) {  // the chunk's channels are i0 % K + k: the bias read in place
               // (the bias row as map2's second input: converted like x, by instruction)
-              map2<true>(isa, y_ + i0, x_ + i0, bp + i0 % K, 0, len, [&](int64_t k, A xv, A bk) FASTREG_INLINE_LAMBDA {
-                const A z = xv + bk;
-                bits[k] = act_bit(o, z);
-                const A a = o.forward(z) * sc;
-                return kp(words[k]) ? a : A(0);
-              });
+              map2<true>(isa, y_ + i0, x_ + i0, bp + i0 % K, 0, len,
+                         [&](int64_t k, A xv, A bk) FASTREG_INLINE_LAMBDA {
+                           const A z = xv + bk;
+                           bits[k] = act_bit(o, z);
+                           const A a = o.forward(z) * sc;
+                           return kp(words[k]) ? a : A(0);
+                         });
             } else {
               gather_bias(bp, i0, len, K, inner, bv);
               map1<true>(isa, y_ + i0, x_ + i0, 0, len, [&](int64_t k, A xv) FASTREG_INLINE_LAMBDA {
@@ -330,6 +353,86 @@ struct CpuLoops {
     });
   }
 
+  // One chunk of bias_act_dropout's backward when the bias runs along the contiguous last
+  // dim in whole chunks (the chunk's channels are i0 % K + k): one loop reads the bias in
+  // place (b_ = bias + i0 % K), writes grad_input and adds into the task's grad_bias row
+  // (pc = its row + i0 % K).
+  template <class Op, class scalar_t, class A>
+  static FASTREG_HOST void fused_rows_chunk(const Op o, const Keep kp, const A sc,
+                                            const uint32_t* __restrict words,
+                                            const uint8_t* __restrict bits,
+                                            const scalar_t* __restrict g_,
+                                            const scalar_t* __restrict x_,
+                                            const scalar_t* __restrict b_, scalar_t* __restrict d_,
+                                            A* __restrict pc, int64_t i0, int64_t len) {
+    if constexpr (Op::saved == Saved::Mask) {
+      _Pragma("GCC ivdep")  // pc (the task's row) overlaps no tensor
+          for (int64_t k = 0; k < len; ++k) {
+        const A d = kp(words[k]) ? o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc : A(0);
+        store(d_, i0 + k, d);
+        pc[k] += d;
+      }
+    } else {
+      _Pragma("GCC ivdep") for (int64_t k = 0; k < len; ++k) {
+        const A z = load(x_, i0 + k) + load(b_, k);
+        const A d = kp(words[k]) ? act_grad(o, A(load(g_, i0 + k)), z, false) * sc : A(0);
+        store(d_, i0 + k, d);
+        pc[k] += d;
+      }
+    }
+  }
+
+  // A chunk's gradient of the pre-activations x + bias (bv: the chunk's bias values), zero
+  // where dropout dropped: dz.
+  template <class Op, class scalar_t, class A>
+  static FASTREG_HOST void chunk_grad(const Op o, const Keep kp, const A sc,
+                                      const uint32_t* __restrict words,
+                                      const uint8_t* __restrict bits, const scalar_t* __restrict g_,
+                                      const scalar_t* __restrict x_, const A* __restrict bv,
+                                      int64_t i0, int64_t len, A* __restrict dz) {
+    if constexpr (Op::saved == Saved::Mask) {
+      for (int64_t k = 0; k < len; ++k) {
+        const A d = o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc;
+        dz[k] = kp(words[k]) ? d : A(0);
+      }
+    } else {
+      for (int64_t k = 0; k < len; ++k) {
+        const A z = load(x_, i0 + k) + bv[k];
+        const A d = act_grad(o, A(load(g_, i0 + k)), z, false) * sc;
+        dz[k] = kp(words[k]) ? d : A(0);
+      }
+    }
+  }
+
+  // A chunk's dz added into the task's grad_bias row: runs of consecutive channels (bias
+  // along the last dim), else one sum per channel segment.
+  template <class A>
+  static FASTREG_HOST void add_bias_grad(A* __restrict part, const A* __restrict dz, int64_t i0,
+                                         int64_t len, int64_t K, int64_t inner) {
+    if (inner == 1) {
+      for (int64_t k = 0, c = i0 % K; k < len; c = 0) {
+        const int64_t l = std::min(len - k, K - c);
+        A* __restrict pc = part + c;
+        const A* __restrict src = dz + k;
+        _Pragma("GCC ivdep")  // the task's row and the chunk's buffer never overlap
+            for (int64_t j = 0; j < l; ++j) pc[j] += src[j];
+        k += l;
+      }
+      return;
+    }
+    for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
+      const A* __restrict src = dz + (s - i0);
+      A lane[16] = {};
+      int64_t j = 0;
+      for (; j + 16 <= l; j += 16)
+        for (int q = 0; q < 16; ++q) lane[q] += src[j + q];
+      A sum = A(0);
+      for (; j < l; ++j) sum += src[j];
+      for (int q = 0; q < 16; ++q) sum += lane[q];
+      part[c] += sum;
+    });
+  }
+
   template <class Op>
   static void bias_act_dropout_backward(const Op& op, const at::Tensor& g, const at::Tensor& saved,
                                         const at::Tensor& bias, const at::Tensor& seed_t,
@@ -338,118 +441,57 @@ struct CpuLoops {
     const int64_t n = g.numel(), chunks = (n + kChunk - 1) / kChunk;
     const int64_t K = shape.channels, inner = shape.inner;
     const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
-    // Fixed task boundaries (from sizes only): grad_bias is deterministic.
-    int64_t per_task = kChunksPerTask;
-    while (dbias && per_task < chunks && (chunks / per_task) * K > (int64_t(1) << 22)) per_task *= 2;
+    const int64_t per_task = backward_chunks_per_task(chunks, K, dbias != nullptr);
     const int64_t tasks = (chunks + per_task - 1) / per_task;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_bad_bwd", [&] {
-      using A = opmath_t<scalar_t>;
-      const scalar_t* __restrict gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* __restrict xp =
-          Op::saved == Saved::Mask ? nullptr : saved.const_data_ptr<scalar_t>();
-      const uint8_t* __restrict mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
-      const scalar_t* __restrict bp = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* __restrict dp = dx.mutable_data_ptr<scalar_t>();
-      const A scale = A(prm.scale);
-      const Keep keep(prm.threshold);
-      std::vector<A> partial(dbias ? static_cast<size_t>(tasks * K) : 0, A(0));
-      // bias along the contiguous last dim, whole chunks per row: one fused loop (float32;
-      // bfloat16, whose conversions dominate, gained nothing from it and keeps the buffers)
-      const bool rows = inner == 1 && K % kChunk == 0 && (Op::saved == Saved::Mask || bp != nullptr) &&
-                        std::is_same_v<scalar_t, A>;
-      at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          A* __restrict part = dbias ? partial.data() + t * K : nullptr;
-          run_isa([&](auto) FASTREG_INLINE_LAMBDA {
-            // locals, not captures: restrict-qualified and never re-read after stores
-            const Op o = op;
-            const Keep kp = keep;
-            const A sc = scale;
-            const scalar_t* __restrict g_ = gp;
-            const scalar_t* __restrict x_ = xp;
-            const uint8_t* __restrict m_ = mp;
-            scalar_t* __restrict d_ = dp;
-            A* __restrict part_ = part;
-            alignas(64) uint32_t words[kChunk + 4];
-            alignas(64) uint8_t bits[kChunk];
-            alignas(64) A bv[kChunk];
-            alignas(64) A dz[kChunk];
-            const int64_t ch1 = std::min(chunks, (t + 1) * per_task);
-            for (int64_t ch = t * per_task; ch < ch1; ++ch) {
-              const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
-              fill_words(seed, philox::kStreamElement, i0, len, words);
-              if constexpr (Op::saved == Saved::Mask) unpack_bits8(m_ + i0 / 8, (len + 7) / 8, bits);
-              if (rows && part_ != nullptr) {
-                // the chunk's channels are i0 % K + k: one loop reads the bias in place,
-                // writes grad_input and adds into the task's grad_bias row
-                A* __restrict pc = part_ + i0 % K;
-                if constexpr (Op::saved == Saved::Mask) {
-                  _Pragma("GCC ivdep")  // pc (the task's row) overlaps no tensor
-                  for (int64_t k = 0; k < len; ++k) {
-                    const A d = kp(words[k]) ? o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc : A(0);
-                    store(d_, i0 + k, d);
-                    pc[k] += d;
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_bad_bwd", [&] {
+          using A = opmath_t<scalar_t>;
+          const scalar_t* __restrict gp = g.const_data_ptr<scalar_t>();
+          const scalar_t* __restrict xp =
+              Op::saved == Saved::Mask ? nullptr : saved.const_data_ptr<scalar_t>();
+          const uint8_t* __restrict mp =
+              Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
+          const scalar_t* __restrict bp =
+              bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+          scalar_t* __restrict dp = dx.mutable_data_ptr<scalar_t>();
+          const A scale = A(prm.scale);
+          const Keep keep(prm.threshold);
+          std::vector<A> partial(dbias ? static_cast<size_t>(tasks * K) : 0, A(0));
+          // bias along the contiguous last dim, whole chunks per row: one fused loop (float32;
+          // bfloat16, whose conversions dominate, gained nothing from it and keeps the buffers)
+          const bool rows = inner == 1 && K % kChunk == 0 &&
+                            (Op::saved == Saved::Mask || bp != nullptr) &&
+                            std::is_same_v<scalar_t, A>;
+          at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+              A* __restrict part = dbias ? partial.data() + t * K : nullptr;
+              run_isa([&](auto) FASTREG_INLINE_LAMBDA {
+                alignas(64) uint32_t words[kChunk + 4];
+                alignas(64) uint8_t bits[kChunk];
+                alignas(64) A bv[kChunk];
+                alignas(64) A dz[kChunk];
+                const int64_t ch1 = std::min(chunks, (t + 1) * per_task);
+                for (int64_t ch = t * per_task; ch < ch1; ++ch) {
+                  const int64_t i0 = ch * kChunk, len = std::min(kChunk, n - i0);
+                  fill_words(seed, philox::kStreamElement, i0, len, words);
+                  if constexpr (Op::saved == Saved::Mask)
+                    unpack_bits8(mp + i0 / 8, (len + 7) / 8, bits);
+                  if (rows && part != nullptr) {
+                    const scalar_t* b = Op::saved == Saved::Mask ? nullptr : bp + i0 % K;
+                    fused_rows_chunk(op, keep, scale, words, bits, gp, xp, b, dp, part + i0 % K, i0,
+                                     len);
+                    continue;
                   }
-                } else {
-                  const scalar_t* __restrict b_ = bp + i0 % K;
-                  _Pragma("GCC ivdep")
-                  for (int64_t k = 0; k < len; ++k) {
-                    const A z = load(x_, i0 + k) + load(b_, k);
-                    const A d = kp(words[k]) ? act_grad(o, A(load(g_, i0 + k)), z, false) * sc : A(0);
-                    store(d_, i0 + k, d);
-                    pc[k] += d;
-                  }
-                }
-                continue;
-              }
-              if constexpr (Op::saved == Saved::Mask) {
-                for (int64_t k = 0; k < len; ++k) {
-                  const A d = o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc;
-                  dz[k] = kp(words[k]) ? d : A(0);
-                }
-              } else {
-                gather_bias(bp, i0, len, K, inner, bv);
-                for (int64_t k = 0; k < len; ++k) {
-                  const A z = load(x_, i0 + k) + bv[k];
-                  const A d = act_grad(o, A(load(g_, i0 + k)), z, false) * sc;
-                  dz[k] = kp(words[k]) ? d : A(0);
-                }
-              }
-              store_row(d_ + i0, dz, len);
-              if (part_ == nullptr) continue;
-              if (inner == 1) {  // runs of consecutive channels, added into the task's row
-                for (int64_t k = 0, c = i0 % K; k < len; c = 0) {
-                  const int64_t l = std::min(len - k, K - c);
-                  A* __restrict pc = part_ + c;
-                  const A* __restrict src = dz + k;
-                  _Pragma("GCC ivdep")  // the task's row and the chunk's buffer never overlap
-                  for (int64_t j = 0; j < l; ++j) pc[j] += src[j];
-                  k += l;
-                }
-                continue;
-              }
-              for_channel_segments(i0, i0 + len, K, inner, [&](int64_t s, int64_t l, int64_t c) {
-                const A* __restrict src = dz + (s - i0);
-                A* __restrict pc = part_ + c;
-                if (inner == 1) {
-                  for (int64_t j = 0; j < l; ++j) pc[j] += src[j];
-                } else {
-                  A lane[16] = {};
-                  int64_t j = 0;
-                  for (; j + 16 <= l; j += 16)
-                    for (int q = 0; q < 16; ++q) lane[q] += src[j + q];
-                  A sum = A(0);
-                  for (; j < l; ++j) sum += src[j];
-                  for (int q = 0; q < 16; ++q) sum += lane[q];
-                  pc[0] += sum;
+                  if constexpr (Op::saved != Saved::Mask) gather_bias(bp, i0, len, K, inner, bv);
+                  chunk_grad(op, keep, scale, words, bits, gp, xp, bv, i0, len, dz);
+                  store_row(dp + i0, dz, len);
+                  if (part != nullptr) add_bias_grad(part, dz, i0, len, K, inner);
                 }
               });
             }
           });
-        }
-      });
-      if (dbias) sum_partials(partial.data(), tasks, K, dbias->mutable_data_ptr<scalar_t>());
-    });
+          if (dbias) sum_partials(partial.data(), tasks, K, dbias->mutable_data_ptr<scalar_t>());
+        });
   }
 };
 
@@ -464,7 +506,8 @@ namespace {
 at::Tensor philox_words_op(const at::Tensor& seed, int64_t stream, int64_t first, int64_t n) {
   FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
                      "fastreg._philox_words: seed must be a one-element int64 tensor");
-  FASTREG_CHECK_VALUE(first >= 0 && first % 4 == 0 && n >= 0, "fastreg._philox_words: first must be a ",
+  FASTREG_CHECK_VALUE(first >= 0 && first % 4 == 0 && n >= 0,
+                      "fastreg._philox_words: first must be a ",
                       "non-negative multiple of 4 and n >= 0");
   at::Tensor out = at::empty({n}, seed.options());
   int64_t* o = out.mutable_data_ptr<int64_t>();

@@ -3,8 +3,8 @@
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -23,9 +23,7 @@ template <class T> constexpr int kVec = 16 / sizeof(T);
 
 // N elements accessed as one load/store (16 bytes when N = kVec<T>). Aligned
 // to its own size, not more: Pack<T, 1> must index element by element.
-template <class T, int N> struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
+template <class T, int N> struct alignas(sizeof(T) * N) Pack { T v[N]; };
 
 constexpr int kBlock = plan::kBlock;
 
@@ -124,8 +122,8 @@ __device__ __forceinline__ void for_units_prefetched(int64_t u0, int64_t ustep, 
 // the elementwise kernels, grid_for(units, kBlock).
 template <int kIn, class T, class Body>
 __device__ __forceinline__ void for_grid_units_prefetched(const T* const (&in)[kIn],
-                                                          const uint8_t* __restrict__ mask, int64_t n,
-                                                          bool aligned, Body&& body) {
+                                                          const uint8_t* __restrict__ mask,
+                                                          int64_t n, bool aligned, Body&& body) {
   for_units_prefetched(static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x,
                        static_cast<int64_t>(gridDim.x) * kBlock, (n + 7) / 8, in, mask, n, aligned,
                        static_cast<Body&&>(body));

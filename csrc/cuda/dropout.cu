@@ -31,14 +31,13 @@ __device__ __forceinline__ void unit_words(const philox::Key& key, uint32_t stre
 template <class T, bool kAffine>
 __global__ void __launch_bounds__(kBlock)
     dropout_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
-                   const int64_t* __restrict__ seed_p, int64_t n, DeviceKeep keep, opmath_t<T> scale,
-                   opmath_t<T> add, opmath_t<T> drop, bool aligned) {
+                   const int64_t* __restrict__ seed_p, int64_t n, DeviceKeep keep,
+                   opmath_t<T> scale, opmath_t<T> add, opmath_t<T> drop, bool aligned) {
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[2] = {x, r};
   for_grid_units_prefetched(
-      in, nullptr, n, aligned,
-      [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
+      in, nullptr, n, aligned, [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         uint32_t w[8];
         unit_words(key, philox::kStreamElement, u, w);
         alignas(16) T yv[8];
@@ -68,8 +67,7 @@ __global__ void __launch_bounds__(kBlock)
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[2] = {x, r};
   for_grid_units_prefetched(
-      in, nullptr, n, aligned,
-      [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
+      in, nullptr, n, aligned, [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         int64_t first, last, pos;
         sample_of(8 * u, first, pos);
         sample_of(min(8 * u + 7, n - 1), last, pos);
@@ -95,15 +93,13 @@ template <class Op, class T>
 __global__ void __launch_bounds__(kBlock)
     bias_act_dropout_kernel(Op op, const T* __restrict__ x, const T* __restrict__ bias,
                             T* __restrict__ y, uint8_t* __restrict__ mask,
-                            const int64_t* __restrict__ seed_p, int64_t n,
-                            ChannelIndex channel_of, DeviceKeep keep, opmath_t<T> scale,
-                            bool aligned) {
+                            const int64_t* __restrict__ seed_p, int64_t n, ChannelIndex channel_of,
+                            DeviceKeep keep, opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
   const T* const in[1] = {x};
   for_grid_units_prefetched(
-      in, nullptr, n, aligned,
-      [&](int64_t u, const T(&v)[1][8], uint32_t, bool vec) {
+      in, nullptr, n, aligned, [&](int64_t u, const T(&v)[1][8], uint32_t, bool vec) {
         uint32_t w[8];
         unit_words(key, philox::kStreamElement, u, w);
         int64_t c, pos;
@@ -114,7 +110,8 @@ __global__ void __launch_bounds__(kBlock)
         for (int k = 0; k < 8; ++k) {
           const A z = static_cast<A>(v[0][k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
           bits |= uint32_t(act_bit(op, z)) << k;
-          yv[k] = static_cast<T>(keep(w[k]) ? op.template forward<A, math_for_t<T>>(z) * scale : A(0));
+          yv[k] =
+              static_cast<T>(keep(w[k]) ? op.template forward<A, math_for_t<T>>(z) * scale : A(0));
           channel_of.step(c, pos);
         }
         store8(y, yv, 8 * u, n, vec);
@@ -138,7 +135,8 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t ustep = static_cast<int64_t>(gridDim.x) * kBlock;
   const bool small = 8 * (u0 + ustep) < (int64_t(1) << 32) && K < (int64_t(1) << 32);
   const auto mod = [&](int64_t a) {  // a 64-bit division costs ~100 instructions
-    return small ? static_cast<int64_t>(static_cast<uint32_t>(a) % static_cast<uint32_t>(K)) : a % K;
+    return small ? static_cast<int64_t>(static_cast<uint32_t>(a) % static_cast<uint32_t>(K))
+                 : a % K;
   };
   const int64_t cstep = mod(8 * ustep);
   int64_t c = mod(8 * u0);
@@ -155,7 +153,8 @@ __global__ void __launch_bounds__(kBlock)
         for (int k = 0; k < 8; ++k) {
           const A z = static_cast<A>(v[0][k]) + static_cast<A>(bv[k]);
           bits |= uint32_t(act_bit(op, z)) << k;
-          yv[k] = static_cast<T>(keep(w[k]) ? op.template forward<A, math_for_t<T>>(z) * scale : A(0));
+          yv[k] =
+              static_cast<T>(keep(w[k]) ? op.template forward<A, math_for_t<T>>(z) * scale : A(0));
         }
         store8(y, yv, 8 * u, n, true);
         if (mask != nullptr) mask[u] = static_cast<uint8_t>(bits);
@@ -173,8 +172,8 @@ __global__ void __launch_bounds__(kBlock)
                                      const uint8_t* __restrict__ mask, const T* __restrict__ bias,
                                      T* __restrict__ dx, opmath_t<T>* __restrict__ partial,
                                      const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
-                                     ChannelIndex channel_of, DeviceKeep keep,
-                                     opmath_t<T> scale, bool aligned) {
+                                     ChannelIndex channel_of, DeviceKeep keep, opmath_t<T> scale,
+                                     bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
   const ChannelSums<A> sums{reinterpret_cast<A*>(smem_raw)};
@@ -196,10 +195,10 @@ __global__ void __launch_bounds__(kBlock)
           A z = A(0);
           if constexpr (Op::saved != Saved::Mask)
             z = static_cast<A>(v[1][k]) + (bias != nullptr ? static_cast<A>(bias[c]) : A(0));
-          const A d =
-              keep(w[k]) ? act_grad<math_for_t<T>>(op, static_cast<A>(v[0][k]), z, bool((bits >> k) & 1u)) *
-                               scale
-                         : A(0);
+          const A d = keep(w[k]) ? act_grad<math_for_t<T>>(op, static_cast<A>(v[0][k]), z,
+                                                           bool((bits >> k) & 1u)) *
+                                       scale
+                                 : A(0);
           dv[k] = static_cast<T>(d);
           if (want_db && 8 * u + k < n) run.add(c, d);
           channel_of.step(c, pos);
@@ -215,15 +214,11 @@ __global__ void __launch_bounds__(kBlock)
 // registers (no atomics), then a block sums its rows in shared memory and
 // writes partial[blockIdx.y][K]. Same units (8 elements, unit_words) as above.
 template <class Op, class T>
-__global__ void __launch_bounds__(kBlock)
-    bias_act_dropout_backward_columns_kernel(Op op, const T* __restrict__ g,
-                                             const T* __restrict__ xs,
-                                             const uint8_t* __restrict__ mask,
-                                             const T* __restrict__ bias, T* __restrict__ dx,
-                                             opmath_t<T>* __restrict__ partial,
-                                             const int64_t* __restrict__ seed_p, int64_t rows,
-                                             int64_t K, int cols_per_block, DeviceKeep keep,
-                                             opmath_t<T> scale) {
+__global__ void __launch_bounds__(kBlock) bias_act_dropout_backward_columns_kernel(
+    Op op, const T* __restrict__ g, const T* __restrict__ xs, const uint8_t* __restrict__ mask,
+    const T* __restrict__ bias, T* __restrict__ dx, opmath_t<T>* __restrict__ partial,
+    const int64_t* __restrict__ seed_p, int64_t rows, int64_t K, int cols_per_block,
+    DeviceKeep keep, opmath_t<T> scale) {
   using A = opmath_t<T>;
   __shared__ A sacc[kBlock * 8];
   const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
@@ -241,27 +236,28 @@ __global__ void __launch_bounds__(kBlock)
   if (j < groups && ty < rows_per_block) {  // kBlock % cols_per_block threads idle
     const T* const in[2] = {g, Op::saved == Saved::Mask ? nullptr : xs};
     // unit u = r * groups + j for rows r = blockIdx.y * rows_per_block + ty, ... < rows
-    for_units_prefetched(
-        (static_cast<int64_t>(blockIdx.y) * rows_per_block + ty) * groups + j,
-        static_cast<int64_t>(gridDim.y) * rows_per_block * groups, rows * groups, in,
-        Op::saved == Saved::Mask ? mask : nullptr, rows * K, true,
-        [&](int64_t u, const T(&v)[2][8], uint32_t bits, bool) {
-          uint32_t w[8];
-          unit_words(key, philox::kStreamElement, u, w);
-          alignas(16) T dv[8];
+    for_units_prefetched((static_cast<int64_t>(blockIdx.y) * rows_per_block + ty) * groups + j,
+                         static_cast<int64_t>(gridDim.y) * rows_per_block * groups, rows * groups,
+                         in, Op::saved == Saved::Mask ? mask : nullptr, rows * K, true,
+                         [&](int64_t u, const T(&v)[2][8], uint32_t bits, bool) {
+                           uint32_t w[8];
+                           unit_words(key, philox::kStreamElement, u, w);
+                           alignas(16) T dv[8];
 #pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            A z = A(0);
-            if constexpr (Op::saved != Saved::Mask) z = static_cast<A>(v[1][k]) + bv[k];
-            const A d = keep(w[k]) ? act_grad<math_for_t<T>>(op, static_cast<A>(v[0][k]), z,
-                                                             bool((bits >> k) & 1u)) *
-                                         scale
-                                   : A(0);
-            dv[k] = static_cast<T>(d);
-            acc[k] += d;
-          }
-          store8(dx, dv, 8 * u, rows * K, true);
-        });
+                           for (int k = 0; k < 8; ++k) {
+                             A z = A(0);
+                             if constexpr (Op::saved != Saved::Mask)
+                               z = static_cast<A>(v[1][k]) + bv[k];
+                             const A d = keep(w[k])
+                                             ? act_grad<math_for_t<T>>(op, static_cast<A>(v[0][k]),
+                                                                       z, bool((bits >> k) & 1u)) *
+                                                   scale
+                                             : A(0);
+                             dv[k] = static_cast<T>(d);
+                             acc[k] += d;
+                           }
+                           store8(dx, dv, 8 * u, rows * K, true);
+                         });
   }
 #pragma unroll
   for (int k = 0; k < 8; ++k) sacc[threadIdx.x * 8 + k] = acc[k];
@@ -279,48 +275,53 @@ __global__ void __launch_bounds__(kBlock)
 }  // namespace
 
 void DropoutLoops::dropout(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                    const at::Tensor& seed, DropoutParams prm, at::Tensor& y) {
+                           const at::Tensor& seed, DropoutParams prm, at::Tensor& y) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
-    using A = opmath_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    const int64_t grid = grid_for((n + 7) / 8, kBlock);
-    const int64_t* sp = seed.const_data_ptr<int64_t>();
-    const auto kernel = prm.keep_add != 0.0 || prm.drop_value != 0.0 ? dropout_kernel<scalar_t, true>
-                                                                      : dropout_kernel<scalar_t, false>;
-    kernel<<<grid, kBlock, 0, stream>>>(xp, rp, yp, sp, n, DeviceKeep(prm.threshold), A(prm.scale),
-                                        A(prm.keep_add), A(prm.drop_value), aligned);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
+        using A = opmath_t<scalar_t>;
+        const scalar_t* xp = x.const_data_ptr<scalar_t>();
+        const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+        scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+        const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
+        const auto stream = at::cuda::getCurrentCUDAStream();
+        const int64_t grid = grid_for((n + 7) / 8, kBlock);
+        const int64_t* sp = seed.const_data_ptr<int64_t>();
+        const auto kernel = prm.keep_add != 0.0 || prm.drop_value != 0.0
+                                ? dropout_kernel<scalar_t, true>
+                                : dropout_kernel<scalar_t, false>;
+        kernel<<<grid, kBlock, 0, stream>>>(xp, rp, yp, sp, n, DeviceKeep(prm.threshold),
+                                            A(prm.scale), A(prm.keep_add), A(prm.drop_value),
+                                            aligned);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 void DropoutLoops::drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                      const at::Tensor& seed, uint64_t threshold, double scale,
-                      SampleShape shape, at::Tensor& y) {
+                             const at::Tensor& seed, uint64_t threshold, double scale,
+                             SampleShape shape, at::Tensor& y) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
-    using A = opmath_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
-    drop_path_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        xp, rp, yp, seed.const_data_ptr<int64_t>(), n, ChannelIndex(n, shape.samples, shape.inner),
-        DeviceKeep(threshold), A(scale), aligned);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
+        using A = opmath_t<scalar_t>;
+        const scalar_t* xp = x.const_data_ptr<scalar_t>();
+        const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+        scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+        const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
+        drop_path_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
+                           at::cuda::getCurrentCUDAStream()>>>(
+            xp, rp, yp, seed.const_data_ptr<int64_t>(), n,
+            ChannelIndex(n, shape.samples, shape.inner), DeviceKeep(threshold), A(scale), aligned);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 template <class Op>
 void DropoutLoops::bias_act_dropout(const Op& op, const at::Tensor& x, const at::Tensor& bias,
-                             const at::Tensor& seed, DropoutParams prm, BiasShape shape,
-                             at::Tensor& y, uint8_t* mask) {
+                                    const at::Tensor& seed, DropoutParams prm, BiasShape shape,
+                                    at::Tensor& y, uint8_t* mask) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_bad", [&] {
@@ -347,63 +348,65 @@ void DropoutLoops::bias_act_dropout(const Op& op, const at::Tensor& x, const at:
 }
 
 template <class Op>
-void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g, const at::Tensor& saved,
-                                      const at::Tensor& bias, const at::Tensor& seed,
-                                      DropoutParams prm, BiasShape shape, at::Tensor& dx,
-                                      at::Tensor* dbias) {
+void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g,
+                                             const at::Tensor& saved, const at::Tensor& bias,
+                                             const at::Tensor& seed, DropoutParams prm,
+                                             BiasShape shape, at::Tensor& dx, at::Tensor* dbias) {
   const c10::cuda::CUDAGuard guard(g.device());
   const int64_t n = g.numel(), K = shape.channels;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_bad_bwd", [&] {
-    using A = opmath_t<scalar_t>;
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* xp = Op::saved == Saved::Mask ? nullptr : saved.const_data_ptr<scalar_t>();
-    const uint8_t* mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
-    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-    const bool aligned = aligned16(gp) && aligned16(dp) && (xp == nullptr || aligned16(xp));
-    const scalar_t* bp = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-    const auto path = plan::bias_grad_path(dbias != nullptr, shape, aligned,
-                                           at::globalContext().deterministicAlgorithms(), sizeof(A));
-    const auto partials = [&](int64_t rows) {
-      return at::empty({rows * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
-    };
-    if (path == plan::ParamGrad::kColumns) {
-      const plan::ColumnsGrid cg = plan::columns_grid(n, K, device_sms());
-      at::Tensor partial = partials(cg.y);
-      bias_act_dropout_backward_columns_kernel<<<dim3(cg.x, cg.y), kBlock, 0, stream>>>(
-          op, gp, xp, mp, bp, dp, partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(),
-          n / K, K, cg.cols, DeviceKeep(prm.threshold), A(prm.scale));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
-          partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), cg.y, K);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-    const bool shared = path == plan::ParamGrad::kSharedPartials;
-    const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
-    at::Tensor partial = shared ? partials(grid) : at::Tensor();
-    bias_act_dropout_backward_kernel<<<grid, kBlock, shared ? K * sizeof(A) : 0, stream>>>(
-        op, gp, xp, mp, bp, dp, shared ? partial.mutable_data_ptr<A>() : nullptr,
-        seed.const_data_ptr<int64_t>(), n, K, ChannelIndex(n, K, shape.inner),
-        DeviceKeep(prm.threshold), A(prm.scale), aligned);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (shared) {
-      reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
-          partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), grid, K);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else if (path == plan::ParamGrad::kReduction) {
-      plan::bias_grad_by_reduction(dx, shape, *dbias);
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, g.scalar_type(), "fastreg_bad_bwd", [&] {
+        using A = opmath_t<scalar_t>;
+        const auto stream = at::cuda::getCurrentCUDAStream();
+        const scalar_t* gp = g.const_data_ptr<scalar_t>();
+        const scalar_t* xp = Op::saved == Saved::Mask ? nullptr : saved.const_data_ptr<scalar_t>();
+        const uint8_t* mp = Op::saved == Saved::Mask ? saved.const_data_ptr<uint8_t>() : nullptr;
+        scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+        const bool aligned = aligned16(gp) && aligned16(dp) && (xp == nullptr || aligned16(xp));
+        const scalar_t* bp = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+        const auto path =
+            plan::bias_grad_path(dbias != nullptr, shape, aligned,
+                                 at::globalContext().deterministicAlgorithms(), sizeof(A));
+        const auto partials = [&](int64_t rows) {
+          return at::empty({rows * K}, g.options().dtype(c10::CppTypeToScalarType<A>::value));
+        };
+        if (path == plan::ParamGrad::kColumns) {
+          const plan::ColumnsGrid cg = plan::columns_grid(n, K, device_sms());
+          at::Tensor partial = partials(cg.y);
+          bias_act_dropout_backward_columns_kernel<<<dim3(cg.x, cg.y), kBlock, 0, stream>>>(
+              op, gp, xp, mp, bp, dp, partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(),
+              n / K, K, cg.cols, DeviceKeep(prm.threshold), A(prm.scale));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
+              partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), cg.y, K);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          return;
+        }
+        const bool shared = path == plan::ParamGrad::kSharedPartials;
+        const int64_t grid = grid_for((n + 7) / 8, kBlock, 8);
+        at::Tensor partial = shared ? partials(grid) : at::Tensor();
+        bias_act_dropout_backward_kernel<<<grid, kBlock, shared ? K * sizeof(A) : 0, stream>>>(
+            op, gp, xp, mp, bp, dp, shared ? partial.mutable_data_ptr<A>() : nullptr,
+            seed.const_data_ptr<int64_t>(), n, K, ChannelIndex(n, K, shape.inner),
+            DeviceKeep(prm.threshold), A(prm.scale), aligned);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (shared) {
+          reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
+              partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), grid, K);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        } else if (path == plan::ParamGrad::kReduction) {
+          plan::bias_grad_by_reduction(dx, shape, *dbias);
+        }
+      });
 }
 
-#define FASTREG_INSTANTIATE(Op)                                                                                \
-  template void DropoutLoops::bias_act_dropout<Op>(const Op&, const at::Tensor&, const at::Tensor&,           \
-                                                   const at::Tensor&, DropoutParams, BiasShape, at::Tensor&,  \
-                                                   uint8_t*);                                                 \
-  template void DropoutLoops::bias_act_dropout_backward<Op>(const Op&, const at::Tensor&, const at::Tensor&,  \
-                                                            const at::Tensor&, const at::Tensor&,             \
-                                                            DropoutParams, BiasShape, at::Tensor&, at::Tensor*);
+#define FASTREG_INSTANTIATE(Op)                                                              \
+  template void DropoutLoops::bias_act_dropout<Op>(                                          \
+      const Op&, const at::Tensor&, const at::Tensor&, const at::Tensor&, DropoutParams,     \
+      BiasShape, at::Tensor&, uint8_t*);                                                     \
+  template void DropoutLoops::bias_act_dropout_backward<Op>(                                 \
+      const Op&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, \
+      DropoutParams, BiasShape, at::Tensor&, at::Tensor*);
 FASTREG_ACTIVATIONS(FASTREG_INSTANTIATE)
 #undef FASTREG_INSTANTIATE
 
