@@ -1,9 +1,10 @@
-"""The benchmark's instruction-set cap (not its timings: benchmarks are scripts).
+"""The benchmark scripts' machinery (not their timings: benchmarks are scripts).
 
 `bench/run.py --cpu-isa avx2` must reach every library that picks its CPU code at run
 time: ATen's kernels, the oneDNN kernels eager GELU runs on (ATEN_CPU_CAPABILITY does not
 cap those: without it, fastreg's AVX2 GELU was timed against oneDNN's AVX-512 code),
-MKL, and fastreg's own loops.
+MKL, and fastreg's own loops. `bench/instructions.py` must count a call of every public
+function.
 """
 
 import csv
@@ -102,3 +103,29 @@ def test_cpu_tensors_are_four_times_the_last_level_cache():
         n = harness.default_numel("cpu", dtype)
         assert n * dtype.itemsize >= 4 * llc and n * dtype.itemsize < 8 * llc or n == 1 << 22
     assert harness.copy_bytes_for("cpu") >= 4 * llc
+
+
+def test_instruction_counts_cover_every_public_function():
+    """bench/instructions.py's cases call every public function of fastreg.functional
+    and name each case once."""
+    import types
+
+    import instructions
+
+    import fastreg.functional as F
+
+    calls = dict.fromkeys(F.__all__, 0)
+
+    def counting(name):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return getattr(F, name)(*args, **kwargs)
+
+        return call
+
+    counted = types.SimpleNamespace(**{name: counting(name) for name in F.__all__})
+    cases = instructions._cases(torch, counted)
+    assert len({name for name, _ in cases}) == len(cases)
+    for _, setup in cases:
+        setup()()
+    assert [name for name, n in calls.items() if n == 0] == []

@@ -368,7 +368,10 @@ struct CpuLoops {
     if constexpr (Op::saved == Saved::Mask) {
       _Pragma("GCC ivdep")  // pc (the task's row) overlaps no tensor
           for (int64_t k = 0; k < len; ++k) {
-        const A d = kp(words[k]) ? o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc : A(0);
+        // loads outside the select: AVX2 has no masked byte load, so a conditional read of
+        // bits[] through a pointer keeps GCC from vectorizing the loop
+        const A raw = o.backward(A(load(g_, i0 + k)), bits[k] != 0) * sc;
+        const A d = kp(words[k]) ? raw : A(0);
         store(d_, i0 + k, d);
         pc[k] += d;
       }
