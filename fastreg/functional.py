@@ -613,14 +613,15 @@ def dropconnect_linear(
 IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
 
 
-def _check_images(images, fn, allow_uint8=False):
+def _check_images(images, fn, allow_uint8=False, allow_single=False):
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"fastreg.{fn}: images must be a Tensor, got {type(images).__name__}")
     if images.dtype not in (IMAGE_DTYPES if allow_uint8 else FLOAT_DTYPES):
         kind = "a float or uint8" if allow_uint8 else "a float"
         raise TypeError(f"fastreg.{fn}: images must be {kind} tensor, got {images.dtype}")
-    if images.dim() != 4:
-        raise ValueError(f"fastreg.{fn}: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
+    if images.dim() != 4 and not (allow_single and images.dim() == 3):
+        shapes = "(C, H, W) or (B, C, H, W)" if allow_single else "4-D (B, C, H, W)"
+        raise ValueError(f"fastreg.{fn}: images must be {shapes}, got shape {tuple(images.shape)}")
 
 
 def _run_boxes(images, inplace, op, op_, args):
@@ -648,7 +649,8 @@ def cutout(
     every channel. Every draw happens on the images' device (no host sync).
 
     Args:
-        images: ``(B, C, H, W)`` float or uint8, contiguous or channels_last.
+        images: ``(B, C, H, W)`` float or uint8, contiguous or channels_last, or one
+            ``(C, H, W)`` image (as a batch of one, e.g. in a Dataset's ``__getitem__``).
         size: the square's side in pixels.
         p: the probability of a box per sample.
         fill: the value written into the box.
@@ -668,17 +670,25 @@ def cutout(
         return handle_torch_function(
             cutout, (images,), images, size, p=p, fill=fill, inplace=inplace, generator=generator, seed=seed
         )
-    _check_images(images, "cutout", allow_uint8=True)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"fastreg.cutout: size must be a positive int, got {size!r}")
+    _check_images(images, "cutout", allow_uint8=True, allow_single=True)
+    _check_size(size, "cutout")
     p = check_p(p, "cutout")
     fill = _check_number(fill, "cutout", "fill")
     if images.dtype == torch.uint8 and not 0 <= fill <= 255:
         raise ValueError(f"fastreg.cutout: fill must be in [0, 255] for uint8 images, got {fill}")
+    if images.dim() == 3:  # one image: a batch of one (a view, so in place writes it)
+        out = cutout(images[None], size, p, fill=fill, inplace=inplace, generator=generator, seed=seed)
+        return images if inplace else out[0]
     if _transforming():
         return R.cutout(images, size, p, fill=fill, inplace=inplace, generator=generator, seed=seed)
     s = seed_tensor(images, generator, seed, "cutout")
     return _run_boxes(images, inplace, ops.cutout, ops.cutout_, (s, size, p, fill))
+
+
+def _check_size(size, fn):
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"fastreg.{fn}: size must be a positive int, got {size!r}")
+    return size
 
 
 def _check_pair(value, fn, arg):
@@ -689,6 +699,23 @@ def _check_pair(value, fn, arg):
     ):
         raise TypeError(f"fastreg.{fn}: {arg} must be a pair of numbers, got {value!r}")
     return float(value[0]), float(value[1])
+
+
+def _checked_erasing_args(p, scale, ratio, value, fn):
+    """random_erasing's arguments checked (those that do not depend on the images):
+    (p, scale, ratio, whether value is 'random', the fill value)."""
+    p = check_p(p, fn)
+    s0, s1 = _check_pair(scale, fn, "scale")
+    r0, r1 = _check_pair(ratio, fn, "ratio")
+    if not 0.0 <= s0 <= s1 <= 1.0:
+        raise ValueError(f"fastreg.{fn}: scale must satisfy 0 <= scale[0] <= scale[1] <= 1, got {scale!r}")
+    if not 0.0 < r0 <= r1 < math.inf:
+        raise ValueError(f"fastreg.{fn}: ratio must satisfy 0 < ratio[0] <= ratio[1], got {ratio!r}")
+    if isinstance(value, str):
+        if value != "random":
+            raise ValueError(f"fastreg.{fn}: value must be a number or 'random', got {value!r}")
+        return p, (s0, s1), (r0, r1), True, 0.0
+    return p, (s0, s1), (r0, r1), False, _check_number(value, fn, "value")
 
 
 def random_erasing(
@@ -708,7 +735,8 @@ def random_erasing(
     with probability ``p`` per sample, every draw on the images' device.
 
     Args:
-        images: ``(B, C, H, W)`` float or uint8, contiguous or channels_last.
+        images: ``(B, C, H, W)`` float or uint8, contiguous or channels_last, or one
+            ``(C, H, W)`` image (as a batch of one, e.g. in a Dataset's ``__getitem__``).
         p: the probability of a box per sample.
         scale: the range of the box's area as a fraction of the image's.
         ratio: the range of the box's aspect ratio.
@@ -732,25 +760,17 @@ def random_erasing(
             inplace=inplace, generator=generator, seed=seed,
         )  # fmt: skip
     fn = "random_erasing"
-    _check_images(images, fn, allow_uint8=True)
-    p = check_p(p, fn)
-    s0, s1 = _check_pair(scale, fn, "scale")
-    r0, r1 = _check_pair(ratio, fn, "ratio")
-    if not 0.0 <= s0 <= s1 <= 1.0:
-        raise ValueError(f"fastreg.{fn}: scale must satisfy 0 <= scale[0] <= scale[1] <= 1, got {scale!r}")
-    if not 0.0 < r0 <= r1 < math.inf:
-        raise ValueError(f"fastreg.{fn}: ratio must satisfy 0 < ratio[0] <= ratio[1], got {ratio!r}")
-    random = isinstance(value, str)
-    if random:
-        if value != "random":
-            raise ValueError(f"fastreg.{fn}: value must be a number or 'random', got {value!r}")
-        if images.dtype == torch.uint8:
-            raise ValueError(f"fastreg.{fn}: value='random' needs float images, got uint8")
-        fill = 0.0
-    else:
-        fill = _check_number(value, fn, "value")
-        if images.dtype == torch.uint8 and not 0 <= fill <= 255:
-            raise ValueError(f"fastreg.{fn}: value must be in [0, 255] for uint8 images, got {fill}")
+    _check_images(images, fn, allow_uint8=True, allow_single=True)
+    p, (s0, s1), (r0, r1), random, fill = _checked_erasing_args(p, scale, ratio, value, fn)
+    if random and images.dtype == torch.uint8:
+        raise ValueError(f"fastreg.{fn}: value='random' needs float images, got uint8")
+    if not random and images.dtype == torch.uint8 and not 0 <= fill <= 255:
+        raise ValueError(f"fastreg.{fn}: value must be in [0, 255] for uint8 images, got {fill}")
+    if images.dim() == 3:  # one image: a batch of one (a view, so in place writes it)
+        out = random_erasing(
+            images[None], p, scale, ratio, value=value, inplace=inplace, generator=generator, seed=seed
+        )
+        return images if inplace else out[0]
     if _transforming():
         return R.random_erasing(
             images, p, (s0, s1), (r0, r1), value=value if random else fill, inplace=inplace,
@@ -769,6 +789,19 @@ def _check_alpha(alpha, fn, arg, allow_zero=False):
     return alpha
 
 
+def _check_num_classes(num_classes, fn):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"fastreg.{fn}: num_classes must be a positive int, got {num_classes!r}")
+    return num_classes
+
+
+def _check_label_smoothing(label_smoothing, fn):
+    eps = _check_number(label_smoothing, fn, "label_smoothing")
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"fastreg.{fn}: label_smoothing must be in [0, 1], got {eps}")
+    return eps
+
+
 def _checked_target(images, target, num_classes, fn):
     """mixup's target (class indices (B,) as int64, or probabilities (B, K), detached) and
     num_classes (required with indices, K's value with probabilities), checked."""
@@ -781,10 +814,8 @@ def _checked_target(images, target, num_classes, fn):
             f"fastreg.{fn}: target must be class indices (B,) or probabilities (B, K) with B = "
             f"{images.shape[0]} (the images' batch), got shape {tuple(target.shape)}"
         )
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0
-    ):
-        raise ValueError(f"fastreg.{fn}: num_classes must be a positive int, got {num_classes!r}")
+    if num_classes is not None:
+        _check_num_classes(num_classes, fn)
     if target.dim() == 1:
         if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
             raise TypeError(f"fastreg.{fn}: class-index target must be an integer tensor, got {target.dtype}")
@@ -840,9 +871,7 @@ def _mix(
     if images.dim() != 4:
         raise ValueError(f"fastreg.{fn}: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
     target, num_classes = _checked_target(images, target, num_classes, fn)
-    eps = _check_number(label_smoothing, fn, "label_smoothing")
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"fastreg.{fn}: label_smoothing must be in [0, 1], got {eps}")
+    eps = _check_label_smoothing(label_smoothing, fn)
     if mode not in MIX_MODES:
         raise ValueError(f"fastreg.{fn}: mode must be 'batch', 'pair' or 'elem', got {mode!r}")
     cut_min, cut_max = _checked_cutmix_minmax(images, cutmix_minmax, fn)
@@ -867,11 +896,17 @@ def _mix(
         MIX_MODES[mode],
         bool(correct_lam),
     )
-    if inplace and not _needs_grad(images):
-        soft, _ = kernel(ops.mix_, images, *args)
-        return images, soft
-    # autograd follows the images only: probability targets are data (soft targets detached)
-    out, soft = _call(ops.mix, images, *args, grad=_needs_grad(images))
+    try:
+        if inplace and not _needs_grad(images):
+            soft, _ = kernel(ops.mix_, images, *args)
+            return images, soft
+        # autograd follows the images only: probability targets are data (soft targets detached)
+        out, soft = _call(ops.mix, images, *args, grad=_needs_grad(images))
+    except ValueError as e:  # the kernel's label check names the op: say what the user called
+        prefix = "fastreg.mixup: "
+        if fn == "mixup" or not str(e).startswith(prefix):
+            raise
+        raise ValueError(f"fastreg.{fn}: {str(e)[len(prefix) :]}") from None
     return (images.copy_(out) if inplace else out), soft
 
 

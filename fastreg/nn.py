@@ -121,9 +121,11 @@ class BiasActDropout(torch.nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if activation not in FR.ACTIVATION_NAMES:
-            raise ValueError(f"BiasActDropout: unknown activation {activation!r}")
-        self.num_features, self.activation, self.p = num_features, activation, p
+        fn = "nn.BiasActDropout"
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 0:
+            raise ValueError(f"fastreg.{fn}: num_features must be an int >= 0, got {num_features!r}")
+        FR._checked_activation_args(activation, negative_slope, alpha, approximate, fn)
+        self.num_features, self.activation, self.p = num_features, activation, check_p(p, fn)
         self.negative_slope, self.alpha, self.approximate = negative_slope, alpha, approximate
         if bias:
             self.bias = torch.nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
@@ -158,7 +160,7 @@ class DropPath(torch.nn.Module):
 
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
         super().__init__()
-        self.drop_prob = drop_prob
+        self.drop_prob = check_p(drop_prob, "nn.DropPath", "drop_prob")
         self.scale_by_keep = scale_by_keep
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,6 +193,7 @@ class DropConnectLinear(torch.nn.Linear):
         dtype: torch.dtype | None = None,
         p: float = 0.5,
     ) -> None:
+        p = check_p(p, "nn.DropConnectLinear")
         super().__init__(in_features, out_features, bias, device, dtype)
         self.p = p
 
@@ -202,9 +205,11 @@ class DropConnectLinear(torch.nn.Linear):
 
 
 class Cutout(torch.nn.Module):
-    """Cutout (DeVries & Taylor) on a batch of images ``(B, C, H, W)``, in training mode only
-    (:func:`fastreg.functional.cutout`): per sample, with probability ``p``, a square of
-    side ``size`` set to ``fill``, drawn on the images' device.
+    """Cutout (DeVries & Taylor) on a batch of images ``(B, C, H, W)`` or one image
+    ``(C, H, W)`` (in a Dataset, with DataLoader workers: each worker draws from its own
+    default generator), in training mode only (:func:`fastreg.functional.cutout`): per
+    sample, with probability ``p``, a square of side ``size`` set to ``fill``, drawn on the
+    images' device.
 
     Args:
         size: the square's side in pixels.
@@ -218,7 +223,9 @@ class Cutout(torch.nn.Module):
 
     def __init__(self, size: int, p: float = 1.0, fill: float = 0.0, inplace: bool = False) -> None:
         super().__init__()
-        self.size, self.p, self.fill, self.inplace = size, p, fill, inplace
+        fn = "nn.Cutout"
+        self.size, self.p = FR._check_size(size, fn), check_p(p, fn)
+        self.fill, self.inplace = FR._check_number(fill, fn, "fill"), inplace
 
     def forward(self, images: Tensor) -> Tensor:
         if not self.training:
@@ -231,8 +238,9 @@ class Cutout(torch.nn.Module):
 
 class RandomErasing(torch.nn.Module):
     """Random erasing with torchvision's ``RandomErasing`` arguments and box rule, one box
-    per sample of a ``(B, C, H, W)`` batch (torchvision: one per batch), drawn on the
-    device, in training mode only (:func:`fastreg.functional.random_erasing`).
+    per sample of a ``(B, C, H, W)`` batch (torchvision: one per batch) or on one ``(C, H,
+    W)`` image, drawn on the device, in training mode only
+    (:func:`fastreg.functional.random_erasing`).
 
     Args:
         p: the probability of a box per sample.
@@ -254,13 +262,8 @@ class RandomErasing(torch.nn.Module):
         inplace: bool = False,
     ) -> None:
         super().__init__()
-        self.p, self.scale, self.ratio, self.value, self.inplace = (
-            p,
-            tuple(scale),
-            tuple(ratio),
-            value,
-            inplace,
-        )
+        p, scale, ratio, _, _ = FR._checked_erasing_args(p, scale, ratio, value, "nn.RandomErasing")
+        self.p, self.scale, self.ratio, self.value, self.inplace = p, scale, ratio, value, inplace
 
     def forward(self, images: Tensor) -> Tensor:
         if not self.training:
@@ -318,24 +321,28 @@ class Mixup(torch.nn.Module):
         inplace: bool = False,
     ) -> None:
         super().__init__()
-        fn = "Mixup"
+        fn = "nn.Mixup"
         self.mixup_alpha = FR._check_alpha(mixup_alpha, fn, "mixup_alpha", allow_zero=True)
         self.cutmix_alpha = FR._check_alpha(cutmix_alpha, fn, "cutmix_alpha", allow_zero=True)
         self.cutmix_minmax = cutmix_minmax
         if cutmix_minmax is not None:
-            if len(cutmix_minmax) != 2:
-                raise ValueError(f"fastreg.Mixup: cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
+            cut_min, cut_max = FR._check_pair(cutmix_minmax, fn, "cutmix_minmax")
+            if not 0.0 <= cut_min < cut_max <= 1.0:
+                raise ValueError(
+                    f"fastreg.{fn}: cutmix_minmax must satisfy 0 <= min < max <= 1, got {cutmix_minmax!r}"
+                )
             self.cutmix_alpha = 1.0  # as timm: min-max boxes force cutmix on
         if self.mixup_alpha == 0.0 and self.cutmix_alpha == 0.0:
             raise ValueError(
-                "fastreg.Mixup: one of mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax is needed"
+                f"fastreg.{fn}: one of mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax is needed"
             )
         self.mix_prob = check_p(prob, fn, "prob")
         self.switch_prob = check_p(switch_prob, fn, "switch_prob")
         if mode not in FR.MIX_MODES:
-            raise ValueError(f"fastreg.Mixup: mode must be 'batch', 'pair' or 'elem', got {mode!r}")
+            raise ValueError(f"fastreg.{fn}: mode must be 'batch', 'pair' or 'elem', got {mode!r}")
         self.mode, self.correct_lam = mode, correct_lam
-        self.label_smoothing, self.num_classes = label_smoothing, num_classes
+        self.label_smoothing = FR._check_label_smoothing(label_smoothing, fn)
+        self.num_classes = FR._check_num_classes(num_classes, fn)
         self.inplace = inplace
         self.mixup_enabled = True
 
@@ -349,7 +356,7 @@ class Mixup(torch.nn.Module):
     ) -> tuple[Tensor, Tensor]:
         enabled = self.training and self.mixup_enabled
         return FR._mix(
-            "Mixup", images, target, self.num_classes, self.label_smoothing, self.mixup_alpha,
+            "nn.Mixup", images, target, self.num_classes, self.label_smoothing, self.mixup_alpha,
             self.cutmix_alpha, self.cutmix_minmax, self.mix_prob if enabled else 0.0, self.switch_prob,
             self.mode, self.correct_lam, self.inplace, generator, seed,
         )  # fmt: skip

@@ -232,3 +232,42 @@ def test_batch_ops_compile_dynamic_shapes(device):
             torch.manual_seed(1)
             want = call(x, t)
             assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+class _AugmentedImages(torch.utils.data.Dataset):
+    """A Dataset whose __getitem__ augments one (C, H, W) image, as torchvision's are used."""
+
+    def __init__(self, augment, n=8):
+        self.augment, self.n = augment, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.augment(torch.ones(3, 12, 12))
+
+
+def _epoch(augment, seed, workers=2):
+    loader = torch.utils.data.DataLoader(
+        _AugmentedImages(augment),
+        batch_size=2,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return torch.cat(list(loader))
+
+
+@pytest.mark.parametrize(
+    "augment", [FN.Cutout(6), FN.RandomErasing(1.0, scale=(0.1, 0.3))], ids=["Cutout", "RandomErasing"]
+)
+def test_modules_in_dataloader_workers(augment):
+    """nn.Cutout and nn.RandomErasing in a Dataset with DataLoader workers: each worker
+    draws from its own default generator, seeded by torch from the loader's generator, so
+    the boxes differ between images and workers and repeat for the same loader seed."""
+    first = _epoch(augment, seed=1)
+    assert first.shape == (8, 3, 12, 12)
+    assert bool((first == 0).any(dim=(1, 2, 3)).all())  # every image has a box
+    # images i and i + 2 are the same position in the two workers' batches
+    assert len({tuple(img.flatten().tolist()) for img in first}) == 8
+    assert torch.equal(_epoch(augment, seed=1), first)
+    assert not torch.equal(_epoch(augment, seed=2), first)

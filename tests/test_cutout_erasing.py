@@ -103,8 +103,8 @@ def test_cutout_opcheck_compile_module(device):
 def test_cutout_bad_input(device):
     x = images((2, 3, 8, 8), torch.float32, device)
     before = x.clone()
-    with pytest.raises(ValueError, match="images"):
-        FR.cutout(x[0], 3)
+    with pytest.raises(ValueError, match=r"fastreg.cutout: images must be \(C, H, W\) or \(B, C, H, W\)"):
+        FR.cutout(x[0, 0], 3)
     with pytest.raises(ValueError, match="size"):
         FR.cutout(x, 0)
     with pytest.raises(ValueError, match="p"):
@@ -246,13 +246,64 @@ def test_random_erasing_bad_input(device):
     ]:
         with pytest.raises(exc, match=words):
             FR.random_erasing(x, inplace=True, **kwargs)
-    with pytest.raises(ValueError, match="images"):
-        FR.random_erasing(x[0])
+    with pytest.raises(ValueError, match=r"fastreg.random_erasing: images must be \(C, H, W\) or"):
+        FR.random_erasing(x[0, 0])
     with pytest.raises(ValueError, match="value"):
         FR.random_erasing(x.to(torch.uint8), value="random")
     with pytest.raises(ValueError, match="value"):
         FR.random_erasing(x.to(torch.uint8), value=-1)
     assert torch.equal(x, before)
+
+
+SINGLE_IMAGE_CALLS = {
+    "cutout": lambda x, **kw: FR.cutout(x, 5, 0.7, fill=0.25, **kw),
+    "random_erasing": lambda x, **kw: FR.random_erasing(x, 0.7, **kw),
+    "random_erasing_random": lambda x, **kw: FR.random_erasing(x, 1.0, value="random", **kw),
+    "Cutout": lambda x, **kw: FN.Cutout(5, 0.7, 0.25, **kw)(x),
+    "RandomErasing": lambda x, **kw: FN.RandomErasing(1.0, value="random", **kw)(x),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "name,dtype",
+    [(n, torch.float32) for n in SINGLE_IMAGE_CALLS]
+    + [(n, torch.uint8) for n in ("cutout", "random_erasing", "Cutout")],  # 'random': float only
+    ids=str,
+)
+def test_single_image_is_a_batch_of_one(device, name, dtype):
+    """A (C, H, W) image gives what a batch of one gives for the same seed: out of place,
+    in place (the image itself returned) and through autograd."""
+    call = SINGLE_IMAGE_CALLS[name]
+    x = images((3, 19, 23), dtype, device)
+    before = x.clone()
+    with_seed = (lambda t, **kw: call(t, seed=11, **kw)) if name[0].islower() else None
+    if with_seed is None:  # the modules draw from the default generator
+
+        def with_seed(t, **kw):
+            torch.manual_seed(11)
+            return call(t, **kw)
+
+    out = with_seed(x)
+    expected = with_seed(x[None])[0]
+    assert out.shape == x.shape and torch.equal(out, expected)
+    assert not torch.equal(out, x)  # p and the seed give a box
+    assert torch.equal(x, before)
+    y = x.clone()
+    assert with_seed(y, inplace=True) is y
+    assert torch.equal(y, expected)
+    if dtype.is_floating_point:  # the gradient is zero in the box, as for the batch of one
+        xg, xb = x.clone().requires_grad_(), x[None].clone().requires_grad_()
+        with_seed(xg).backward(torch.ones_like(x))
+        with_seed(xb).backward(torch.ones_like(xb))
+        assert torch.equal(xg.grad, xb.grad[0]) and (xg.grad == 0).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_single_image_compiles(device):
+    x = images((3, 16, 16), torch.float32, device)
+    fn = torch.compile(lambda t: FR.cutout(t, 6, seed=3), fullgraph=True)
+    assert torch.equal(fn(x), FR.cutout(x[None], 6, seed=3)[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)

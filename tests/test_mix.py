@@ -346,3 +346,21 @@ def test_timm_batch_mixup_structure():
     assert torch.equal(out, x_t)
     assert torch.equal(soft, soft_t)
     assert torch.equal(soft, timm_mixup.mixup_target(t, K, lam, 0.1))
+
+
+@pytest.mark.parametrize(
+    "name,call",
+    [
+        ("mixup", lambda x, t: FR.mixup(x, t, num_classes=10)),
+        ("cutmix", lambda x, t: FR.cutmix(x, t, num_classes=10)),
+        ("nn.Mixup", lambda x, t: FN.Mixup(num_classes=10)(x, t)),
+    ],
+)
+def test_label_errors_name_what_the_user_called(name, call):
+    """The kernel's check of class indices is reported under the function or class called."""
+    x = torch.rand(4, 3, 8, 8)
+    before = x.clone()
+    with pytest.raises(ValueError) as info:
+        call(x, torch.tensor([0, 1, 2, 12]))
+    assert str(info.value).startswith(f"fastreg.{name}: target holds class index 12 at position 3")
+    assert torch.equal(x, before)

@@ -135,3 +135,54 @@ def test_convert_every_timm_activation_of_the_table():
             torch.testing.assert_close(new(x.clone()), before, msg=cls_name)
             swapped += 1
     assert swapped == sum(len(row.timm) for row in TABLE.values()) > 0
+
+
+BAD_CONSTRUCTORS = [
+    # (module, arguments, exception, message)
+    ("BiasActDropout", dict(num_features=8, p=1.5), ValueError, "p (a probability) must be in [0, 1]"),
+    ("BiasActDropout", dict(num_features=-1), ValueError, "num_features must be an int >= 0"),
+    ("BiasActDropout", dict(num_features=8, activation="swish"), ValueError, "activation must be one of"),
+    ("BiasActDropout", dict(num_features=8, activation="elu", alpha=-1.0), ValueError, "alpha must be >= 0"),
+    ("BiasActDropout", dict(num_features=8, approximate="fast"), ValueError, "approximate must be"),
+    ("DropPath", dict(drop_prob=-0.1), ValueError, "drop_prob (a probability) must be in [0, 1]"),
+    ("DropPath", dict(drop_prob="0.1"), TypeError, "drop_prob must be a number"),
+    ("DropConnectLinear", dict(in_features=4, out_features=4, p=1.1), ValueError, "p (a probability)"),
+    ("Cutout", dict(size=0), ValueError, "size must be a positive int"),
+    ("Cutout", dict(size=4.5), ValueError, "size must be a positive int"),
+    ("Cutout", dict(size=4, p=2.0), ValueError, "p (a probability)"),
+    ("Cutout", dict(size=4, fill="white"), TypeError, "fill must be a real number"),
+    ("RandomErasing", dict(p=1.5), ValueError, "p (a probability)"),
+    ("RandomErasing", dict(scale=(0.5, 0.1)), ValueError, "scale must satisfy"),
+    ("RandomErasing", dict(ratio=(0.0, 1.0)), ValueError, "ratio must satisfy"),
+    ("RandomErasing", dict(ratio=2.0), TypeError, "ratio must be a pair of numbers"),
+    ("RandomErasing", dict(value="noise"), ValueError, "value must be a number or 'random'"),
+    ("Mixup", dict(num_classes=0), ValueError, "num_classes must be a positive int"),
+    ("Mixup", dict(num_classes=10.0), ValueError, "num_classes must be a positive int"),
+    ("Mixup", dict(label_smoothing=1.5), ValueError, "label_smoothing must be in [0, 1]"),
+    ("Mixup", dict(prob=2.0), ValueError, "prob (a probability)"),
+    ("Mixup", dict(mixup_alpha=-1.0), ValueError, "mixup_alpha must be >= 0"),
+    ("Mixup", dict(mixup_alpha=0.0), ValueError, "one of mixup_alpha > 0"),
+    ("Mixup", dict(cutmix_minmax=(0.6, 0.2)), ValueError, "cutmix_minmax must satisfy"),
+    ("Mixup", dict(cutmix_minmax=(0.2,)), TypeError, "cutmix_minmax must be a pair"),
+    ("Mixup", dict(mode="sample"), ValueError, "mode must be"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,exc,words", BAD_CONSTRUCTORS, ids=lambda v: str(v)[:40])
+def test_constructors_reject_bad_arguments(name, kwargs, exc, words):
+    """A bad argument fails at construction, as torch.nn.Dropout's p does, with an error
+    that names the class the user called."""
+    with pytest.raises(exc) as info:
+        getattr(FN, name)(**kwargs)
+    assert str(info.value).startswith(f"fastreg.nn.{name}: ")
+    assert words in str(info.value)
+
+
+def test_torch_subclasses_keep_torch_constructor_errors():
+    """Dropout and AlphaDropout are torch's classes underneath: torch's own checks."""
+    for name in ("Dropout", "AlphaDropout"):
+        with pytest.raises(ValueError) as fastreg_error:
+            getattr(FN, name)(p=1.5)
+        with pytest.raises(ValueError) as torch_error:
+            getattr(torch.nn, name)(p=1.5)
+        assert str(fastreg_error.value) == str(torch_error.value)
