@@ -22,9 +22,9 @@ from . import (  # noqa: E402
     nn,
     reference,
 )
-from .convert import convert  # noqa: E402
+from .convert import convert, unconvert  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 build_info = _C.build_info
 
-__all__ = ["functional", "nn", "reference", "convert", "build_info", "__version__"]
+__all__ = ["functional", "nn", "reference", "convert", "unconvert", "build_info", "__version__"]

@@ -1,4 +1,5 @@
-"""fastreg.convert(model): swap torch.nn modules for their fastreg equivalents, in place."""
+"""fastreg.convert(model): swap torch.nn modules for their fastreg equivalents, in place;
+fastreg.unconvert(model): swap them back."""
 
 import torch
 
@@ -83,6 +84,11 @@ def _prelu(m):
     return new
 
 
+# the attribute of a converted module that holds the module it replaced (set through
+# object.__setattr__: not a submodule, so not in state_dict, parameters() or repr)
+_SOURCE = "_fastreg_source"
+
+
 def _replacement(module, extra):
     build = _MODULES.get(type(module)) or extra.get(type(module))
     if build is None:
@@ -90,6 +96,7 @@ def _replacement(module, extra):
     new = build(module)
     if new is not None:
         new.train(module.training)
+        object.__setattr__(new, _SOURCE, module)
     return new
 
 
@@ -104,7 +111,7 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     the activation modules the table names (GELU, GELUTanh, Swish, SwishMe, out-of-place
     Sigmoid and Tanh, ...); when torchvision is installed, its StochasticDepth in 'row'
     mode. Only exact types are swapped. A model that is itself such a module is returned as its
-    replacement.
+    replacement. :func:`unconvert` undoes it.
 
     Example:
         >>> model = fastreg.convert(timm.create_model("convnext_atto"))
@@ -119,3 +126,96 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
             if new is not None:
                 setattr(parent, name, new)
     return model
+
+
+# the arguments a converted module may have had changed since (a dropout schedule): copied
+# back into the module it replaced
+_HYPERPARAMETERS = ("p", "inplace", "negative_slope", "alpha", "approximate", "drop_prob", "scale_by_keep")
+
+
+def _restored(module):
+    """The module a converted one replaced, its arguments and training mode brought up to
+    date (PReLU's weight is the same Parameter)."""
+    source = module.__dict__[_SOURCE]
+    for name in _HYPERPARAMETERS:
+        if hasattr(source, name) and hasattr(module, name):
+            setattr(source, name, getattr(module, name))
+    if isinstance(module, fnn.DropPath) and not hasattr(source, "drop_prob"):
+        source.p = module.drop_prob  # torchvision's StochasticDepth
+    if isinstance(module, torch.nn.PReLU):
+        source.weight = module.weight
+    return source.train(module.training)
+
+
+def _as_class(module, cls, drop=()):
+    """module's state (parameters, buffers, hooks, arguments) under the plain class cls."""
+    plain = cls.__new__(cls)
+    plain.__dict__.update({k: v for k, v in module.__dict__.items() if k not in drop and k != _SOURCE})
+    return plain
+
+
+def _plain_drop_path(module):
+    try:
+        from timm.layers import DropPath
+    except ImportError:
+        DropPath = None
+    if DropPath is not None:
+        return DropPath(module.drop_prob, module.scale_by_keep).train(module.training)
+    try:
+        from torchvision.ops import StochasticDepth
+    except ImportError:
+        StochasticDepth = None
+    if StochasticDepth is not None and module.scale_by_keep:
+        return StochasticDepth(module.drop_prob, "row").train(module.training)
+    return None
+
+
+def _plain(module, path):
+    """The plain torch (or timm) module for a fastreg module; None for others."""
+    if not type(module).__module__.startswith("fastreg."):
+        return None
+    if _SOURCE in module.__dict__:
+        return _restored(module)
+    cls = type(module)
+    if cls in fnn.ACTIVATION_MODULES.values() or cls in (fnn.PReLU, fnn.Dropout, fnn.AlphaDropout):
+        return _as_class(module, cls.__bases__[0])
+    if cls is fnn.DropConnectLinear:  # its eval form: the Linear
+        return _as_class(module, torch.nn.Linear, drop=("p",))
+    if cls in (fnn.Cutout, fnn.RandomErasing):  # eval: the images unchanged
+        return torch.nn.Identity()
+    plain = _plain_drop_path(module) if cls is fnn.DropPath else None
+    if plain is None:
+        raise TypeError(
+            f"fastreg.unconvert: {path or 'the model'} is fastreg.nn.{cls.__name__}, which has "
+            "no plain torch module equivalent"
+            + (" (timm or torchvision would give one)" if cls is fnn.DropPath else "")
+        )
+    return plain
+
+
+def unconvert(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`convert`, in place, for a model that must run without fastreg: every
+    module convert replaced gets back the module it replaced (its type, timm's included,
+    with arguments changed since copied back); a fastreg module built directly becomes its
+    torch.nn base class (activations, PReLU, Dropout, AlphaDropout), ``nn.Linear``
+    (DropConnectLinear, its eval form), ``nn.Identity`` (Cutout and RandomErasing, whose eval
+    form it is) or timm's ``DropPath`` (else torchvision's ``StochasticDepth``). The
+    ``state_dict`` is unchanged (parameters are the same objects) and so are eval-mode
+    outputs. BiasActDropout and Mixup have no torch module equivalent: a model that holds
+    one raises TypeError, naming its path, before anything is swapped. Returns the model (a
+    model that is itself such a module is returned as its replacement).
+
+    Example:
+        >>> model = fastreg.unconvert(fastreg.convert(torchvision.models.resnet18()))
+    """
+    swaps = []
+    for parent_path, parent in model.named_modules():
+        for name, child in parent.named_children():
+            path = f"{parent_path}.{name}" if parent_path else name
+            plain = _plain(child, path)
+            if plain is not None:
+                swaps.append((parent, name, plain))
+    top = _plain(model, "")
+    for parent, name, plain in swaps:
+        setattr(parent, name, plain)
+    return model if top is None else top

@@ -186,3 +186,88 @@ def test_torch_subclasses_keep_torch_constructor_errors():
         with pytest.raises(ValueError) as torch_error:
             getattr(torch.nn, name)(p=1.5)
         assert str(fastreg_error.value) == str(torch_error.value)
+
+
+def _plain_torch_model():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.PReLU(4),
+        torch.nn.Sequential(torch.nn.GELU(approximate="tanh"), torch.nn.SiLU(), torch.nn.Mish()),
+        torch.nn.Dropout(0.2),
+        torch.nn.LeakyReLU(0.05),
+        torch.nn.ELU(0.5),
+        torch.nn.Hardswish(),
+        torch.nn.AlphaDropout(0.1),
+    )
+
+
+def _types(model):
+    return [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unconvert_gives_back_the_torch_modules(device):
+    """unconvert(convert(model)): the original types and arguments (changed ones kept), the
+    same state_dict (the same Parameter objects) and the same eval outputs."""
+    model = _plain_torch_model().to(device).eval()
+    types, params = _types(model), dict(model.named_parameters())
+    x = torch.randn(2, 3, 8, 8, device=device)
+    before = model(x)
+    fastreg.convert(model)
+    assert any(t.__module__ == "fastreg.nn" for t in _types(model))
+    model[4].p = 0.3  # e.g. a dropout schedule
+    assert fastreg.unconvert(model) is model
+    assert _types(model) == types
+    assert dict(model.named_parameters()) == params
+    assert model[4].p == 0.3 and model[1].inplace and model[3][0].approximate == "tanh"
+    assert model[6].alpha == 0.5 and not model[1].training
+    torch.testing.assert_close(model(x), before)
+    assert type(fastreg.unconvert(fastreg.convert(torch.nn.GELU()))) is torch.nn.GELU
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_224", "convnext_atto"])
+def test_unconvert_timm_models(arch):
+    """timm's own module types come back (its GELU, DropPath, ...), state_dict unchanged."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(arch, drop_path_rate=0.1, num_classes=10).eval()
+    types, state = _types(model), {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 3, 224, 224) if arch.startswith("vit") else torch.randn(1, 3, 64, 64)
+    before = model(x)
+    fastreg.convert(model)
+    assert any(t.__module__ == "fastreg.nn" for t in _types(model))
+    fastreg.unconvert(model)
+    assert _types(model) == types
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    torch.testing.assert_close(model(x), before)
+
+
+def test_unconvert_fastreg_modules_built_directly():
+    """fastreg modules built directly become their torch base class, their eval form, or
+    timm's DropPath; BiasActDropout (no torch equivalent) raises, naming its path, and
+    nothing is swapped."""
+    model = torch.nn.Sequential(
+        FN.GELU(),
+        FN.PReLU(3),
+        FN.Dropout(0.1),
+        FN.DropConnectLinear(4, 4, p=0.2),
+        FN.Cutout(4),
+        FN.RandomErasing(),
+        FN.DropPath(0.1),
+    )
+    weights = [p for p in model.parameters()]
+    fastreg.unconvert(model)
+    nn = torch.nn
+    assert [type(m) for m in model][:6] == [
+        nn.GELU, nn.PReLU, nn.Dropout, nn.Linear, nn.Identity, nn.Identity,
+    ]  # fmt: skip
+    assert type(model[6]).__name__ == "DropPath" and type(model[6]).__module__.startswith("timm")
+    assert model[6].drop_prob == 0.1
+    assert [p for p in model.parameters()] == weights
+    assert not hasattr(model[3], "p")
+    blocked = torch.nn.Sequential(FN.ReLU(), torch.nn.Sequential(FN.BiasActDropout(4, "gelu")))
+    with pytest.raises(TypeError, match=r"fastreg.unconvert: 1.0 is fastreg.nn.BiasActDropout"):
+        fastreg.unconvert(blocked)
+    assert type(blocked[0]) is FN.ReLU  # nothing swapped
