@@ -4,12 +4,32 @@ Each subclasses its torch.nn counterpart (same attributes, state_dict and
 repr; isinstance checks keep working) and only replaces forward.
 """
 
+import linecache
+
 import torch
 from torch import Tensor
 
 from . import functional as FR
 from ._activations import TABLE as ACTIVATIONS
 from ._random import check_p
+
+
+def _torch_call(row):
+    """The source of the torch call a module of `row` stands for under TorchScript."""
+    fn = row.torch_function
+    mod = "torch" if getattr(torch, fn.__name__, None) is fn else "torch.nn.functional"
+    args = ([f"{row.param}=self.{row.param}"] if row.param else []) + (
+        ["inplace=self.inplace"] if row.inplace else []
+    )
+    return f"{mod}.{fn.__name__}(input{''.join(', ' + a for a in args)})"
+
+
+def _compile_source(src, name, namespace):
+    """exec `src` with a file name linecache serves, so that inspect (and TorchScript, which
+    compiles a module's forward from its source) can read the generated code."""
+    filename = f"<fastreg.nn.{name}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    exec(compile(src, filename, "exec"), namespace)  # noqa: S102  (generated from the table)
 
 
 def _activation_module(row):
@@ -19,10 +39,15 @@ def _activation_module(row):
     args = ([f"self.{row.param}"] if row.param else []) + (["self.inplace"] if row.inplace else [])
     src = (
         "def forward(self, input: Tensor) -> Tensor:\n"
-        f"    return FR.{row.name}(input{''.join(', ' + a for a in args)})\n"
+        "    if torch.jit.is_scripting():  # TorchScript compiles only this branch\n"
+        f"        return {_torch_call(row)}\n"
+        "    else:\n"
+        "        if torch.jit.is_tracing():\n"
+        f"            return {_torch_call(row)}\n"
+        f"        return FR.{row.name}(input{''.join(', ' + a for a in args)})\n"
     )
-    namespace = {"FR": FR, "Tensor": Tensor}
-    exec(src, namespace)  # noqa: S102  (generated from the table)
+    namespace = {"FR": FR, "Tensor": Tensor, "torch": torch}
+    _compile_source(src, f"{base.__name__}.forward", namespace)
     doc = (
         f":class:`torch.nn.{base.__name__}` running :func:`fastreg.functional.{row.name}`: the same\n"
         "constructor arguments, attributes, ``state_dict`` and ``repr`` (a subclass, so ``isinstance``\n"
@@ -56,7 +81,12 @@ class PReLU(torch.nn.PReLU):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        return FR.prelu(input, self.weight)
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return torch.nn.functional.prelu(input, self.weight)
+        else:
+            if torch.jit.is_tracing():
+                return torch.nn.functional.prelu(input, self.weight)
+            return FR.prelu(input, self.weight)
 
 
 class Dropout(torch.nn.Dropout):
@@ -69,7 +99,12 @@ class Dropout(torch.nn.Dropout):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        return FR.dropout(input, self.p, self.training, self.inplace)
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return torch.nn.functional.dropout(input, self.p, self.training, self.inplace)
+        else:
+            if torch.jit.is_tracing():
+                return torch.nn.functional.dropout(input, self.p, self.training, self.inplace)
+            return FR.dropout(input, self.p, self.training, self.inplace)
 
 
 class AlphaDropout(torch.nn.AlphaDropout):
@@ -82,10 +117,40 @@ class AlphaDropout(torch.nn.AlphaDropout):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        return FR.alpha_dropout(input, self.p, self.training, self.inplace)
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return torch.nn.functional.alpha_dropout(input, self.p, self.training, self.inplace)
+        else:
+            if torch.jit.is_tracing():
+                return torch.nn.functional.alpha_dropout(input, self.p, self.training, self.inplace)
+            return FR.alpha_dropout(input, self.p, self.training, self.inplace)
 
 
-class BiasActDropout(torch.nn.Module):
+def _torch_drop_path(x: Tensor, p: float, training: bool, scale_by_keep: bool) -> Tensor:
+    """timm's drop_path in torch ops, which TorchScript compiles (torch's random draws, not
+    fastreg's)."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    mask = x.new_empty(shape).bernoulli_(keep)
+    if keep > 0.0 and scale_by_keep:
+        mask.div_(keep)
+    return x * mask
+
+
+class _NotScriptable:
+    """fastreg's autograd formulas are Python functions, which TorchScript can neither compile
+    nor save; a module with no torch equivalent refuses to be scripted."""
+
+    def __prepare_scriptable__(self):
+        raise TypeError(
+            f"torch.jit.script: fastreg.nn.{type(self).__name__} has no TorchScript form "
+            "(fastreg.unconvert(model) gives the eval form of Cutout, RandomErasing and "
+            "DropConnectLinear)"
+        )
+
+
+class BiasActDropout(_NotScriptable, torch.nn.Module):
     """``dropout(act(x + bias), p)`` in one kernel (:func:`fastreg.functional.bias_act_dropout`),
     with a learnable bias over the last dimension: zeros at first, as a bias folded out of
     the preceding ``nn.Linear(..., bias=False)``.
@@ -164,13 +229,18 @@ class DropPath(torch.nn.Module):
         self.scale_by_keep = scale_by_keep
 
     def forward(self, x: Tensor) -> Tensor:
-        return FR.drop_path(x, self.drop_prob, self.training, scale_by_keep=self.scale_by_keep)
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return _torch_drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+        else:
+            if torch.jit.is_tracing():
+                return _torch_drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+            return FR.drop_path(x, self.drop_prob, self.training, scale_by_keep=self.scale_by_keep)
 
     def extra_repr(self):
         return f"drop_prob={round(self.drop_prob, 3):0.3f}"
 
 
-class DropConnectLinear(torch.nn.Linear):
+class DropConnectLinear(_NotScriptable, torch.nn.Linear):
     """``nn.Linear`` whose weight is dropped out in training, one mask per call
     (:func:`fastreg.functional.dropconnect_linear`): ``nn.Linear``'s arguments and ``p``.
 
@@ -204,7 +274,7 @@ class DropConnectLinear(torch.nn.Linear):
         return super().extra_repr() + f", p={self.p}"
 
 
-class Cutout(torch.nn.Module):
+class Cutout(_NotScriptable, torch.nn.Module):
     """Cutout (DeVries & Taylor) on a batch of images ``(B, C, H, W)`` or one image
     ``(C, H, W)`` (in a Dataset, with DataLoader workers: each worker draws from its own
     default generator), in training mode only (:func:`fastreg.functional.cutout`): per
@@ -236,7 +306,7 @@ class Cutout(torch.nn.Module):
         return f"size={self.size}, p={self.p}, fill={self.fill}, inplace={self.inplace}"
 
 
-class RandomErasing(torch.nn.Module):
+class RandomErasing(_NotScriptable, torch.nn.Module):
     """Random erasing with torchvision's ``RandomErasing`` arguments and box rule, one box
     per sample of a ``(B, C, H, W)`` batch (torchvision: one per batch) or on one ``(C, H,
     W)`` image, drawn on the device, in training mode only
@@ -279,7 +349,7 @@ class RandomErasing(torch.nn.Module):
         )
 
 
-class Mixup(torch.nn.Module):
+class Mixup(_NotScriptable, torch.nn.Module):
     """timm's ``Mixup`` (same arguments, modes and behaviour) as a module:
     ``forward(images, target)`` returns ``(images, soft_targets)``. Every draw (per-batch,
     per-pair or per-sample coin, switch, lambda and box) happens on the device; odd batch

@@ -1,0 +1,111 @@
+"""Models leaving training: TorchScript (torch.jit.script and torch.jit.trace, saved and
+loaded) of converted torch and timm models, and fastreg.unconvert's plain models."""
+
+import io
+
+import pytest
+import torch
+from activation_cases import module_pairs
+
+import fastreg
+import fastreg.nn as FN
+
+# torch 2.14 deprecates TorchScript (FutureWarning); tracing a ViT warns about its shape checks
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+
+
+def _models():
+    timm = pytest.importorskip("timm")
+    torchvision = pytest.importorskip("torchvision")
+    return {
+        "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (2, 3, 64, 64)),
+        "vit": (
+            lambda: timm.create_model("vit_tiny_patch16_224", num_classes=10, drop_path_rate=0.1),
+            (1, 3, 224, 224),
+        ),
+        "convnext": (
+            lambda: timm.create_model("convnext_atto", num_classes=10, drop_path_rate=0.1),
+            (2, 3, 64, 64),
+        ),
+    }
+
+
+def _saved_and_loaded(scripted):
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    return torch.jit.load(buf)
+
+
+def _plain_torch_graph(graph):
+    """Every node an ATen or TorchScript builtin: no Python call, no fastreg op."""
+    kinds = {node.kind() for node in graph.nodes()}
+    return sorted(k for k in kinds if not k.startswith(("aten::", "prim::")))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit", "convnext"])
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_converted_models_script_and_trace(arch, how):
+    """torch.jit.script of the model in training mode and torch.jit.trace (default
+    arguments, gradients on) work, save and load, and give the converted model's eval
+    outputs; the converted model itself is left as it was."""
+    make, shape = _models()[arch]
+    torch.manual_seed(0)
+    model = fastreg.convert(make()).eval()
+    kinds = [type(m) for m in model.modules()]
+    assert any(k.__module__ == "fastreg.nn" for k in kinds)
+    x = torch.randn(*shape)
+    expected = model(x)
+    if how == "script":
+        exported = torch.jit.script(model.train())
+        exported.eval()
+    else:
+        exported = torch.jit.trace(model, x)
+    loaded = _saved_and_loaded(exported)
+    assert _plain_torch_graph(loaded.inlined_graph) == []
+    torch.testing.assert_close(loaded(x), expected)
+    assert [type(m) for m in model.modules()] == kinds
+
+
+@pytest.mark.parametrize("pair", module_pairs(), ids=lambda p: type(p[0]).__name__)
+def test_activation_modules_script_as_torch(pair):
+    """Each activation module scripts to its torch function with the module's argument."""
+    module, torch_module = pair
+    x = torch.randn(64, dtype=torch.float64)
+    scripted = _saved_and_loaded(torch.jit.script(module))
+    assert _plain_torch_graph(scripted.inlined_graph) == []
+    torch.testing.assert_close(scripted(x.clone()), torch_module(x.clone()))
+
+
+def test_dropout_modules_script_with_torch_semantics():
+    """Dropout, AlphaDropout, DropPath and PReLU script (torch's random draws in training);
+    in eval they are the identity, PReLU its formula."""
+    x = torch.randn(8, 16)
+    for module in (FN.Dropout(0.5), FN.AlphaDropout(0.5), FN.DropPath(0.5)):
+        scripted = _saved_and_loaded(torch.jit.script(module))
+        y = scripted(x)
+        assert (y == 0).any() or isinstance(module, FN.AlphaDropout)
+        assert not torch.equal(y, x)
+        scripted.eval()
+        assert torch.equal(scripted(x), x)
+    rows = _saved_and_loaded(torch.jit.script(FN.DropPath(0.5)))(torch.ones(64, 4))
+    assert set(rows.unique().tolist()) == {0.0, 2.0}
+    assert bool((rows == rows[:, :1]).all())  # one decision per sample
+    prelu = FN.PReLU(16)
+    torch.testing.assert_close(torch.jit.script(prelu)(x), torch.nn.functional.prelu(x, prelu.weight))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        FN.BiasActDropout(4),
+        FN.DropConnectLinear(4, 4),
+        FN.Cutout(4),
+        FN.RandomErasing(),
+        FN.Mixup(num_classes=4),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_modules_without_torchscript_form_refuse_it(module):
+    with pytest.raises(TypeError, match=f"torch.jit.script: fastreg.nn.{type(module).__name__} has no"):
+        torch.jit.script(torch.nn.Sequential(module))
