@@ -109,3 +109,26 @@ def test_dropout_modules_script_with_torch_semantics():
 def test_modules_without_torchscript_form_refuse_it(module):
     with pytest.raises(TypeError, match=f"torch.jit.script: fastreg.nn.{type(module).__name__} has no"):
         torch.jit.script(torch.nn.Sequential(module))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit", "convnext"])
+def test_converted_models_export_to_onnx(arch):
+    """torch.onnx.export (the TorchScript-based exporter, dynamo=False) of a converted model
+    in eval mode: standard ONNX operators only, and onnxruntime gives the model's outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    make, shape = _models()[arch]
+    torch.manual_seed(0)
+    model = fastreg.convert(make()).eval()
+    x = torch.randn(*shape)
+    expected = model(x)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), buf, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    assert {d.domain for d in proto.opset_import} <= {"", "ai.onnx"}  # no custom domain
+    ops = {node.op_type for node in proto.graph.node}
+    assert ops & {"Relu", "Gelu", "Erf"} and "Dropout" not in ops
+    runner = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = runner.run(None, {runner.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
