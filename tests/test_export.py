@@ -111,24 +111,85 @@ def test_modules_without_torchscript_form_refuse_it(module):
         torch.jit.script(torch.nn.Sequential(module))
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vit", "convnext"])
-def test_converted_models_export_to_onnx(arch):
-    """torch.onnx.export (the TorchScript-based exporter, dynamo=False) of a converted model
-    in eval mode: standard ONNX operators only, and onnxruntime gives the model's outputs."""
+def _onnx(model, x, dynamo):
+    """The ONNX model torch.onnx.export gives (fastreg's translations with dynamo=True)."""
     import onnx
+
+    import fastreg.onnx
+
+    if dynamo:
+        table = fastreg.onnx.translation_table()
+        return torch.onnx.export(model, (x,), dynamo=True, custom_translation_table=table).model_proto
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), buf, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _run_onnx(proto, x):
     import onnxruntime as ort
 
+    runner = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = runner.run(None, {runner.get_inputs()[0].name: x.numpy()})
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit", "convnext"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_converted_models_export_to_onnx(arch, dynamo):
+    """torch.onnx.export of a converted model in eval mode, with either exporter: standard
+    ONNX operators only, and onnxruntime gives the model's outputs."""
     make, shape = _models()[arch]
     torch.manual_seed(0)
     model = fastreg.convert(make()).eval()
     x = torch.randn(*shape)
     expected = model(x)
-    buf = io.BytesIO()
-    torch.onnx.export(model, (x,), buf, dynamo=False)
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = _onnx(model, x, dynamo)
     assert {d.domain for d in proto.opset_import} <= {"", "ai.onnx"}  # no custom domain
     ops = {node.op_type for node in proto.graph.node}
-    assert ops & {"Relu", "Gelu", "Erf"} and "Dropout" not in ops
-    runner = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    (out,) = runner.run(None, {runner.get_inputs()[0].name: x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+    assert ops & {"Relu", "Gelu"} and "Dropout" not in ops
+    torch.testing.assert_close(_run_onnx(proto, x), expected, rtol=1e-4, atol=1e-5)
+
+
+# the ONNX operator each activation module exports as
+ONNX_OPS = {
+    "Sigmoid": "Sigmoid", "Tanh": "Tanh", "ReLU": "Relu", "LeakyReLU": "LeakyRelu", "ELU": "Elu",
+    "SELU": "Selu", "GELU": "Gelu", "SiLU": "Sigmoid", "Mish": "Mish", "Hardswish": "HardSwish",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("pair", module_pairs(), ids=lambda p: type(p[0]).__name__)
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_activation_modules_export_to_onnx(pair, dynamo):
+    """Every activation exports as standard ONNX operators with the module's argument (with
+    dynamo, fastreg's table: its own operator; the TorchScript exporter has torch's
+    mapping, e.g. Mish as Softplus and Tanh), and onnxruntime agrees with the module."""
+    module, _ = pair
+    name = type(module).__name__
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), module).eval()
+    x = torch.randn(4, 8)
+    proto = _onnx(model, x, dynamo)
+    assert {d.domain for d in proto.opset_import} <= {"", "ai.onnx"}
+    if dynamo:
+        assert ONNX_OPS[name] in {node.op_type for node in proto.graph.node}
+    torch.testing.assert_close(_run_onnx(proto, x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,channels", [((2, 3, 7, 7), 16), ((4, 8), 16), ((4, 8), 1)])
+def test_prelu_exports_to_onnx_with_dynamo(shape, channels):
+    layer = torch.nn.Conv2d(3, 16, 3) if len(shape) == 4 else torch.nn.Linear(8, 16)
+    model = torch.nn.Sequential(layer, FN.PReLU(channels)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(-1, 1)
+    x = torch.randn(*shape)
+    proto = _onnx(model, x, dynamo=True)
+    assert "PRelu" in {node.op_type for node in proto.graph.node}
+    torch.testing.assert_close(_run_onnx(proto, x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_table_covers_every_activation_op():
+    import fastreg.onnx
+    from fastreg._activations import TABLE
+
+    table = fastreg.onnx.translation_table()
+    ops = torch.ops.fastreg
+    assert set(table) == {getattr(ops, name).default for name in TABLE} | {ops.prelu.default}
