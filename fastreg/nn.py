@@ -5,6 +5,7 @@ repr; isinstance checks keep working) and only replaces forward.
 """
 
 import linecache
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -14,14 +15,32 @@ from ._activations import TABLE as ACTIVATIONS
 from ._random import check_p
 
 
-def _torch_call(row):
-    """The source of the torch call a module of `row` stands for under TorchScript."""
+def _torch_call(row, owner="self.", inplace=True):
+    """The source of the torch call a module of `row` stands for under TorchScript (its
+    argument read from `owner`)."""
     fn = row.torch_function
     mod = "torch" if getattr(torch, fn.__name__, None) is fn else "torch.nn.functional"
-    args = ([f"{row.param}=self.{row.param}"] if row.param else []) + (
-        ["inplace=self.inplace"] if row.inplace else []
+    args = ([f"{row.param}={owner}{row.param}"] if row.param else []) + (
+        ["inplace=self.inplace"] if row.inplace and inplace else []
     )
     return f"{mod}.{fn.__name__}(input{''.join(', ' + a for a in args)})"
+
+
+def _torch_bias_act_dropout_source():
+    """bias_act_dropout in torch functions, which TorchScript compiles: one branch per
+    activation of the table."""
+    lines = [
+        "def _torch_bias_act_dropout(input: Tensor, bias: Optional[Tensor], activation: str, p: float,\n"
+        "                            training: bool, negative_slope: float, alpha: float,\n"
+        "                            approximate: str) -> Tensor:\n",
+        "    if bias is not None:\n",
+        "        input = input + bias\n",
+    ]
+    for row in ACTIVATIONS.values():
+        lines.append(f"    if activation == {row.name!r}:\n")
+        lines.append(f"        input = {_torch_call(row, owner='', inplace=False)}\n")
+    lines.append("    return torch.nn.functional.dropout(input, p, training)\n")
+    return "".join(lines)
 
 
 def _compile_source(src, name, namespace):
@@ -62,6 +81,9 @@ def _activation_module(row):
 
 
 ACTIVATION_MODULES = {name: _activation_module(row) for name, row in ACTIVATIONS.items()}
+_namespace = {"__name__": __name__, "torch": torch, "Tensor": Tensor, "Optional": Optional}
+_compile_source(_torch_bias_act_dropout_source(), "_torch_bias_act_dropout", _namespace)
+_torch_bias_act_dropout = _namespace["_torch_bias_act_dropout"]
 globals().update({cls.__name__: cls for cls in ACTIVATION_MODULES.values()})
 
 __all__ = [
@@ -150,7 +172,7 @@ class _NotScriptable:
         )
 
 
-class BiasActDropout(_NotScriptable, torch.nn.Module):
+class BiasActDropout(torch.nn.Module):
     """``dropout(act(x + bias), p)`` in one kernel (:func:`fastreg.functional.bias_act_dropout`),
     with a learnable bias over the last dimension: zeros at first, as a bias folded out of
     the preceding ``nn.Linear(..., bias=False)``.
@@ -198,10 +220,21 @@ class BiasActDropout(_NotScriptable, torch.nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, input: Tensor) -> Tensor:
-        return FR.bias_act_dropout(
-            input, self.bias, self.activation, self.p, self.training,
-            negative_slope=self.negative_slope, alpha=self.alpha, approximate=self.approximate,
-        )  # fmt: skip
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return _torch_bias_act_dropout(
+                input, self.bias, self.activation, self.p, self.training,
+                self.negative_slope, self.alpha, self.approximate,
+            )  # fmt: skip
+        else:
+            if torch.jit.is_tracing():
+                return _torch_bias_act_dropout(
+                    input, self.bias, self.activation, self.p, self.training,
+                    self.negative_slope, self.alpha, self.approximate,
+                )  # fmt: skip
+            return FR.bias_act_dropout(
+                input, self.bias, self.activation, self.p, self.training,
+                negative_slope=self.negative_slope, alpha=self.alpha, approximate=self.approximate,
+            )  # fmt: skip
 
     def extra_repr(self):
         return (

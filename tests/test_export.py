@@ -9,6 +9,7 @@ from activation_cases import module_pairs
 
 import fastreg
 import fastreg.nn as FN
+from fastreg._activations import TABLE
 
 # torch 2.14 deprecates TorchScript (FutureWarning); tracing a ViT warns about its shape checks
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
@@ -98,7 +99,6 @@ def test_dropout_modules_script_with_torch_semantics():
 @pytest.mark.parametrize(
     "module",
     [
-        FN.BiasActDropout(4),
         FN.DropConnectLinear(4, 4),
         FN.Cutout(4),
         FN.RandomErasing(),
@@ -188,8 +188,34 @@ def test_prelu_exports_to_onnx_with_dynamo(shape, channels):
 
 def test_onnx_table_covers_every_activation_op():
     import fastreg.onnx
-    from fastreg._activations import TABLE
 
     table = fastreg.onnx.translation_table()
     ops = torch.ops.fastreg
-    assert set(table) == {getattr(ops, name).default for name in TABLE} | {ops.prelu.default}
+    extra = {ops.prelu.default, ops.bias_act_dropout.default}
+    assert set(table) == {getattr(ops, name).default for name in TABLE} | extra
+
+
+@pytest.mark.parametrize("activation", list(TABLE))
+def test_bias_act_dropout_scripts_traces_and_exports(activation):
+    """BiasActDropout (built directly; convert never inserts it) scripts and traces as
+    bias + torch's activation + dropout, and exports to ONNX with either exporter; all equal
+    the module's eval output."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16, bias=False), FN.BiasActDropout(16, activation, p=0.2, alpha=0.7)
+    ).eval()
+    with torch.no_grad():
+        model[1].bias.uniform_(-1, 1)
+    x = torch.randn(4, 8)
+    expected = model(x)
+    for exported in (torch.jit.script(model), torch.jit.trace(model, x)):
+        loaded = _saved_and_loaded(exported)
+        assert _plain_torch_graph(loaded.inlined_graph) == []
+        torch.testing.assert_close(loaded(x), expected)
+    for dynamo in (False, True):
+        proto = _onnx(model, x, dynamo)
+        assert {d.domain for d in proto.opset_import} <= {"", "ai.onnx"}
+        torch.testing.assert_close(_run_onnx(proto, x), expected, rtol=1e-4, atol=1e-5)
+    scripted = torch.jit.script(model.train())  # training: torch's dropout after the activation
+    y = scripted(torch.randn(256, 8))
+    assert 0.1 < float((y == 0).float().mean()) < 0.7
