@@ -221,20 +221,21 @@ class BiasActDropout(torch.nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript compiles only this branch
-            return _torch_bias_act_dropout(
-                input, self.bias, self.activation, self.p, self.training,
-                self.negative_slope, self.alpha, self.approximate,
-            )  # fmt: skip
+            return self._torch_forward(input)
         else:
             if torch.jit.is_tracing():
-                return _torch_bias_act_dropout(
-                    input, self.bias, self.activation, self.p, self.training,
-                    self.negative_slope, self.alpha, self.approximate,
-                )  # fmt: skip
+                return self._torch_forward(input)
             return FR.bias_act_dropout(
                 input, self.bias, self.activation, self.p, self.training,
                 negative_slope=self.negative_slope, alpha=self.alpha, approximate=self.approximate,
             )  # fmt: skip
+
+    def _torch_forward(self, input: Tensor) -> Tensor:
+        """The forward in torch functions, for TorchScript and tracing."""
+        return _torch_bias_act_dropout(
+            input, self.bias, self.activation, self.p, self.training,
+            self.negative_slope, self.alpha, self.approximate,
+        )  # fmt: skip
 
     def extra_repr(self):
         return (
