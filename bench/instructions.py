@@ -93,6 +93,12 @@ def _elementwise_cases(cases, torch, F, dt):
             )
     case("dropout_add", lambda: (r(n), r(n)), lambda x, y: F.dropout_add(x, y, 0.1, seed=3))
     case("drop_path", lambda: (r(32, 4096),), lambda x: F.drop_path(x, 0.2, True, seed=3))
+    if hasattr(F, "stochastic_depth"):  # an earlier build lacks it
+        case(
+            "stochastic_depth",
+            lambda: (r(32, 4096),),
+            lambda x: F.stochastic_depth(x, torch.tanh, 0.2, True, seed=3),
+        )
     case(
         "dropconnect_linear",
         lambda: (r(16, 128), r(128, 128)),

@@ -179,6 +179,24 @@ at::Tensor drop_path_forward(const at::Tensor& x, const std::optional<at::Tensor
   return y;
 }
 
+// The words come from the backend (one Philox word per sample, stream kStreamSubset); the
+// ranking is ATen's stable sort, so ties (equal words) keep the lower index first and the
+// subset is the same on every device.
+template <class L>
+at::Tensor stochastic_depth_subset(const at::Tensor& seed, int64_t batch, int64_t keep) {
+  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1,
+                     "fastreg.stochastic_depth_subset: seed must be a one-element int64 tensor");
+  FASTREG_CHECK_VALUE(batch >= 0 && batch < (int64_t(1) << 40),
+                      "fastreg.stochastic_depth_subset: batch must be >= 0, got ", batch);
+  FASTREG_CHECK_VALUE(keep >= 0 && keep <= batch,
+                      "fastreg.stochastic_depth_subset: keep must be in [0, batch], got ", keep,
+                      " of ", batch);
+  at::Tensor words = at::empty({batch}, seed.options());
+  if (batch > 0) L::sample_words(seed, philox::kStreamSubset, words);
+  const at::Tensor order = std::get<1>(at::sort(words, /*stable=*/true, 0, /*descending=*/false));
+  return std::get<0>(at::sort(order.slice(0, 0, keep)));
+}
+
 template <class L>
 std::tuple<at::Tensor, at::Tensor> bias_act_dropout_forward(
     const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& seed,
@@ -267,6 +285,9 @@ void register_dropout_kernels(torch::Library& m) {
   });
   m.impl("drop_path_backward", [](const Tensor& g, const Tensor& seed, double p, bool sbk) {
     return drop_path_forward<L>(g, std::nullopt, seed, p, sbk, "drop_path_backward", "grad");
+  });
+  m.impl("stochastic_depth_subset", [](const Tensor& seed, int64_t batch, int64_t keep) {
+    return stochastic_depth_subset<L>(seed, batch, keep);
   });
   m.impl("bias_act_dropout", [](const Tensor& x, OptT bias, const Tensor& seed, sv act, double p,
                                 double slope, double alpha, sv approx, bool save_mask) {

@@ -141,6 +141,12 @@ void def_dropout_ops(torch::Library& m) {
       "bias_act_dropout_backward(Tensor grad, Tensor saved, Tensor? bias, Tensor seed, "
       "str activation, float p, float negative_slope, float alpha, str approximate) "
       "-> (Tensor, Tensor)");
+  // Stochastic depth that skips the dropped samples (row mode): `keep` of the `batch` sample
+  // indices, ascending, chosen uniformly without replacement: the samples ranked by their
+  // Philox word (stream kStreamSubset; ties by index), the first `keep`. A function of
+  // (seed, batch, keep) only, the same on every device.
+  def<Y(T, int64_t, int64_t)>(
+      m, "stochastic_depth_subset(Tensor seed, int batch, int keep) -> Tensor");
   // Composite (fastreg/_autograd.py): the weight mask from `dropout`, the
   // product from ATen's matmul; saves the input and the seed only.
   m.def(

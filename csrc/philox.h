@@ -28,7 +28,8 @@ namespace fastreg::philox {
 // Stream ids: one per independent draw.
 constexpr uint32_t kStreamElement = 0;     // dropout-style per-element keep decisions
 constexpr uint32_t kStreamSample = 1;      // drop path: one keep decision per sample
-constexpr uint32_t kStreamBox = 3;         // (2 unused) cutout: per-sample coin and box centre
+constexpr uint32_t kStreamSubset = 2;      // stochastic depth (row): each sample's rank key
+constexpr uint32_t kStreamBox = 3;         // cutout: per-sample coin and box centre
 constexpr uint32_t kStreamErase = 4;       // random erasing: coin (counter 1 = 0), attempts (1 + a)
 constexpr uint32_t kStreamEraseValue = 5;  // random erasing, value='random': per-element normals
 constexpr uint32_t kStreamMix = 6;         // mixup/cutmix: coin, switch, box centre / min-max box

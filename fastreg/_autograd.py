@@ -281,6 +281,17 @@ def _dropout_add_backward(ctx, grad):
 _register_autograd("dropout_add", _dropout_add_backward, _dropout_add_setup)
 
 
+@register_fake("fastreg::stochastic_depth_subset")
+def _stochastic_depth_subset_fake(seed, batch, keep):
+    if not (seed.dtype == torch.int64 and seed.numel() == 1):
+        raise TypeError("fastreg.stochastic_depth_subset: seed must be a one-element int64 tensor")
+    if not 0 <= keep <= batch:
+        raise ValueError(
+            f"fastreg.stochastic_depth_subset: keep must be in [0, batch], got {keep} of {batch}"
+        )
+    return seed.new_empty((keep,))
+
+
 @register_fake("fastreg::drop_path")
 def _drop_path_fake(input, residual, seed, p, scale_by_keep):
     return torch.empty_like(input)

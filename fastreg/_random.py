@@ -11,7 +11,7 @@ random bits; ``philox_words`` below is the same function, used by
 import torch
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-STREAM_ELEMENT, STREAM_SAMPLE, STREAM_BOX = 0, 1, 3  # csrc/philox.h kStream*
+STREAM_ELEMENT, STREAM_SAMPLE, STREAM_SUBSET, STREAM_BOX = 0, 1, 2, 3  # csrc/philox.h kStream*
 
 
 def seed_tensor(like, generator=None, seed=None, fn="op"):
@@ -381,3 +381,43 @@ def mix_draws(
         # which is not the correctly rounded quotient the kernels compute
         lam_target = torch.where(is_cut, 1.0 - area / torch.full_like(area, float(H * W)), lam)
     return tuple(v[keys] for v in (lam, lam_target, kind, y0, y1, x0, x1))
+
+
+# --- stochastic depth that skips the dropped samples ----------------------------------------
+
+STOCHASTIC_DEPTH_MODES = ("row", "batch")
+
+
+def keep_count(batch, p):
+    """Row-mode stochastic depth: how many of ``batch`` samples run the branch,
+    max(1, round(batch * (1 - p))) (Python's round: half to even)."""
+    return max(1, round(batch * (1.0 - p)))
+
+
+def subset_indices(seed, batch, keep, device="cpu"):
+    """csrc/dropout_ops.h stochastic_depth_subset: the samples ranked by their word on
+    STREAM_SUBSET (ties by index), the first ``keep``, ascending."""
+    words = philox_words(seed, STREAM_SUBSET, torch.arange(batch, device=device))
+    order = torch.sort(words, stable=True).indices
+    return torch.sort(order[:keep]).values
+
+
+def batch_skips(p, generator, seed, fn):
+    """Batch-mode stochastic depth's one draw, on the host: whether the branch is skipped.
+    With ``seed``: the word of sample 0 on STREAM_SAMPLE (so it skips exactly when
+    drop_path with that seed drops sample 0), computed in Python integers; else a 32-bit
+    word from ``generator`` (a CPU generator; default torch's). Skipped when the word is
+    below round(p * 2^32), as every fastreg keep decision."""
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"fastreg.{fn}: seed must be an int or None, got {type(seed).__name__}")
+        k0, k1 = _keys(seed)
+        word = philox4x32_10(0, 0, STREAM_SAMPLE, 0, k0, k1)[0]
+    else:
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(
+                f"fastreg.{fn}: mode='batch' draws on the host: generator must be a CPU generator, "
+                f"got one on {generator.device}"
+            )
+        word = int(torch.randint(0, 2**32, (), generator=generator))
+    return word < keep_threshold(p)

@@ -3,6 +3,7 @@ fastreg.unconvert(model): swap them back."""
 
 import torch
 
+from . import _skip_blocks
 from . import nn as fnn
 from ._activations import TABLE as ACTIVATIONS
 
@@ -100,7 +101,7 @@ def _replacement(module, extra):
     return new
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
+def convert(model: torch.nn.Module, *, stochastic_depth: str | None = None) -> torch.nn.Module:
     """Replace, in place, every module that has a fastreg equivalent; return the model.
     Parameters (PReLU's weight) are the same objects, so optimizers and ``state_dict`` keys
     are unchanged, and eval-mode outputs equal the original model's.
@@ -113,9 +114,22 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     mode. Only exact types are swapped. A model that is itself such a module is returned as its
     replacement. :func:`unconvert` undoes it.
 
+    ``stochastic_depth="skip"`` also rewires timm's residual blocks that have a drop path
+    (VisionTransformer and DeiT ``Block``, ``ConvNeXtBlock``, ResNet ``BasicBlock`` and
+    ``Bottleneck``) so that in training each branch runs only on the samples its drop path
+    keeps (:func:`fastreg.functional.stochastic_depth`, row mode, the drop path's ``p``).
+    The blocks keep their submodules and ``state_dict`` keys; eval outputs are unchanged.
+    Other module types holding a drop path are left as they are, with a warning naming them.
+
     Example:
         >>> model = fastreg.convert(timm.create_model("convnext_atto"))
     """
+    if stochastic_depth not in (None, "skip"):
+        raise ValueError(
+            f"fastreg.convert: stochastic_depth must be None or 'skip', got {stochastic_depth!r}"
+        )
+    if stochastic_depth == "skip":
+        _skip_blocks.rewire(model)
     extra = {**_timm_types(), **_torchvision_types()}
     top = _replacement(model, extra)
     if top is not None:
@@ -172,6 +186,8 @@ def _plain_drop_path(module):
 
 def _plain(module, path):
     """The plain torch (or timm) module for a fastreg module; None for others."""
+    if isinstance(module, _skip_blocks.SkipBlock):  # a rewired timm block: its timm class
+        return _as_class(module, module._fastreg_base)
     if not type(module).__module__.startswith("fastreg."):
         return None
     if _SOURCE in module.__dict__:
@@ -201,7 +217,8 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
     (DropConnectLinear, its eval form), ``nn.Identity`` (Cutout and RandomErasing, whose eval
     form it is) or timm's ``DropPath`` (else torchvision's ``StochasticDepth``). The
     ``state_dict`` is unchanged (parameters are the same objects) and so are eval-mode
-    outputs. BiasActDropout and Mixup have no torch module equivalent: a model that holds
+    outputs. Blocks rewired by ``stochastic_depth="skip"`` get their timm class back.
+    BiasActDropout, Mixup and StochasticDepth have no torch module equivalent: a model that holds
     one raises TypeError, naming its path, before anything is swapped. Returns the model (a
     model that is itself such a module is returned as its replacement).
 

@@ -6,6 +6,7 @@ with errors that name the argument; the kernels check again (TORCH_CHECK).
 
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -16,7 +17,15 @@ from . import reference as R
 from ._activations import TABLE as ACTIVATIONS
 from ._autograd import EAGER_AUTOGRAD, EAGER_OUTPUTS, kernel
 from ._autograd import inplace as inplace_form
-from ._random import MIX_MODES, check_p, seed_tensor
+from ._random import (
+    MIX_MODES,
+    STOCHASTIC_DEPTH_MODES,
+    batch_skips,
+    check_p,
+    keep_count,
+    seed_tensor,
+    subset_indices,
+)
 
 ops = torch.ops.fastreg
 
@@ -24,7 +33,8 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 __all__ = [
     *ACTIVATIONS, "prelu",
-    "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
+    "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "stochastic_depth",
+    "dropconnect_linear",
     "cutout", "random_erasing", "mixup", "cutmix",
 ]  # fmt: skip
 
@@ -545,6 +555,149 @@ def drop_path(
         )
     s = seed_tensor(input, generator, seed, "drop_path")
     return _call(ops.drop_path, input, residual, s, p, bool(scale_by_keep))
+
+
+def _checked_stochastic_depth_args(input, branch, p, mode, residual, fn):
+    _check_float(input, fn)
+    if input.dim() == 0:
+        raise ValueError(f"fastreg.{fn}: input must have a batch dimension (dim 0), got a 0-d tensor")
+    if not callable(branch):
+        raise TypeError(
+            f"fastreg.{fn}: branch must be callable (a module or function), got {type(branch).__name__}"
+        )
+    p = check_p(p, fn)
+    if mode not in STOCHASTIC_DEPTH_MODES:
+        raise ValueError(f"fastreg.{fn}: mode must be 'row' or 'batch', got {mode!r}")
+    if residual is None:
+        return p, input
+    _check_float(residual, fn, "residual")
+    if residual.dim() == 0 or residual.shape[0] != input.shape[0] or residual.device != input.device:
+        raise ValueError(
+            f"fastreg.{fn}: residual must have input's batch size ({input.shape[0]}) and device "
+            f"({input.device}), got shape {tuple(residual.shape)} on {residual.device}"
+        )
+    return p, residual
+
+
+def _branch_output(y, residual, rows, fn, like):
+    """y, checked to be ``rows`` samples shaped like the residual's (``like`` names it)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"fastreg.{fn}: branch must return a Tensor, got {type(y).__name__}")
+    want = (rows, *residual.shape[1:])
+    if tuple(y.shape) != want:
+        raise ValueError(
+            f"fastreg.{fn}: branch must return, for each sample of its input, one shaped like "
+            f"{like}'s: expected {want} for {rows} samples, got {tuple(y.shape)}"
+        )
+    return y
+
+
+class _AddRows(torch.autograd.Function):
+    """``residual.index_add(0, rows, y, alpha=scale)`` saving only ``rows`` (ATen's index_add
+    also saves ``y``, a tensor as large as the kept samples' branch output)."""
+
+    @staticmethod
+    def forward(residual, rows, y, scale):
+        return residual.index_add(0, rows, y, alpha=scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, rows, _, ctx.scale = inputs
+        ctx.save_for_backward(rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        grad_y = grad.index_select(0, rows)
+        return grad, None, (grad_y if ctx.scale == 1.0 else grad_y * ctx.scale), None
+
+
+def _add_rows(residual, rows, y, scale):
+    dtype = torch.promote_types(residual.dtype, y.dtype)  # both have a batch dimension
+    residual, y = residual.to(dtype), y.to(dtype)
+    if dtype in (torch.float16, torch.bfloat16) and scale != 1.0:
+        # index_add would round alpha to the dtype first: scale in float32, as `y * scale` does
+        y, scale = y * scale, 1.0
+    if _transforming():
+        return residual.index_add(0, rows, y, alpha=scale)
+    return _AddRows.apply(residual, rows, y, scale)
+
+
+def stochastic_depth(
+    input: Tensor,
+    branch: Callable[[Tensor], Tensor],
+    p: float = 0.0,
+    training: bool = False,
+    *,
+    mode: str = "row",
+    residual: Tensor | None = None,
+    scale_by_keep: bool = True,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Stochastic depth that skips the compute of the dropped samples: returns
+    ``residual + drop_path(branch(input))`` in distribution, running ``branch`` only on the
+    samples it keeps (``residual`` defaults to ``input``).
+
+    ``mode="row"``: k = max(1, round(B * (1 - p))) of the B samples, chosen uniformly without
+    replacement on the input's device from fastreg's Philox stream (no host sync, static
+    shapes: torch.compile(fullgraph=True) and CUDA graphs), run the branch; its output is
+    added at their rows scaled by ``B / k``. ``mode="batch"``: the whole branch is skipped
+    with probability ``p``, one host-side draw (see docs/design.md for torch.compile), and
+    scaled by ``1 / (1 - p)`` when run. In eval, or with ``p = 0``, the branch runs on every
+    sample; with ``p = 1`` it never runs.
+
+    Unlike per-sample drop path, the branch sees a smaller batch: a BatchNorm inside it
+    normalizes over the kept samples only.
+
+    Args:
+        input: a float tensor ``(B, ...)``, the branch's input.
+        branch: a callable taking ``(k, ...)`` samples of ``input`` and returning
+            ``(k, ...)`` samples shaped like ``residual``'s.
+        p: the drop probability, in [0, 1].
+        training: apply it (``False`` by default, as timm's drop_path).
+        mode: ``"row"`` or ``"batch"`` (torchvision's names).
+        residual: what the branch's output is added to (default: ``input``), batch first.
+        scale_by_keep: scale the branch's output by ``B / k`` (row) or ``1 / (1 - p)``
+            (batch).
+        generator: the generator the seed is drawn from (default: the device's; in batch
+            mode, a CPU generator, default torch's).
+        seed: an explicit seed, overriding ``generator``.
+
+    Returns:
+        A new tensor shaped like ``residual``, of ``residual`` and the branch output's
+        promoted dtype.
+
+    Saved for backward: the branch's own saved tensors, for the kept samples only, and
+    the ``k`` row indices.
+
+    Example:
+        >>> y = fastreg.functional.stochastic_depth(x, lambda t: mlp(norm(t)), 0.2, True)
+    """
+    if has_torch_function((input, residual)):
+        return handle_torch_function(
+            stochastic_depth, (input, residual), input, branch, p=p, training=training, mode=mode,
+            residual=residual, scale_by_keep=scale_by_keep, generator=generator, seed=seed,
+        )  # fmt: skip
+    fn = "stochastic_depth"
+    p, res = _checked_stochastic_depth_args(input, branch, p, mode, residual, fn)
+    like = "input" if residual is None else "residual"
+    B = input.shape[0]
+    if training and (p == 1.0 or (p > 0.0 and mode == "batch" and batch_skips(p, generator, seed, fn))):
+        return res.clone()  # a new tensor, as on every other path
+    k = keep_count(B, p) if training and mode == "row" else B
+    if k >= B:
+        y = _branch_output(branch(input), res, B, fn, like)
+        if training and mode == "batch" and scale_by_keep and p > 0.0:
+            y = y * (1.0 / (1.0 - p))
+        return res + y
+    s = seed_tensor(input, generator, seed, fn)
+    if _transforming():
+        rows = subset_indices(s, B, k, input.device)
+    else:
+        rows = _call(ops.stochastic_depth_subset, s, B, k, grad=False)
+    y = _branch_output(branch(input.index_select(0, rows)), res, k, fn, like)
+    return _add_rows(res, rows, y, B / k if scale_by_keep else 1.0)
 
 
 def dropconnect_linear(

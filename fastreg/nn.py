@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import functional as FR
 from ._activations import TABLE as ACTIVATIONS
-from ._random import check_p
+from ._random import STOCHASTIC_DEPTH_MODES, check_p
 
 
 def _torch_call(row, owner="self.", inplace=True):
@@ -88,7 +88,7 @@ globals().update({cls.__name__: cls for cls in ACTIVATION_MODULES.values()})
 
 __all__ = [
     *(cls.__name__ for cls in ACTIVATION_MODULES.values()), "PReLU",
-    "Dropout", "AlphaDropout", "BiasActDropout", "DropPath", "DropConnectLinear", "Cutout",
+    "Dropout", "AlphaDropout", "BiasActDropout", "DropPath", "StochasticDepth", "DropConnectLinear", "Cutout",
     "RandomErasing", "Mixup",
 ]  # fmt: skip
 
@@ -272,6 +272,54 @@ class DropPath(torch.nn.Module):
 
     def extra_repr(self):
         return f"drop_prob={round(self.drop_prob, 3):0.3f}"
+
+
+class StochasticDepth(_NotScriptable, torch.nn.Module):
+    """A residual branch under stochastic depth that skips the dropped samples' compute:
+    ``x + drop_path(branch(x))`` in distribution, with ``branch`` run only on the samples
+    kept (:func:`fastreg.functional.stochastic_depth`). In eval, or with ``p = 0``, the
+    branch runs on every sample.
+
+    Args:
+        branch: the residual branch, a module whose output is shaped like its input.
+        p: the drop probability, in [0, 1].
+        mode: ``"row"``: a fixed number max(1, round(B * (1 - p))) of the B samples, drawn
+            on the device, run the branch, scaled by B / k; ``"batch"``: the whole branch is
+            skipped with probability ``p`` (a host-side draw).
+        scale_by_keep: scale the branch's output by B / k (row) or 1 / (1 - p) (batch).
+
+    Saved for backward: what the branch saves, for the kept samples only.
+
+    Example:
+        >>> block = fastreg.nn.StochasticDepth(torch.nn.Sequential(norm, mlp), p=0.2)
+    """
+
+    def __init__(
+        self, branch: torch.nn.Module, p: float = 0.0, mode: str = "row", scale_by_keep: bool = True
+    ):
+        super().__init__()
+        if not isinstance(branch, torch.nn.Module):
+            raise TypeError(
+                f"fastreg.nn.StochasticDepth: branch must be a torch.nn.Module, got {type(branch).__name__}"
+            )
+        if mode not in STOCHASTIC_DEPTH_MODES:
+            raise ValueError(f"fastreg.nn.StochasticDepth: mode must be 'row' or 'batch', got {mode!r}")
+        self.branch = branch
+        self.p = check_p(p, "nn.StochasticDepth")
+        self.mode = mode
+        self.scale_by_keep = bool(scale_by_keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing():  # torch's draws: the traced graph holds no fastreg op
+            if self.mode == "row":
+                return x + _torch_drop_path(self.branch(x), self.p, self.training, self.scale_by_keep)
+            return x + self.branch(x)  # a traced graph cannot keep a host-side coin
+        return FR.stochastic_depth(
+            x, self.branch, self.p, self.training, mode=self.mode, scale_by_keep=self.scale_by_keep
+        )
+
+    def extra_repr(self):
+        return f"p={self.p}, mode={self.mode!r}"
 
 
 class DropConnectLinear(_NotScriptable, torch.nn.Linear):

@@ -16,20 +16,24 @@ from ._random import (
     STREAM_ELEMENT,
     STREAM_ERASE_VALUE,
     STREAM_SAMPLE,
+    batch_skips,
     check_p,
     cutout_boxes,
     erase_boxes,
+    keep_count,
     keep_threshold,
     memory_index,
     mix_draws,
     normals,
     philox_words,
     seed_tensor,
+    subset_indices,
 )
 
 __all__ = [
     *ACTIVATIONS, "prelu",
-    "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "dropconnect_linear",
+    "dropout", "alpha_dropout", "bias_act_dropout", "dropout_add", "drop_path", "stochastic_depth",
+    "dropconnect_linear",
     "cutout", "random_erasing", "mixup", "cutmix",
 ]  # fmt: skip
 
@@ -176,6 +180,40 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
     if residual is not None:
         y = _opmath(residual) + y
     return _finish(input, y)
+
+
+def stochastic_depth(
+    input,
+    branch,
+    p=0.0,
+    training=False,
+    *,
+    mode="row",
+    residual=None,
+    scale_by_keep=True,
+    generator=None,
+    seed=None,
+):
+    """The branch runs on the samples fastreg.functional.stochastic_depth picks (row mode:
+    ``_random.subset_indices``; batch mode: ``_random.batch_skips``); its output is placed
+    in a zero tensor at those rows, scaled, and added to the residual."""
+    p = check_p(p, "stochastic_depth")
+    res = input if residual is None else residual
+    if not training or p == 0.0:
+        return res + branch(input)
+    if p == 1.0 or (mode == "batch" and batch_skips(p, generator, seed, "stochastic_depth")):
+        return res.clone()
+    if mode == "batch":
+        return res + branch(input) * (1.0 / (1.0 - p) if scale_by_keep else 1.0)
+    B = input.shape[0]
+    k = keep_count(B, p)
+    if k >= B:
+        return res + branch(input)
+    s = seed_tensor(input, generator, seed, "stochastic_depth")
+    rows = subset_indices(s, B, k, input.device)
+    y = branch(input[rows])
+    placed = torch.zeros((B, *y.shape[1:]), dtype=y.dtype, device=y.device).index_copy(0, rows, y)
+    return res + placed * (B / k if scale_by_keep else 1.0)
 
 
 def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, generator=None, seed=None):

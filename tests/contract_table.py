@@ -394,6 +394,11 @@ def _batch_rows():
             lambda seed, n, a, b, stream: _random.beta_samples(seed_of(seed), stream, n, a, b, seed.device),
             [(10,), (0,), (1,)],
         ),
+        "stochastic_depth_subset": Row(
+            lambda s, d: [_seed(d), s[0], s[0] // 2 + 1 if s[0] else 0],
+            lambda seed, batch, keep: _random.subset_indices(seed_of(seed), batch, keep, seed.device),
+            [(10,), (0,), (1,)],
+        ),
         "_philox_words": Row(
             lambda s, d: [_seed(d), 3, 8, s[0]],
             lambda seed, stream, first, n: _random.philox_words(

@@ -66,6 +66,7 @@ def _entry_scenario(device):
         lambda t: FR.dropout(t, 0.3, seed=1), lambda t: FR.dropout_add(t, torch.cos(t), 0.3, seed=2),
         lambda t: FR.drop_path(t, 0.5, True, seed=3),
         lambda t: FR.drop_path(t, 0.5, True, residual=t * 2, seed=3),
+        lambda t: FR.stochastic_depth(t, torch.tanh, 0.5, True, seed=9),
         lambda t: FR.bias_act_dropout(t, b, "gelu", 0.3, seed=4),
         lambda t: FR.bias_act_dropout(t, b, "relu", 0.3, seed=4),
         lambda t: FR.dropout(t * 1, 0.3, inplace=True, seed=1),

@@ -231,6 +231,13 @@ struct CpuLoops {
         });
   }
 
+  // words[i] = the Philox word of sample i on `stream`.
+  static void sample_words(const at::Tensor& seed_t, uint32_t stream, at::Tensor& words) {
+    const philox::Key key = philox::key_schedule(static_cast<uint64_t>(seed_t.item<int64_t>()));
+    int64_t* w = words.mutable_data_ptr<int64_t>();
+    for (int64_t i = 0; i < words.numel(); ++i) w[i] = philox::word(key, stream, i);
+  }
+
   static void drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                         const at::Tensor& seed_t, uint64_t threshold, double scale_d,
                         SampleShape shape, at::Tensor& y) {

@@ -56,6 +56,16 @@ __global__ void __launch_bounds__(kBlock)
       });
 }
 
+// words[i] = the Philox word of sample i on `stream` (a grid-stride loop).
+__global__ void __launch_bounds__(kBlock)
+    sample_words_kernel(const int64_t* __restrict__ seed_p, uint32_t stream, int64_t n,
+                        int64_t* __restrict__ words) {
+  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
+    words[i] = philox::word(key, stream, static_cast<uint64_t>(i));
+}
+
 // Sample of element i: (i / inner) % B. One Philox call per unit when the
 // unit lies in one sample (the usual case), else one per element.
 template <class T>
@@ -316,6 +326,14 @@ void DropoutLoops::drop_path(const at::Tensor& x, const std::optional<at::Tensor
             ChannelIndex(n, shape.samples, shape.inner), DeviceKeep(threshold), A(scale), aligned);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
+}
+
+void DropoutLoops::sample_words(const at::Tensor& seed, uint32_t stream, at::Tensor& words) {
+  const c10::cuda::CUDAGuard guard(words.device());
+  const int64_t n = words.numel();
+  sample_words_kernel<<<grid_for(n, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+      seed.const_data_ptr<int64_t>(), stream, n, words.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <class Op>

@@ -40,6 +40,7 @@ struct DropoutLoops {
   static void drop_path(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                         const at::Tensor& seed, uint64_t threshold, double scale, SampleShape shape,
                         at::Tensor& y);
+  static void sample_words(const at::Tensor& seed, uint32_t stream, at::Tensor& words);
   template <class Op>
   static void bias_act_dropout(const Op& op, const at::Tensor& x, const at::Tensor& bias,
                                const at::Tensor& seed, DropoutParams prm, BiasShape shape,
