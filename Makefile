@@ -39,6 +39,7 @@ test-cpu-build: sdist
 
 bench: build
 	$(PY) bench/run.py
+	$(PY) bench/train_step.py
 
 # The HTML API reference and docs/ pages (warnings are errors): build/docs/index.html
 docs: build

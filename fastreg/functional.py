@@ -592,13 +592,27 @@ def _branch_output(y, residual, rows, fn, like):
     return y
 
 
+def _take_rows(t, rows):
+    """t.index_select(0, rows) in t's own memory layout (index_select returns a contiguous
+    tensor: a channels_last activation, as ConvNeXt's, would reach the branch's convolutions
+    in another layout than without stochastic depth, and run slower there)."""
+    if t.dim() < 2 or t.is_contiguous():
+        return t.index_select(0, rows)
+    order = [0, *sorted(range(1, t.dim()), key=lambda d: -t.stride(d))]  # memory order, batch outermost
+    dense = t.permute(order)
+    if not dense.is_contiguous():
+        return t.index_select(0, rows)
+    return dense.index_select(0, rows).permute([order.index(d) for d in range(t.dim())])
+
+
 class _AddRows(torch.autograd.Function):
     """``residual.index_add(0, rows, y, alpha=scale)`` saving only ``rows`` (ATen's index_add
     also saves ``y``, a tensor as large as the kept samples' branch output)."""
 
     @staticmethod
     def forward(residual, rows, y, scale):
-        return residual.index_add(0, rows, y, alpha=scale)
+        # out of place, index_add returns a contiguous tensor: the residual's layout is kept
+        return residual.clone(memory_format=torch.preserve_format).index_add_(0, rows, y, alpha=scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -608,7 +622,7 @@ class _AddRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (rows,) = ctx.saved_tensors
-        grad_y = grad.index_select(0, rows)
+        grad_y = _take_rows(grad, rows)
         return grad, None, (grad_y if ctx.scale == 1.0 else grad_y * ctx.scale), None
 
 
@@ -696,7 +710,7 @@ def stochastic_depth(
         rows = subset_indices(s, B, k, input.device)
     else:
         rows = _call(ops.stochastic_depth_subset, s, B, k, grad=False)
-    y = _branch_output(branch(input.index_select(0, rows)), res, k, fn, like)
+    y = _branch_output(branch(_take_rows(input, rows)), res, k, fn, like)
     return _add_rows(res, rows, y, B / k if scale_by_keep else 1.0)
 
 

@@ -202,6 +202,25 @@ def test_residual_of_another_shape():
     torch.testing.assert_close(got, want.float())
 
 
+def test_channels_last_stays_channels_last():
+    """The kept samples reach the branch, and the result leaves, in the input's layout (a
+    convolution runs several times slower on another layout than the model's)."""
+    cl = torch.channels_last
+    x = x_of(8, 4, 5, 5).contiguous(memory_format=cl).requires_grad_()
+    seen = []
+
+    def branch(t):
+        seen.append(t.is_contiguous(memory_format=cl))
+        return torch.tanh(t)
+
+    out = FR.stochastic_depth(x, branch, 0.5, True, seed=2)
+    assert seen == [True] and out.is_contiguous(memory_format=cl)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    ref = R.stochastic_depth(x, torch.tanh, 0.5, True, seed=2)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grad, torch.autograd.grad(ref, x, torch.ones_like(ref))[0])
+
+
 def test_seeds_come_from_torch_generator():
     x, branch = x_of(16, 6), Counted()
     torch.manual_seed(4)

@@ -1,0 +1,262 @@
+"""What fastreg does to a whole training step of a timm model: time and activation memory.
+
+For each model and drop path rate (timm's linear schedule over the blocks), three variants of
+the same model and weights:
+
+    timm     the stock model (timm's DropPath: every sample runs every branch)
+    convert  fastreg.convert(model)
+    skip     fastreg.convert(model, stochastic_depth="skip"): each residual branch runs only
+             on the samples its drop path keeps
+
+A step is forward, cross-entropy, backward and AdamW's step. Reported per variant: the median
+step time over interleaved rounds (every variant runs a few steps in turn, round after round,
+so that drift of the machine hits all alike), the bytes autograd saves for backward in one
+forward (each storage once, parameters excluded), the peak memory of a step on a GPU, and the
+speedup over timm at the same rate beside the ideal 1 / (1 - mean drop probability of the
+blocks). Results: bench/results/latest/train_step-<device>.json and .png, rows appended to
+bench/results/train_step_history.csv.
+
+python bench/train_step.py [--device cpu] [--models vit_small_patch16_224,...]
+                           [--rates 0.1,0.2,0.4] [--batch 64] [--image 64] [--rounds 5]
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # harness, and fastreg built in place
+
+import harness  # noqa: E402
+
+import fastreg  # noqa: E402
+
+VARIANTS = ("timm", "convert", "skip")
+# CPU sizes run in minutes on 2 cores; a GPU gets the models' own resolution
+DEFAULTS = {"cpu": {"batch": 64, "image": 64}, "cuda": {"batch": 128, "image": 224}}
+MODELS = ("vit_small_patch16_224", "convnext_atto", "resnet26d")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--rates", default="0.1,0.2,0.4")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--image", type=int, default=None)
+    p.add_argument(
+        "--rounds", type=int, default=12, help="interleaved rounds (each variant runs --steps per round)"
+    )
+    p.add_argument("--steps", type=int, default=1, help="timed steps per variant and round")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    return p.parse_args()
+
+
+def build(name, rate, variant, args):
+    import timm
+
+    torch.manual_seed(0)  # the same weights for every variant
+    kw = {"img_size": args.image} if "vit" in name or "deit" in name else {}
+    model = timm.create_model(name, pretrained=False, num_classes=args.classes, drop_path_rate=rate, **kw)
+    if variant == "convert":
+        model = fastreg.convert(model)
+    elif variant == "skip":
+        model = fastreg.convert(model, stochastic_depth="skip")
+    return model.to(args.device).train()
+
+
+def mean_drop_prob(model):
+    """The mean drop probability over the model's residual blocks (0 for a block without a
+    drop path): the fraction of block compute stochastic depth can skip."""
+    from fastreg._skip_blocks import _drop_of, _families
+
+    families = tuple(cls for cls, _ in _families())
+    probs = []
+    for m in model.modules():
+        if isinstance(m, families):
+            drops = [c for n, c in m.named_children() if n.startswith("drop_path")] or [None]
+            probs.append(max(_drop_of(d)[0] for d in drops))
+    return statistics.fmean(probs) if probs else 0.0
+
+
+def activation_bytes(model, x, y):
+    """Bytes autograd saves in one forward: each storage once, parameters' excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = set()
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in params and ptr not in seen:
+            seen.add(ptr)
+            total += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    del loss
+    return total
+
+
+class Runner:
+    """One variant: its model, optimizer and step."""
+
+    def __init__(self, name, rate, variant, args, x, y):
+        self.model = build(name, rate, variant, args)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.x, self.y, self.device = x, y, args.device
+        self.times = []
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+
+    def timed(self, steps):
+        for _ in range(steps):
+            harness.sync(self.device)
+            t0 = time.perf_counter()
+            self.step()
+            harness.sync(self.device)
+            self.times.append((time.perf_counter() - t0) * 1e3)
+
+    def peak_mb(self):
+        if torch.device(self.device).type != "cuda":
+            return None
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.step()
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def measure_model(name, rates, args):
+    """Rows of one model: every rate and variant, the variants of a rate interleaved."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, 3, args.image, args.image, generator=g).to(args.device)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g).to(args.device)
+    rows = []
+    for rate in rates:
+        runners = {v: Runner(name, rate, v, args, x, y) for v in VARIANTS}
+        for r in runners.values():
+            r.timed(2)  # warm-up: allocator, oneDNN primitives, lazy inits
+            r.times.clear()
+        for _ in range(args.rounds):
+            for r in runners.values():
+                r.timed(args.steps)
+        p_mean = mean_drop_prob(runners["timm"].model)
+        base = statistics.median(runners["timm"].times)
+        for variant, r in runners.items():
+            ms = statistics.median(r.times)
+            rows.append({
+                "model": name, "rate": rate, "mean_drop_prob": round(p_mean, 4), "variant": variant,
+                "step_ms": round(ms, 2), "steps": len(r.times),
+                "saved_mb": round(activation_bytes(r.model, x, y) / 2**20, 2), "peak_mb": r.peak_mb(),
+                "speedup": round(base / ms, 4), "ideal": round(1.0 / (1.0 - p_mean), 4),
+            })  # fmt: skip
+            print(_line(rows[-1]), flush=True)
+        del runners
+    return rows
+
+
+def _line(row):
+    return (
+        f"{row['model']:<24} rate {row['rate']:.1f} (mean p {row['mean_drop_prob']:.3f})"
+        f"  {row['variant']:<8} {row['step_ms']:9.1f} ms  x{row['speedup']:.3f}"
+        f" (ideal x{row['ideal']:.3f})  saved {row['saved_mb']:8.1f} MiB"
+    )
+
+
+def plot(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    labels, speed, ideal, saved, conv = [], [], [], [], []
+    for m in models:
+        for r in [r for r in rows if r["model"] == m and r["variant"] == "skip"]:
+            base = next(
+                b for b in rows if b["model"] == m and b["rate"] == r["rate"] and b["variant"] == "timm"
+            )
+            cv = next(
+                b for b in rows if b["model"] == m and b["rate"] == r["rate"] and b["variant"] == "convert"
+            )
+            labels.append(f"{m.split('_')[0]}\n{r['rate']:.1f}")
+            speed.append(r["speedup"])
+            conv.append(cv["speedup"])
+            ideal.append(r["ideal"])
+            saved.append(r["saved_mb"] / base["saved_mb"])
+    xs = range(len(labels))
+    ax = axes[0]
+    ax.bar([i - 0.2 for i in xs], conv, 0.4, label="convert()")
+    ax.bar([i + 0.2 for i in xs], speed, 0.4, label='convert(stochastic_depth="skip")')
+    ax.scatter(list(xs), ideal, color="black", marker="_", s=300, zorder=3, label="ideal 1/(1-mean p)")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("training-step speedup over timm")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.bar(list(xs), saved, 0.5, color="tab:orange")
+    ax.plot(list(xs), [1 / i for i in ideal], "k_", ms=18, label="1 - mean p")
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("bytes saved for backward, skip / timm")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    args = parse_args()
+    kind = torch.device(args.device).type
+    for k, v in DEFAULTS[kind].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    harness.steady_cpu_allocator()
+    rates = [float(r) for r in args.rates.split(",")]
+    rows = []
+    for name in args.models.split(","):
+        rows += measure_model(name, rates, args)
+    import timm
+
+    slug = harness.device_slug(args.device)
+    meta = {
+        "date": datetime.date.today().isoformat(), "commit": harness.current_commit(), "device": slug,
+        "device_name": harness.device_name(args.device), "torch": torch.__version__, "timm": timm.__version__,
+        "batch": args.batch, "image": args.image, "rounds": args.rounds, "steps_per_round": args.steps,
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    out = os.path.join(args.out or harness.RESULTS, "latest")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"train_step-{slug}.json"), "w") as f:
+        json.dump({**meta, "rows": rows}, f, indent=1)
+    title = f"{meta['device_name']} ({slug}), batch {args.batch}, {args.image} px"
+    title += f", {meta['date']} {meta['commit']}"
+    plot(rows, os.path.join(out, f"train_step-{slug}.png"), title)
+    history = os.path.join(args.out or harness.RESULTS, "train_step_history.csv")
+    fields = ["date", "commit", "device", "device_name", "torch", "timm", "batch", "image", *rows[0]]
+    new = not os.path.exists(history)
+    with open(history, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({**meta, **r})
+
+
+if __name__ == "__main__":
+    main()
