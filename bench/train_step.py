@@ -7,6 +7,8 @@ the same model and weights:
     convert  fastreg.convert(model)
     skip     fastreg.convert(model, stochastic_depth="skip"): each residual branch runs only
              on the samples its drop path keeps
+    torch_subset  the same blocks running DINOv2's plain-torch subset instead of fastreg's
+             (torch.randperm on the device, index_select, index_add with alpha): the peer
 
 A step is forward, cross-entropy, backward and AdamW's step. Reported per variant: the median
 step time over interleaved rounds (every variant runs a few steps in turn, round after round,
@@ -21,6 +23,7 @@ python bench/train_step.py [--device cpu] [--models vit_small_patch16_224,...]
 """
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -38,7 +41,7 @@ import harness  # noqa: E402
 
 import fastreg  # noqa: E402
 
-VARIANTS = ("timm", "convert", "skip")
+VARIANTS = ("timm", "convert", "skip", "torch_subset")
 # CPU sizes run in minutes on 2 cores; a GPU gets the models' own resolution
 DEFAULTS = {"cpu": {"batch": 64, "image": 64}, "cuda": {"batch": 128, "image": 224}}
 MODELS = ("vit_small_patch16_224", "convnext_atto", "resnet26d")
@@ -60,6 +63,36 @@ def parse_args():
     return p.parse_args()
 
 
+def torch_subset(x, branch, p, training, *, residual=None, scale_by_keep=True, **_):
+    """DINOv2's drop_add_residual_stochastic_depth in plain torch: what a user writes without
+    fastreg (k = max(int(B (1 - p)), 1) samples of a device randperm)."""
+    res = x if residual is None else residual
+    if not training or p == 0.0:
+        return res + branch(x)
+    b = x.shape[0]
+    k = max(int(b * (1 - p)), 1)
+    rows = torch.randperm(b, device=x.device)[:k]
+    y = branch(x[rows])
+    return torch.index_add(res.to(y.dtype), 0, rows, y, alpha=b / k if scale_by_keep else 1.0)
+
+
+@contextlib.contextmanager
+def subset_function(variant):
+    """The torch_subset variant's blocks are fastreg's skipping blocks with torch_subset in
+    place of fastreg.functional.stochastic_depth while it runs."""
+    if variant != "torch_subset":
+        yield
+        return
+    import fastreg.functional as FR
+
+    saved = FR.stochastic_depth
+    FR.stochastic_depth = torch_subset
+    try:
+        yield
+    finally:
+        FR.stochastic_depth = saved
+
+
 def build(name, rate, variant, args):
     import timm
 
@@ -68,7 +101,7 @@ def build(name, rate, variant, args):
     model = timm.create_model(name, pretrained=False, num_classes=args.classes, drop_path_rate=rate, **kw)
     if variant == "convert":
         model = fastreg.convert(model)
-    elif variant == "skip":
+    elif variant in ("skip", "torch_subset"):
         model = fastreg.convert(model, stochastic_depth="skip")
     return model.to(args.device).train()
 
@@ -112,16 +145,22 @@ class Runner:
     """One variant: its model, optimizer and step."""
 
     def __init__(self, name, rate, variant, args, x, y):
+        self.variant = variant
         self.model = build(name, rate, variant, args)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.x, self.y, self.device = x, y, args.device
         self.times = []
 
     def step(self):
-        self.opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
-        loss.backward()
-        self.opt.step()
+        with subset_function(self.variant):
+            self.opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+            loss.backward()
+            self.opt.step()
+
+    def saved_bytes(self):
+        with subset_function(self.variant):
+            return activation_bytes(self.model, self.x, self.y)
 
     def timed(self, steps):
         for _ in range(steps):
@@ -160,7 +199,7 @@ def measure_model(name, rates, args):
             rows.append({
                 "model": name, "rate": rate, "mean_drop_prob": round(p_mean, 4), "variant": variant,
                 "step_ms": round(ms, 2), "steps": len(r.times),
-                "saved_mb": round(activation_bytes(r.model, x, y) / 2**20, 2), "peak_mb": r.peak_mb(),
+                "saved_mb": round(r.saved_bytes() / 2**20, 2), "peak_mb": r.peak_mb(),
                 "speedup": round(base / ms, 4), "ideal": round(1.0 / (1.0 - p_mean), 4),
             })  # fmt: skip
             print(_line(rows[-1]), flush=True)
@@ -176,44 +215,51 @@ def _line(row):
     )
 
 
+def _rows_of(rows, model, rate):
+    return {r["variant"]: r for r in rows if r["model"] == model and r["rate"] == rate}
+
+
 def plot(rows, path, title):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    labels, speed, ideal, saved, conv = [], [], [], [], []
-    for m in models:
-        for r in [r for r in rows if r["model"] == m and r["variant"] == "skip"]:
-            base = next(
-                b for b in rows if b["model"] == m and b["rate"] == r["rate"] and b["variant"] == "timm"
-            )
-            cv = next(
-                b for b in rows if b["model"] == m and b["rate"] == r["rate"] and b["variant"] == "convert"
-            )
-            labels.append(f"{m.split('_')[0]}\n{r['rate']:.1f}")
-            speed.append(r["speedup"])
-            conv.append(cv["speedup"])
-            ideal.append(r["ideal"])
-            saved.append(r["saved_mb"] / base["saved_mb"])
-    xs = range(len(labels))
+    groups = list(dict.fromkeys((r["model"], r["rate"]) for r in rows))
+    labels = [f"{m.split('_')[0]}\n{rate:.1f}" for m, rate in groups]
+    by = [_rows_of(rows, m, rate) for m, rate in groups]
+    xs = list(range(len(groups)))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     ax = axes[0]
-    ax.bar([i - 0.2 for i in xs], conv, 0.4, label="convert()")
-    ax.bar([i + 0.2 for i in xs], speed, 0.4, label='convert(stochastic_depth="skip")')
-    ax.scatter(list(xs), ideal, color="black", marker="_", s=300, zorder=3, label="ideal 1/(1-mean p)")
+    shown = {
+        "convert": "convert()",
+        "skip": 'convert(stochastic_depth="skip")',
+        "torch_subset": "plain-torch subset",
+    }
+    for j, (variant, label) in enumerate(shown.items()):
+        ax.bar([i + (j - 1) * 0.27 for i in xs], [g[variant]["speedup"] for g in by], 0.27, label=label)
+    ax.scatter(
+        xs, [g["skip"]["ideal"] for g in by], color="black", marker="_", s=300, zorder=3, label="ideal"
+    )
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xticks(list(xs), labels, fontsize=8)
-    ax.set_ylabel("training-step speedup over timm")
-    ax.legend(fontsize=8)
+    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_ylabel("training-step speedup over timm (drop path rate below)")
+    ax.legend(fontsize=7)
     ax = axes[1]
-    ax.bar(list(xs), saved, 0.5, color="tab:orange")
-    ax.plot(list(xs), [1 / i for i in ideal], "k_", ms=18, label="1 - mean p")
-    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.bar(xs, [g["skip"]["saved_mb"] / g["timm"]["saved_mb"] for g in by], 0.5, color="tab:orange")
+    ax.scatter(
+        xs,
+        [1 / g["skip"]["ideal"] for g in by],
+        color="black",
+        marker="_",
+        s=300,
+        zorder=3,
+        label="1 - mean p",
+    )
+    ax.set_xticks(xs, labels, fontsize=8)
     ax.set_ylabel("bytes saved for backward, skip / timm")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
