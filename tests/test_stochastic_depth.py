@@ -493,3 +493,68 @@ def test_convert_without_the_option_rewires_nothing():
         ValueError, match="^fastreg.convert: stochastic_depth must be None or 'skip', got 'row'"
     ):
         fastreg.convert(model, stochastic_depth="row")
+
+
+# --- DistributedDataParallel --------------------------------------------------------------------
+
+DDP_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import fastreg
+
+
+def worker(rank, init_file, out):
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=2)
+    torch.manual_seed(0)  # the same weights on every rank
+    branch = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    model = torch.nn.Sequential(fastreg.nn.StochasticDepth(branch, 0.5), torch.nn.Linear(8, 3))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)  # no find_unused_parameters
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    rows = []
+    branch.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    data = torch.Generator().manual_seed(100 + rank)  # each rank's own samples
+    torch.manual_seed(7)  # the same draws on every rank: the same positions of each local batch
+    for _ in range(3):
+        loss = ddp(torch.randn(16, 8, generator=data)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    state = torch.get_rng_state()
+    gathered = [torch.empty_like(params) for _ in range(2)]
+    dist.all_gather(gathered, params)
+    states = [torch.empty_like(state) for _ in range(2)]
+    dist.all_gather(states, state)
+    result = {"rows": rows, "same_params": torch.equal(*gathered), "same_draws": torch.equal(*states)}
+    torch.save(result, out + str(rank))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+"""
+
+
+def test_ddp_row_mode_trains_without_unused_parameters(tmp_path):
+    """Row mode under DistributedDataParallel (gloo, 2 processes): every branch parameter gets
+    a gradient on every rank (the branch runs on k >= 1 samples), so DDP needs no
+    find_unused_parameters; parameters stay identical across ranks; with the same seed on
+    every rank each draws the same k positions of its own batch."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    out = str(tmp_path / "rank")
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "init"), out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in range(2):
+        result = torch.load(out + str(rank))
+        assert result["rows"] == [8, 8, 8] and result["same_params"] and result["same_draws"]
