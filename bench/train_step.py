@@ -60,6 +60,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=1, help="timed steps per variant and round")
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the figure from the latest results")
     return p.parse_args()
 
 
@@ -243,8 +244,9 @@ def plot(rows, path, title):
     )
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xticks(xs, labels, fontsize=8)
-    ax.set_ylabel("training-step speedup over timm (drop path rate below)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("training-step speedup over timm")
+    ax.set_ylim(0.5, 1.35)
+    ax.legend(fontsize=7, loc="upper center", ncol=4, bbox_to_anchor=(0.5, -0.14))
     ax = axes[1]
     ax.bar(xs, [g["skip"]["saved_mb"] / g["timm"]["saved_mb"] for g in by], 0.5, color="tab:orange")
     ax.scatter(
@@ -259,15 +261,29 @@ def plot(rows, path, title):
     ax.set_xticks(xs, labels, fontsize=8)
     ax.set_ylabel("bytes saved for backward, skip / timm")
     ax.set_ylim(0, 1.15)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _title(meta):
+    return (
+        f"{meta['device_name']} ({meta['device']}), batch {meta['batch']}, {meta['image']} px,"
+        f" {meta['date']} {meta['commit']}"
+    )
+
+
 def main():
     args = parse_args()
+    out = os.path.join(args.out or harness.RESULTS, "latest")
+    if args.plot_only:
+        path = os.path.join(out, f"train_step-{harness.device_slug(args.device)}.json")
+        with open(path) as f:
+            results = json.load(f)
+        plot(results["rows"], path.removesuffix(".json") + ".png", _title(results))
+        return
     kind = torch.device(args.device).type
     for k, v in DEFAULTS[kind].items():
         if getattr(args, k) is None:
@@ -286,13 +302,10 @@ def main():
         "batch": args.batch, "image": args.image, "rounds": args.rounds, "steps_per_round": args.steps,
         "threads": torch.get_num_threads(),
     }  # fmt: skip
-    out = os.path.join(args.out or harness.RESULTS, "latest")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"train_step-{slug}.json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
-    title = f"{meta['device_name']} ({slug}), batch {args.batch}, {args.image} px"
-    title += f", {meta['date']} {meta['commit']}"
-    plot(rows, os.path.join(out, f"train_step-{slug}.png"), title)
+    plot(rows, os.path.join(out, f"train_step-{slug}.png"), _title(meta))
     history = os.path.join(args.out or harness.RESULTS, "train_step_history.csv")
     fields = ["date", "commit", "device", "device_name", "torch", "timm", "batch", "image", *rows[0]]
     new = not os.path.exists(history)
