@@ -657,7 +657,7 @@ def stochastic_depth(
     replacement on the input's device from fastreg's Philox stream (no host sync, static
     shapes: torch.compile(fullgraph=True) and CUDA graphs), run the branch; its output is
     added at their rows scaled by ``B / k``. ``mode="batch"``: the whole branch is skipped
-    with probability ``p``, one host-side draw (see docs/design.md for torch.compile), and
+    with probability ``p``, one host-side draw (docs/stochastic-depth.md: torch.compile), and
     scaled by ``1 / (1 - p)`` when run. In eval, or with ``p = 0``, the branch runs on every
     sample; with ``p = 1`` it never runs.
 

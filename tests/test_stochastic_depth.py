@@ -221,6 +221,15 @@ def test_channels_last_stays_channels_last():
     torch.testing.assert_close(grad, torch.autograd.grad(ref, x, torch.ones_like(ref))[0])
 
 
+def test_odd_inputs():
+    """Meta tensors, stride 0, a batch of 0 or 1, a transposed view: the reference's result."""
+    meta = FR.stochastic_depth(torch.empty(8, 4, device="meta"), torch.tanh, 0.5, True)
+    assert meta.device.type == "meta" and meta.shape == (8, 4)
+    for x in (torch.ones(1, 4).expand(8, 4), torch.ones(0, 4), torch.ones(1, 4), x_of(6, 4).t()):
+        got = FR.stochastic_depth(x, torch.tanh, 0.5, True, seed=1)
+        torch.testing.assert_close(got, R.stochastic_depth(x, torch.tanh, 0.5, True, seed=1))
+
+
 def test_seeds_come_from_torch_generator():
     x, branch = x_of(16, 6), Counted()
     torch.manual_seed(4)
