@@ -2,8 +2,9 @@
 
 A small timm VisionTransformer (patch 4, 32 px, 6 blocks) trained on scikit-learn's digits
 (8x8 images upscaled to 32x32; 1437 train, 360 test, a fixed split) for a few epochs with
-AdamW, at drop path rate 0.3, once with timm's DropPath and once with
-fastreg.convert(model, stochastic_depth="skip"), for several seeds (the seed sets the
+AdamW, at drop path rate 0.3, with timm's DropPath, with fastreg.convert(model) (fastreg's
+activations and per-sample drop path) and with fastreg.convert(model,
+stochastic_depth="skip"), for several seeds (the seed sets the
 weights, the batch order and the drop draws). Prints each run's test accuracy and the mean
 and standard deviation per variant; writes bench/results/latest/digits_accuracy-<device>.json.
 
@@ -35,6 +36,7 @@ def parse_args():
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rate", type=float, default=0.3)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--variants", default="timm,convert,skip", help="timm, convert (convert() alone), skip")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
     return p.parse_args()
 
@@ -61,7 +63,9 @@ def model_for(variant, seed, rate):
         img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=3,
         mlp_ratio=2.0, drop_path_rate=rate,
     )  # fmt: skip
-    return fastreg.convert(model, stochastic_depth="skip") if variant == "skip" else model
+    if variant == "timm":
+        return model
+    return fastreg.convert(model, stochastic_depth="skip" if variant == "skip" else None)
 
 
 def train(variant, seed, data, args):
@@ -91,9 +95,10 @@ def train(variant, seed, data, args):
 def main():
     args = parse_args()
     data = digits(args.device)
+    variants = args.variants.split(",")
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for variant in ("timm", "skip"):
+        for variant in variants:
             acc, seconds = train(variant, seed, data, args)
             runs.append(
                 {
@@ -105,7 +110,7 @@ def main():
             )
             print(f"{variant:<5} seed {seed}: test accuracy {acc:.4f} ({seconds:.0f} s)", flush=True)
     summary = {}
-    for variant in ("timm", "skip"):
+    for variant in variants:
         accs = [r["test_accuracy"] for r in runs if r["variant"] == variant]
         summary[variant] = {
             "mean": round(statistics.fmean(accs), 4),
