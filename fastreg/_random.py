@@ -14,11 +14,15 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 STREAM_ELEMENT, STREAM_SAMPLE, STREAM_SUBSET, STREAM_BOX = 0, 1, 2, 3  # csrc/philox.h kStream*
 
 
+def check_seed(seed, fn):
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"fastreg.{fn}: seed must be an int or None, got {type(seed).__name__}")
+
+
 def seed_tensor(like, generator=None, seed=None, fn="op"):
     """The one-element int64 seed tensor of a random op, on like's device."""
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"fastreg.{fn}: seed must be an int or None, got {type(seed).__name__}")
+        check_seed(seed, fn)
         wrapped = (seed - INT64_MIN) % 2**64 + INT64_MIN  # any int, as 64 bits
         # a fill on the device, the value a kernel argument: no host-to-device copy
         # (torch.tensor(..., device=cuda) synchronizes the stream on every call), and a
@@ -409,8 +413,7 @@ def batch_skips(p, generator, seed, fn):
     word from ``generator`` (a CPU generator; default torch's). Skipped when the word is
     below round(p * 2^32), as every fastreg keep decision."""
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"fastreg.{fn}: seed must be an int or None, got {type(seed).__name__}")
+        check_seed(seed, fn)
         k0, k1 = _keys(seed)
         word = philox4x32_10(0, 0, STREAM_SAMPLE, 0, k0, k1)[0]
     else:
