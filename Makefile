@@ -46,7 +46,7 @@ docs: build
 	$(PY) -m sphinx -W --keep-going -q -b html docs build/docs
 
 CSRC_FILES = $(filter-out csrc/build_info.h,$(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.h csrc/cuda/*.cuh csrc/cuda/*.cu csrc/cuda/*.cpp))
-PY_DIRS = fastreg tests bench tools setup.py
+PY_DIRS = fastreg tests bench tools examples setup.py
 
 # ruff and clang-format (.clang-format) report what `make format` would change; functions
 # over 60 lines without a reason beside them are listed (tools/function_length.py).

@@ -32,12 +32,41 @@ inline void check_p(double p, const char* op) {
                       ": p (dropout probability) must be in [0, 1], got ", p);
 }
 
+// The seed of an element-wise or per-sample draw: one int64, or a positioned seed
+// (philox.h IndexMap: [seed, base, seg_1, gap_1, ...], as fastreg.distributed makes for
+// a shard of a DTensor).
 inline void check_seed(const at::Tensor& seed, const at::Tensor& x, const char* op,
                        const char* x_arg = "input") {
-  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
-                     ": seed must be a one-element int64 tensor");
+  const int64_t n = seed.numel();
+  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong &&
+                         (n == 1 || (n % 2 == 0 && n >= 2 && n <= philox::kMaxSeedLength &&
+                                     seed.dim() == 1 && seed.is_contiguous())),
+                     "fastreg.", op,
+                     ": seed must be a one-element int64 tensor (or a positioned seed of a "
+                     "shard: 1-D, contiguous, 2 + 2m elements, m <= ",
+                     philox::kMaxLevels, ")");
   FASTREG_CHECK(seed.device() == x.device(), "fastreg.", op, ": seed is on ", seed.device(),
                 " but ", x_arg, " is on ", x.device());
+}
+
+inline bool positioned(const at::Tensor& seed) { return seed.numel() > 1; }
+
+// A dense tensor whose dim 0 is outermost in memory (contiguous, channels_last).
+inline bool samples_outermost(const at::Tensor& d) {
+  return d.dim() == 0 || d.size(0) <= 1 || d.stride(0) * d.size(0) == d.numel();
+}
+
+// The memory order the kernels walk: the input's own dense layout (activation_ops.h dense);
+// for a positioned seed the shard's row-major order, which the map's levels describe,
+// except for an offset along dim 0 only (seed [seed, base]), which keeps a dense layout
+// whose samples are outermost: its draws are then those of the whole batch in that layout.
+inline at::Tensor draw_order(const at::Tensor& x, const at::Tensor& seed) {
+  if (!positioned(seed)) return dense(x);
+  if (seed.numel() == 2) {
+    at::Tensor d = dense(x);
+    if (samples_outermost(d)) return d;
+  }
+  return x.contiguous();
 }
 
 constexpr double kAlphaDropoutAlpha = 1.7580993408473766;
@@ -128,7 +157,7 @@ at::Tensor dropout_forward(const at::Tensor& x, const at::Tensor& seed, double p
   check_float(x, name, backward ? "grad" : "input");
   check_seed(seed, x, name, backward ? "grad" : "input");
   check_p(p, name);
-  const at::Tensor xd = dense(x);
+  const at::Tensor xd = draw_order(x, seed);
   at::Tensor y = at::empty_like(xd);
   if (y.numel() > 0) L::dropout(xd, std::nullopt, seed, dropout_params(p, alpha, backward), y);
   return y;
@@ -140,6 +169,8 @@ void dropout_forward_(at::Tensor& x, const at::Tensor& seed, double p, bool alph
   check_inplace(x, "dropout_");
   check_seed(seed, x, "dropout_");
   check_p(p, "dropout_");
+  FASTREG_CHECK_VALUE(!positioned(seed) || draw_order(x, seed).is_same(x), "fastreg.dropout_: ",
+                      "a shard (positioned seed) must be contiguous to be written in place");
   if (x.numel() > 0) L::dropout(x, std::nullopt, seed, dropout_params(p, alpha, false), x);
 }
 
@@ -150,7 +181,7 @@ at::Tensor dropout_add_forward(const at::Tensor& x, const at::Tensor& residual,
   check_like(residual, x, "dropout_add", "residual", "input");
   check_seed(seed, x, "dropout_add");
   check_p(p, "dropout_add");
-  const at::Tensor xd = dense(x);
+  const at::Tensor xd = draw_order(x, seed);
   const at::Tensor r = like_layout(residual, xd);
   at::Tensor y = at::empty_like(xd);
   if (y.numel() > 0) L::dropout(xd, r, seed, dropout_params(p, false, false), y);
@@ -169,7 +200,7 @@ at::Tensor drop_path_forward(const at::Tensor& x, const std::optional<at::Tensor
   check_seed(seed, x, name, x_arg);
   check_p(p, name);
   if (has(residual)) check_like(*residual, x, name, "residual", "input");
-  const at::Tensor xd = dense(x);
+  const at::Tensor xd = draw_order(x, seed);
   std::optional<at::Tensor> r;
   if (has(residual)) r = like_layout(*residual, xd);
   at::Tensor y = at::empty_like(xd);
@@ -207,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_forward(
   check_p(p, "bias_act_dropout");
   check_bias(x, bias, "bias_act_dropout", "input");
   check_activation("bias_act_dropout", activation, alpha, approximate);
-  const at::Tensor xd = dense(x);
+  const at::Tensor xd = draw_order(x, seed);
   const BiasShape shape = bias_shape(xd, bias);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   return with_activation(
@@ -242,10 +273,10 @@ std::tuple<at::Tensor, at::Tensor> bias_act_dropout_backward(
     at::Tensor g, s;
     if constexpr (Op::saved == Saved::Mask) {
       s = checked_mask(saved, grad, name, "saved");
-      g = dense(grad);
+      g = draw_order(grad, seed);
     } else {
       check_like(saved, grad, name, "saved", "grad");
-      s = dense(saved);
+      s = draw_order(saved, seed);
       g = like_layout(grad, s);
     }
     const BiasShape shape = bias_shape(g, bias);

@@ -13,6 +13,11 @@
 // op's int64 seed tensor, `stream` separates the independent draws of one op
 // (kStream* below) and `offset` is 0 (reserved). Nothing else enters: the bits
 // do not depend on threads, blocks, vector width, dtype or device.
+//
+// A shard of a larger tensor draws the words of its elements' places in the whole
+// tensor: its seed tensor is then "positioned", [seed, base, seg_1, gap_1, ...,
+// seg_m, gap_m] (IndexMap below), and element i of the shard draws the word of
+// IndexMap(i) of the whole.
 #pragma once
 
 #include <cstdint>
@@ -98,6 +103,44 @@ FASTREG_PHILOX_HD uint32_t word(const Key& key, uint32_t stream, uint64_t i) {
 FASTREG_PHILOX_HD uint32_t word(uint64_t seed, uint32_t stream, uint64_t i) {
   return word(key_schedule(seed), stream, i);
 }
+
+// Local index -> index in the whole tensor: i + base + sum_j (i / seg_j) * gap_j.
+// A shard along one dimension d of a row-major [outer, G, inner] tensor holding rows
+// [off, off + L) has base = off * inner, seg = L * inner, gap = (G - L) * inner; each
+// further sharded dimension adds a level. A one-element seed is the identity
+// (levels = -1). seg <= 0 is treated as no level (never a division by zero).
+constexpr int kMaxLevels = 4;
+constexpr int64_t kMaxSeedLength = 2 + 2 * kMaxLevels;
+
+struct IndexMap {
+  int levels = -1;
+  int64_t base = 0;
+  int64_t seg[kMaxLevels] = {};
+  int64_t gap[kMaxLevels] = {};
+
+  FASTREG_PHILOX_HD bool identity() const { return levels < 0; }
+
+  FASTREG_PHILOX_HD uint64_t operator()(uint64_t i) const {
+    if (levels < 0) return i;
+    int64_t g = static_cast<int64_t>(i) + base;
+    for (int j = 0; j < levels; ++j)
+      if (seg[j] > 0) g += (static_cast<int64_t>(i) / seg[j]) * gap[j];
+    return static_cast<uint64_t>(g);
+  }
+
+  // From a seed tensor's values s[0 .. len): len 1 is the identity, len 2 + 2m has m levels.
+  FASTREG_PHILOX_HD static IndexMap load(const int64_t* s, int64_t len) {
+    IndexMap m;
+    if (len < 2) return m;
+    m.levels = static_cast<int>((len - 2) / 2 < kMaxLevels ? (len - 2) / 2 : kMaxLevels);
+    m.base = s[1];
+    for (int j = 0; j < m.levels; ++j) {
+      m.seg[j] = s[2 + 2 * j];
+      m.gap[j] = s[3 + 2 * j];
+    }
+    return m;
+  }
+};
 
 // An element is kept when its word is at or above round(p * 2^32): p = 0 keeps
 // everything, p = 1 (threshold 2^32) nothing. The threshold is an integer so

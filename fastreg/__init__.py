@@ -18,13 +18,16 @@ except ImportError as exc:  # no silent fallback to plain torch
 
 from . import (  # noqa: E402
     _autograd,  # noqa: E402,F401  (fake kernels and autograd formulas)
+    distributed,
     functional,
     nn,
     reference,
 )
 from .convert import convert, unconvert  # noqa: E402
 
+distributed._install()  # DTensor support, once torch.distributed.tensor is imported
 __version__ = _C.build_info()["version"]
 build_info = _C.build_info
 
-__all__ = ["functional", "nn", "reference", "convert", "unconvert", "build_info", "__version__"]
+__all__ = ["functional", "nn", "reference", "distributed", "convert", "unconvert", "build_info"]
+__all__ += ["__version__"]

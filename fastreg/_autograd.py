@@ -14,6 +14,7 @@ from torch.library import register_fake as _register_fake
 
 from . import _C
 from ._activations import TABLE as ACTIVATIONS
+from ._random import check_seed_tensor
 from .reference import bias_act_param, mix_pixels
 
 ops = torch.ops.fastreg
@@ -369,8 +370,7 @@ def _check_dropconnect(name, input, weight, bias, seed, grad=None):
             raise TypeError(
                 f"fastreg.{name}: {arg} must be a float32, float64, float16 or bfloat16 tensor, got {t.dtype}"
             )
-    if seed.dtype != torch.int64 or seed.numel() != 1:
-        raise TypeError(f"fastreg.{name}: seed must be a one-element int64 tensor")
+    check_seed_tensor(seed, name)
     for arg, t in args[1:3] + args[4:]:
         if t is not None and t.dtype != input.dtype:
             raise TypeError(f"fastreg.{name}: {arg} has dtype {t.dtype} but input has dtype {input.dtype}")
@@ -393,11 +393,13 @@ def _check_dropconnect(name, input, weight, bias, seed, grad=None):
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-@torch.library.impl("fastreg::dropconnect_linear", "CompositeExplicitAutograd")
 def _dropconnect_linear(input, weight, bias, seed, p):
     _check_dropconnect("dropconnect_linear", input, weight, bias, seed)
     masked = ops.dropout(weight, seed, p, False)  # freed when the product is done
     return torch.nn.functional.linear(input, masked, bias)
+
+
+torch.library.impl("fastreg::dropconnect_linear", "CompositeExplicitAutograd", _dropconnect_linear)
 
 
 def _dropconnect_linear_backward_impl(grad, input, weight, seed, p):

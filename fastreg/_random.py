@@ -72,17 +72,46 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 def _keys(seed):
-    """Philox's two 32-bit key words of a seed: an int, or a one-element int64 tensor, which
+    """Philox's two 32-bit key words of a seed: an int, or an int64 seed tensor, which
     stays a tensor (no .item(): no host sync, and vmap(randomness='different') can batch it)."""
     if isinstance(seed, torch.Tensor):
-        k = seed.reshape(())
+        k = seed.reshape(()) if seed.numel() == 1 else seed[..., 0]
         return k & _MASK, (k >> 32) & _MASK  # two's complement: the low and high words
     k = int(seed) & (2**64 - 1)
     return k & _MASK, k >> 32
 
 
+MAX_LEVELS = 4  # csrc/philox.h kMaxLevels
+
+
+def check_seed_tensor(seed, fn):
+    """The kernels' seed check (csrc/dropout_ops.h check_seed), for the Python-level kernels."""
+    n = seed.numel()
+    if seed.dtype != torch.int64 or not (
+        n == 1 or (n % 2 == 0 and 2 <= n <= 2 + 2 * MAX_LEVELS and seed.dim() == 1 and seed.is_contiguous())
+    ):
+        raise TypeError(
+            f"fastreg.{fn}: seed must be a one-element int64 tensor (or a positioned seed of a "
+            f"shard: 1-D, contiguous, 2 + 2m elements, m <= {MAX_LEVELS})"
+        )
+
+
+def global_index(seed, index):
+    """csrc/philox.h IndexMap: a shard's local draw index -> the index in the whole tensor,
+    for a positioned seed [seed, base, seg_1, gap_1, ...]; the identity for one element."""
+    if not isinstance(seed, torch.Tensor) or seed.numel() == 1:
+        return index
+    out = index + seed[1]
+    for j in range(2, seed.numel(), 2):
+        seg, gap = seed[j], seed[j + 1]
+        out = out + torch.where(seg > 0, index // seg.clamp(min=1) * gap, 0)
+    return out
+
+
 def philox_words(seed, stream, index):
-    """The random word (int64 in [0, 2^32)) of each element id in ``index``."""
+    """The random word (int64 in [0, 2^32)) of each element id in ``index`` (a shard's local
+    ids, mapped to the whole tensor's, for a positioned seed)."""
+    index = global_index(seed, index)
     k0, k1 = _keys(seed)
     block = index >> 2
     zeros = torch.zeros_like(block)

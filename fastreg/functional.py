@@ -13,6 +13,7 @@ import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
+from . import distributed as _distributed
 from . import reference as R
 from ._activations import TABLE as ACTIVATIONS
 from ._autograd import EAGER_AUTOGRAD, EAGER_OUTPUTS, kernel
@@ -26,6 +27,7 @@ from ._random import (
     seed_tensor,
     subset_indices,
 )
+from .distributed import _batch_seed, batch_offset_active
 
 ops = torch.ops.fastreg
 
@@ -82,6 +84,19 @@ def _transforming():
     if torch.compiler.is_compiling():  # traced code: the ops (dynamo traces no transform here)
         return False
     return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+
+
+def _draw_seed(input, generator, seed, fn, per_sample=False):
+    """The seed tensor of a draw over ``input``: inside fastreg.distributed.batch_offset,
+    positioned at the local batch's rows of the global one."""
+    return _batch_seed(seed_tensor(input, generator, seed, fn), input, per_sample, fn)
+
+
+def _reference_path(fn):
+    """Under a torch.func transform the references run; they know no batch offset."""
+    if batch_offset_active():
+        raise NotImplementedError(f"fastreg.{fn}: batch_offset does not apply under torch.func transforms")
+    return True
 
 
 def _call(op, *args, grad=None):
@@ -263,11 +278,11 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
     p = check_p(p, fn)
     if not training or p == 0.0:
         return input
-    if _transforming():
+    if _transforming() and _reference_path(fn):
         reference = R.alpha_dropout if alpha else R.dropout
         y = reference(_for_inplace(input, inplace), p, True, generator=generator, seed=seed)
         return _maybe_inplace(input, y, inplace)
-    s = seed_tensor(input, generator, seed, fn)
+    s = _draw_seed(input, generator, seed, fn)
     if inplace and _inplace_kernel(input):
         return inplace_form("dropout", input, s, p, alpha)
     return _maybe_inplace(input, _call(ops.dropout, input, s, p, alpha), inplace)
@@ -434,14 +449,14 @@ def bias_act_dropout(
     p = check_p(p, fn)
     if not training:
         p = 0.0
-    if _transforming():
+    if _transforming() and _reference_path(fn):
         return R.bias_act_dropout(
             input, bias, activation, p, True, negative_slope=slope, alpha=alpha, approximate=approximate,
             generator=generator, seed=seed,
         )  # fmt: skip
     # p = 0 keeps every element whatever the bits: no draw needed
     s = (
-        seed_tensor(input, generator, seed, fn)
+        _draw_seed(input, generator, seed, fn)
         if p > 0
         else torch.zeros(1, dtype=torch.int64, device=input.device)
     )
@@ -499,9 +514,9 @@ def dropout_add(
     p = check_p(p, "dropout_add")
     if not training or p == 0.0:
         return residual + input
-    if _transforming():
+    if _transforming() and _reference_path("dropout_add"):
         return R.dropout_add(input, residual, p, True, generator=generator, seed=seed)
-    return _call(ops.dropout_add, input, residual, seed_tensor(input, generator, seed, "dropout_add"), p)
+    return _call(ops.dropout_add, input, residual, _draw_seed(input, generator, seed, "dropout_add"), p)
 
 
 def drop_path(
@@ -549,11 +564,11 @@ def drop_path(
     p = check_p(p, "drop_path")
     if not training or p == 0.0:
         return input if residual is None else residual + input
-    if _transforming():
+    if _transforming() and _reference_path("drop_path"):
         return R.drop_path(
             input, p, True, residual=residual, scale_by_keep=scale_by_keep, generator=generator, seed=seed
         )
-    s = seed_tensor(input, generator, seed, "drop_path")
+    s = _draw_seed(input, generator, seed, "drop_path", per_sample=True)
     return _call(ops.drop_path, input, residual, s, p, bool(scale_by_keep))
 
 
@@ -791,6 +806,14 @@ def _check_images(images, fn, allow_uint8=False, allow_single=False):
         raise ValueError(f"fastreg.{fn}: images must be {shapes}, got shape {tuple(images.shape)}")
 
 
+def _check_placement(images, fn, random_values=False):
+    """For a DTensor of images, the placements the batch augmentations take."""
+    if _distributed.DTENSOR is not None and isinstance(images, _distributed.DTENSOR):
+        from ._dtensor import check_images
+
+        check_images(images, fn, random_values)
+
+
 def _run_boxes(images, inplace, op, op_, args):
     """Out of place, or in place writing only the boxes (autograd needs the
     out-of-place op: the result is then copied back)."""
@@ -838,6 +861,7 @@ def cutout(
             cutout, (images,), images, size, p=p, fill=fill, inplace=inplace, generator=generator, seed=seed
         )
     _check_images(images, "cutout", allow_uint8=True, allow_single=True)
+    _check_placement(images, "cutout")
     _check_size(size, "cutout")
     p = check_p(p, "cutout")
     fill = _check_number(fill, "cutout", "fill")
@@ -931,6 +955,7 @@ def random_erasing(
     p, (s0, s1), (r0, r1), random, fill = _checked_erasing_args(p, scale, ratio, value, fn)
     if random and images.dtype == torch.uint8:
         raise ValueError(f"fastreg.{fn}: value='random' needs float images, got uint8")
+    _check_placement(images, fn, random)
     if not random and images.dtype == torch.uint8 and not 0 <= fill <= 255:
         raise ValueError(f"fastreg.{fn}: value must be in [0, 255] for uint8 images, got {fill}")
     if images.dim() == 3:  # one image: a batch of one (a view, so in place writes it)
@@ -1037,6 +1062,7 @@ def _mix(
     _check_float(images, fn, "images")
     if images.dim() != 4:
         raise ValueError(f"fastreg.{fn}: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
+    _check_placement(images, fn)
     target, num_classes = _checked_target(images, target, num_classes, fn)
     eps = _check_label_smoothing(label_smoothing, fn)
     if mode not in MIX_MODES:

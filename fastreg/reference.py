@@ -18,6 +18,7 @@ from ._random import (
     STREAM_SAMPLE,
     batch_skips,
     check_p,
+    check_seed_tensor,
     cutout_boxes,
     erase_boxes,
     keep_count,
@@ -83,9 +84,31 @@ def prelu(input, weight):
 ALPHA_DROPOUT_ALPHA = 1.7580993408473766
 
 
+def _seed(like, generator, seed, fn):
+    """The seed tensor of a draw: ``seed`` may also be a seed tensor, a positioned one
+    (a shard's, fastreg.distributed) included, used as given."""
+    if isinstance(seed, torch.Tensor):
+        check_seed_tensor(seed, fn)
+        return seed
+    return seed_tensor(like, generator, seed, fn)
+
+
+def _draw_index(input, seed):
+    """Each element's draw index (csrc/dropout_ops.h draw_order): its dense memory position;
+    for a shard's positioned seed its row-major position, except for an offset along dim 0
+    only, which keeps a dense layout whose samples are outermost."""
+    index = memory_index(input)
+    if isinstance(seed, torch.Tensor) and seed.numel() > 1:
+        few = input.dim() == 0 or input.numel() == 0 or input.shape[0] <= 1
+        outermost = few or bool(index[0].max() < index[1].min())
+        if seed.numel() > 2 or not outermost:
+            return torch.arange(input.numel(), device=input.device).reshape(input.shape)
+    return index
+
+
 def keep_mask(input, seed, p, stream=STREAM_ELEMENT):
     """Bool tensor shaped like input: True where the element is kept."""
-    words = philox_words(seed, stream, memory_index(input))
+    words = philox_words(seed, stream, _draw_index(input, seed))
     return words >= keep_threshold(p)
 
 
@@ -112,7 +135,7 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, seed=
     p = check_p(p, "dropout")
     if not training or p == 0.0:
         return input
-    y = _dropout_with_seed(input, seed_tensor(input, generator, seed, "dropout"), p)
+    y = _dropout_with_seed(input, _seed(input, generator, seed, "dropout"), p)
     return input.copy_(y) if inplace else y
 
 
@@ -121,7 +144,7 @@ def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None
     p = check_p(p, "alpha_dropout")
     if not training or p == 0.0:
         return input
-    s = seed_tensor(input, generator, seed, "alpha_dropout")
+    s = _seed(input, generator, seed, "alpha_dropout")
     x = _opmath(input)
     A = ALPHA_DROPOUT_ALPHA
     a = 1.0 / math.sqrt((A * A * p + 1.0) * (1.0 - p)) if p < 1.0 else 0.0  # p = 1: zeros
@@ -148,7 +171,7 @@ def bias_act_dropout(
     p = check_p(p, "bias_act_dropout")
     if not training:
         p = 0.0
-    s = seed_tensor(input, generator, seed, "bias_act_dropout") if p > 0 else None
+    s = _seed(input, generator, seed, "bias_act_dropout") if p > 0 else None
     z = _opmath(input) + (_opmath(bias) if bias is not None else 0)
     a = ACTIVATIONS[activation].formula(z, *bias_act_param(activation, negative_slope, alpha, approximate))
     if p == 0.0:
@@ -161,7 +184,7 @@ def dropout_add(input, residual, p=0.5, training=True, *, generator=None, seed=N
     p = check_p(p, "dropout_add")
     if not training or p == 0.0:
         return residual + input
-    s = seed_tensor(input, generator, seed, "dropout_add")
+    s = _seed(input, generator, seed, "dropout_add")
     return _finish(input, _opmath(residual) + _dropped(input, s, p))  # one rounding, in opmath
 
 
@@ -169,7 +192,7 @@ def drop_path(input, p=0.0, training=False, *, residual=None, scale_by_keep=True
     p = check_p(p, "drop_path")
     if not training or p == 0.0:
         return input if residual is None else residual + input
-    s = seed_tensor(input, generator, seed, "drop_path")
+    s = _seed(input, generator, seed, "drop_path")
     x = _opmath(input)
     samples = input.shape[0] if input.dim() > 0 else 1
     words = philox_words(s, STREAM_SAMPLE, torch.arange(samples, device=input.device))
@@ -209,7 +232,7 @@ def stochastic_depth(
     k = keep_count(B, p)
     if k >= B:
         return res + branch(input)
-    s = seed_tensor(input, generator, seed, "stochastic_depth")
+    s = _seed(input, generator, seed, "stochastic_depth")
     rows = subset_indices(s, B, k, input.device)
     y = branch(input[rows])
     placed = torch.zeros((B, *y.shape[1:]), dtype=y.dtype, device=y.device).index_copy(0, rows, y)
@@ -220,7 +243,7 @@ def dropconnect_linear(input, weight, bias=None, p=0.5, training=True, *, genera
     p = check_p(p, "dropconnect_linear")
     if not training or p == 0.0:
         return torch.nn.functional.linear(input, weight, bias)
-    s = seed_tensor(input, generator, seed, "dropconnect_linear")
+    s = _seed(input, generator, seed, "dropconnect_linear")
     return torch.nn.functional.linear(input, _dropout_with_seed(weight, s, p), bias)
 
 
@@ -234,7 +257,7 @@ def _box_mask(apply, y0, y1, x0, x1, H, W, device):
 
 
 def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
-    s = seed_tensor(images, generator, seed, "cutout")
+    s = _seed(images, generator, seed, "cutout")
     B, _, H, W = images.shape
     boxes = cutout_boxes(s, B, H, W, size, p, images.device)
     inside = _box_mask(*boxes, H, W, images.device)
@@ -253,7 +276,7 @@ def random_erasing(
     generator=None,
     seed=None,
 ):
-    s = seed_tensor(images, generator, seed, "random_erasing")
+    s = _seed(images, generator, seed, "random_erasing")
     B, _, H, W = images.shape
     boxes = erase_boxes(
         s, B, H, W, p, scale[0], scale[1], math.log(ratio[0]), math.log(ratio[1]), images.device
@@ -312,7 +335,7 @@ def mix(
 ):
     """The op behind mixup, cutmix and fastreg.nn.Mixup: each sample's draw from
     ``_random.mix_draws``, then ``x_i``, the partner's pixels in the box, or the blend."""
-    s = seed_tensor(images, generator, seed, "mixup")
+    s = _seed(images, generator, seed, "mixup")
     B, _, H, W = images.shape
     num_classes = target.shape[1] if num_classes is None else num_classes
     lam, lam_t, kind, y0, y1, x0, x1 = mix_draws(

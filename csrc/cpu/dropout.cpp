@@ -47,6 +47,37 @@ FASTREG_HOST void fill_words(uint64_t seed, uint32_t stream, int64_t i0, int64_t
   }
 }
 
+// A seed tensor's values: the seed and, for a shard (a positioned seed), where its
+// elements sit in the whole tensor (philox.h IndexMap).
+struct Draw {
+  uint64_t seed;
+  philox::IndexMap map;
+};
+
+inline Draw draw_of(const at::Tensor& seed_t) {
+  const int64_t* s = seed_t.const_data_ptr<int64_t>();
+  return {static_cast<uint64_t>(s[0]), philox::IndexMap::load(s, seed_t.numel())};
+}
+
+// words[k] = the word of local element i0 + k: the whole tensor's words of the mapped
+// indices, drawn run by run (a run: local indices that map to consecutive ones).
+FASTREG_HOST void fill_words(const Draw& d, uint32_t stream, int64_t i0, int64_t len,
+                             uint32_t* __restrict words) {
+  if (d.map.identity()) return fill_words(d.seed, stream, i0, len, words);
+  alignas(64) uint32_t run_words[kChunk + 64];
+  for (int64_t k = 0; k < len;) {
+    const int64_t l = i0 + k;
+    int64_t run = len - k;
+    for (int j = 0; j < d.map.levels; ++j)
+      if (d.map.seg[j] > 0) run = std::min(run, d.map.seg[j] - l % d.map.seg[j]);
+    const int64_t g = static_cast<int64_t>(d.map(static_cast<uint64_t>(l)));
+    const int64_t lead = g & 3;  // runs start anywhere; fill_words starts on a block
+    fill_words(d.seed, stream, g - lead, run + lead, run_words);
+    std::memcpy(words + k, run_words + lead, static_cast<size_t>(run) * sizeof(uint32_t));
+    k += run;
+  }
+}
+
 using Keep = philox::KeepRule;
 
 #ifdef FASTREG_HAVE_AVX512_BF16
@@ -175,7 +206,7 @@ struct CpuLoops {
   static void dropout(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                       const at::Tensor& seed_t, DropoutParams prm, at::Tensor& y) {
     const int64_t n = x.numel(), chunks = (n + kChunk - 1) / kChunk;
-    const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
+    const Draw seed = draw_of(seed_t);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_dropout", [&] {
           using A = opmath_t<scalar_t>;
@@ -242,7 +273,7 @@ struct CpuLoops {
                         const at::Tensor& seed_t, uint64_t threshold, double scale_d,
                         SampleShape shape, at::Tensor& y) {
     const int64_t B = shape.samples, inner = shape.inner, rows = x.numel() / inner;
-    const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
+    const Draw seed = draw_of(seed_t);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_drop_path", [&] {
           using A = opmath_t<scalar_t>;
@@ -254,8 +285,9 @@ struct CpuLoops {
               0, rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
                 for (int64_t r = r0; r < r1; ++r) {
                   const int64_t b = r % B, base = r * inner;
-                  const A s =
-                      keep(philox::word(seed, philox::kStreamSample, b)) ? A(scale_d) : A(0);
+                  const A s = keep(philox::word(seed.seed, philox::kStreamSample, seed.map(b)))
+                                  ? A(scale_d)
+                                  : A(0);
                   run_isa([&](auto isa) FASTREG_INLINE_LAMBDA {
                     if (rp != nullptr) {
                       map2(isa, yp + base, xp + base, rp + base, 0, inner,
@@ -306,7 +338,7 @@ struct CpuLoops {
                                at::Tensor& y, uint8_t* mask) {
     const int64_t n = x.numel(), chunks = (n + kChunk - 1) / kChunk;
     const int64_t K = shape.channels, inner = shape.inner;
-    const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
+    const Draw seed = draw_of(seed_t);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastreg_bad", [&] {
       using A = opmath_t<scalar_t>;
       const scalar_t* __restrict xp = x.const_data_ptr<scalar_t>();
@@ -450,7 +482,7 @@ struct CpuLoops {
                                         at::Tensor* dbias) {
     const int64_t n = g.numel(), chunks = (n + kChunk - 1) / kChunk;
     const int64_t K = shape.channels, inner = shape.inner;
-    const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
+    const Draw seed = draw_of(seed_t);
     const int64_t per_task = backward_chunks_per_task(chunks, K, dbias != nullptr);
     const int64_t tasks = (chunks + per_task - 1) / per_task;
     AT_DISPATCH_FLOATING_TYPES_AND2(

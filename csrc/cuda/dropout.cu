@@ -13,11 +13,48 @@ namespace {
 
 using DeviceKeep = philox::KeepRule;
 
-// The 8 words of unit u (elements 8u .. 8u+7).
-__device__ __forceinline__ void unit_words(const philox::Key& key, uint32_t stream, int64_t u,
+// The seed tensor as a kernel argument: its device pointer and length (a positioned
+// seed of a shard is longer than one element; philox.h IndexMap).
+struct SeedRef {
+  const int64_t* p;
+  int64_t len;
+};
+
+inline SeedRef seed_ref(const at::Tensor& seed) {
+  return {seed.const_data_ptr<int64_t>(), seed.numel()};
+}
+
+// The key, read in the kernel, and the seed tensor, whose map (a shard's place in the whole
+// tensor) is read where it is used: the unsharded path keeps no map in registers.
+struct DeviceDraw {
+  philox::Key key;
+  SeedRef seed;
+
+  __device__ __forceinline__ bool positioned() const { return seed.len > 1; }
+  // index i of the whole tensor
+  __device__ __forceinline__ uint64_t at(int64_t i) const {
+    return positioned() ? philox::IndexMap::load(seed.p, seed.len)(static_cast<uint64_t>(i))
+                        : static_cast<uint64_t>(i);
+  }
+};
+
+__device__ __forceinline__ DeviceDraw load_draw(SeedRef seed) {
+  return {philox::key_schedule(static_cast<uint64_t>(seed.p[0])), seed};
+}
+
+// The 8 words of unit u (elements 8u .. 8u+7); for a shard, each element's word of its
+// index in the whole tensor (one Philox call per element).
+__device__ __forceinline__ void unit_words(const DeviceDraw& d, uint32_t stream, int64_t u,
                                            uint32_t (&w)[8]) {
-  const philox::Word4 a = philox::block_words(key, stream, 2 * static_cast<uint64_t>(u));
-  const philox::Word4 b = philox::block_words(key, stream, 2 * static_cast<uint64_t>(u) + 1);
+  if (d.positioned()) {
+    const philox::IndexMap map = philox::IndexMap::load(d.seed.p, d.seed.len);
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      w[k] = philox::word(d.key, stream, map(static_cast<uint64_t>(8 * u + k)));
+    return;
+  }
+  const philox::Word4 a = philox::block_words(d.key, stream, 2 * static_cast<uint64_t>(u));
+  const philox::Word4 b = philox::block_words(d.key, stream, 2 * static_cast<uint64_t>(u) + 1);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     w[k] = a.v[k];
@@ -31,15 +68,15 @@ __device__ __forceinline__ void unit_words(const philox::Key& key, uint32_t stre
 template <class T, bool kAffine>
 __global__ void __launch_bounds__(kBlock)
     dropout_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
-                   const int64_t* __restrict__ seed_p, int64_t n, DeviceKeep keep,
-                   opmath_t<T> scale, opmath_t<T> add, opmath_t<T> drop, bool aligned) {
+                   SeedRef seed, int64_t n, DeviceKeep keep, opmath_t<T> scale, opmath_t<T> add,
+                   opmath_t<T> drop, bool aligned) {
   using A = opmath_t<T>;
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const DeviceDraw draw = load_draw(seed);
   const T* const in[2] = {x, r};
   for_grid_units_prefetched(
       in, nullptr, n, aligned, [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         uint32_t w[8];
-        unit_words(key, philox::kStreamElement, u, w);
+        unit_words(draw, philox::kStreamElement, u, w);
         alignas(16) T yv[8];
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
@@ -71,17 +108,18 @@ __global__ void __launch_bounds__(kBlock)
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     drop_path_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
-                     const int64_t* __restrict__ seed_p, int64_t n, ChannelIndex sample_of,
-                     DeviceKeep keep, opmath_t<T> scale, bool aligned) {
+                     SeedRef seed, int64_t n, ChannelIndex sample_of, DeviceKeep keep,
+                     opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const DeviceDraw draw = load_draw(seed);
   const T* const in[2] = {x, r};
   for_grid_units_prefetched(
       in, nullptr, n, aligned, [&](int64_t u, const T(&v)[2][8], uint32_t, bool vec) {
         int64_t first, last, pos;
         sample_of(8 * u, first, pos);
         sample_of(min(8 * u + 7, n - 1), last, pos);
-        const A s_first = keep(philox::word(key, philox::kStreamSample, first)) ? scale : A(0);
+        const A s_first =
+            keep(philox::word(draw.key, philox::kStreamSample, draw.at(first))) ? scale : A(0);
         alignas(16) T yv[8];
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
@@ -89,7 +127,7 @@ __global__ void __launch_bounds__(kBlock)
           if (first != last) {
             int64_t b;
             sample_of(8 * u + k, b, pos);
-            s = keep(philox::word(key, philox::kStreamSample, b)) ? scale : A(0);
+            s = keep(philox::word(draw.key, philox::kStreamSample, draw.at(b))) ? scale : A(0);
           }
           A o = mul_rn(static_cast<A>(v[0][k]), s);
           if (r != nullptr) o = add_rn(static_cast<A>(v[1][k]), o);
@@ -102,16 +140,16 @@ __global__ void __launch_bounds__(kBlock)
 template <class Op, class T>
 __global__ void __launch_bounds__(kBlock)
     bias_act_dropout_kernel(Op op, const T* __restrict__ x, const T* __restrict__ bias,
-                            T* __restrict__ y, uint8_t* __restrict__ mask,
-                            const int64_t* __restrict__ seed_p, int64_t n, ChannelIndex channel_of,
-                            DeviceKeep keep, opmath_t<T> scale, bool aligned) {
+                            T* __restrict__ y, uint8_t* __restrict__ mask, SeedRef seed, int64_t n,
+                            ChannelIndex channel_of, DeviceKeep keep, opmath_t<T> scale,
+                            bool aligned) {
   using A = opmath_t<T>;
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const DeviceDraw draw = load_draw(seed);
   const T* const in[1] = {x};
   for_grid_units_prefetched(
       in, nullptr, n, aligned, [&](int64_t u, const T(&v)[1][8], uint32_t, bool vec) {
         uint32_t w[8];
-        unit_words(key, philox::kStreamElement, u, w);
+        unit_words(draw, philox::kStreamElement, u, w);
         int64_t c, pos;
         channel_of(8 * u, c, pos);
         uint32_t bits = 0;
@@ -136,11 +174,10 @@ __global__ void __launch_bounds__(kBlock)
 template <class Op, class T>
 __global__ void __launch_bounds__(kBlock)
     bias_act_dropout_rows_kernel(Op op, const T* __restrict__ x, const T* __restrict__ bias,
-                                 T* __restrict__ y, uint8_t* __restrict__ mask,
-                                 const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
-                                 DeviceKeep keep, opmath_t<T> scale) {
+                                 T* __restrict__ y, uint8_t* __restrict__ mask, SeedRef seed,
+                                 int64_t n, int64_t K, DeviceKeep keep, opmath_t<T> scale) {
   using A = opmath_t<T>;
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const DeviceDraw draw = load_draw(seed);
   const int64_t u0 = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
   const int64_t ustep = static_cast<int64_t>(gridDim.x) * kBlock;
   const bool small = 8 * (u0 + ustep) < (int64_t(1) << 32) && K < (int64_t(1) << 32);
@@ -156,7 +193,7 @@ __global__ void __launch_bounds__(kBlock)
         alignas(16) T bv[8];
         load8(bv, bias, c, K, true);
         uint32_t w[8];
-        unit_words(key, philox::kStreamElement, u, w);
+        unit_words(draw, philox::kStreamElement, u, w);
         uint32_t bits = 0;
         alignas(16) T yv[8];
 #pragma unroll
@@ -181,21 +218,20 @@ __global__ void __launch_bounds__(kBlock)
     bias_act_dropout_backward_kernel(Op op, const T* __restrict__ g, const T* __restrict__ xs,
                                      const uint8_t* __restrict__ mask, const T* __restrict__ bias,
                                      T* __restrict__ dx, opmath_t<T>* __restrict__ partial,
-                                     const int64_t* __restrict__ seed_p, int64_t n, int64_t K,
-                                     ChannelIndex channel_of, DeviceKeep keep, opmath_t<T> scale,
-                                     bool aligned) {
+                                     SeedRef seed, int64_t n, int64_t K, ChannelIndex channel_of,
+                                     DeviceKeep keep, opmath_t<T> scale, bool aligned) {
   using A = opmath_t<T>;
   extern __shared__ unsigned char smem_raw[];
   const ChannelSums<A> sums{reinterpret_cast<A*>(smem_raw)};
   const bool want_db = partial != nullptr;
   if (want_db) sums.begin(K);
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const DeviceDraw draw = load_draw(seed);
   const T* const in[2] = {g, Op::saved == Saved::Mask ? nullptr : xs};
   for_grid_units_prefetched(
       in, Op::saved == Saved::Mask ? mask : nullptr, n, aligned,
       [&](int64_t u, const T(&v)[2][8], uint32_t bits, bool vec) {
         uint32_t w[8];
-        unit_words(key, philox::kStreamElement, u, w);
+        unit_words(draw, philox::kStreamElement, u, w);
         int64_t c, pos;
         channel_of(8 * u, c, pos);
         auto run = sums.run(c);
@@ -226,12 +262,11 @@ __global__ void __launch_bounds__(kBlock)
 template <class Op, class T>
 __global__ void __launch_bounds__(kBlock) bias_act_dropout_backward_columns_kernel(
     Op op, const T* __restrict__ g, const T* __restrict__ xs, const uint8_t* __restrict__ mask,
-    const T* __restrict__ bias, T* __restrict__ dx, opmath_t<T>* __restrict__ partial,
-    const int64_t* __restrict__ seed_p, int64_t rows, int64_t K, int cols_per_block,
-    DeviceKeep keep, opmath_t<T> scale) {
+    const T* __restrict__ bias, T* __restrict__ dx, opmath_t<T>* __restrict__ partial, SeedRef seed,
+    int64_t rows, int64_t K, int cols_per_block, DeviceKeep keep, opmath_t<T> scale) {
   using A = opmath_t<T>;
   __shared__ A sacc[kBlock * 8];
-  const philox::Key key = philox::key_schedule(static_cast<uint64_t>(*seed_p));
+  const DeviceDraw draw = load_draw(seed);
   const int tx = threadIdx.x % cols_per_block, ty = threadIdx.x / cols_per_block;
   const int rows_per_block = kBlock / cols_per_block;
   const int64_t groups = K / 8;
@@ -251,7 +286,7 @@ __global__ void __launch_bounds__(kBlock) bias_act_dropout_backward_columns_kern
                          in, Op::saved == Saved::Mask ? mask : nullptr, rows * K, true,
                          [&](int64_t u, const T(&v)[2][8], uint32_t bits, bool) {
                            uint32_t w[8];
-                           unit_words(key, philox::kStreamElement, u, w);
+                           unit_words(draw, philox::kStreamElement, u, w);
                            alignas(16) T dv[8];
 #pragma unroll
                            for (int k = 0; k < 8; ++k) {
@@ -297,7 +332,7 @@ void DropoutLoops::dropout(const at::Tensor& x, const std::optional<at::Tensor>&
         const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
         const auto stream = at::cuda::getCurrentCUDAStream();
         const int64_t grid = grid_for((n + 7) / 8, kBlock);
-        const int64_t* sp = seed.const_data_ptr<int64_t>();
+        const SeedRef sp = seed_ref(seed);
         const auto kernel = prm.keep_add != 0.0 || prm.drop_value != 0.0
                                 ? dropout_kernel<scalar_t, true>
                                 : dropout_kernel<scalar_t, false>;
@@ -322,8 +357,8 @@ void DropoutLoops::drop_path(const at::Tensor& x, const std::optional<at::Tensor
         const bool aligned = aligned16(xp) && aligned16(yp) && (rp == nullptr || aligned16(rp));
         drop_path_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
                            at::cuda::getCurrentCUDAStream()>>>(
-            xp, rp, yp, seed.const_data_ptr<int64_t>(), n,
-            ChannelIndex(n, shape.samples, shape.inner), DeviceKeep(threshold), A(scale), aligned);
+            xp, rp, yp, seed_ref(seed), n, ChannelIndex(n, shape.samples, shape.inner),
+            DeviceKeep(threshold), A(scale), aligned);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
 }
@@ -351,16 +386,15 @@ void DropoutLoops::bias_act_dropout(const Op& op, const at::Tensor& x, const at:
                                 aligned16(xp) && aligned16(yp) && aligned16(bp))) {
       bias_act_dropout_rows_kernel<<<grid_for(n / 8, kBlock), kBlock, 0,
                                      at::cuda::getCurrentCUDAStream()>>>(
-          op, xp, bp, yp, mask, seed.const_data_ptr<int64_t>(), n, shape.channels,
-          DeviceKeep(prm.threshold), A(prm.scale));
+          op, xp, bp, yp, mask, seed_ref(seed), n, shape.channels, DeviceKeep(prm.threshold),
+          A(prm.scale));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     bias_act_dropout_kernel<<<grid_for((n + 7) / 8, kBlock), kBlock, 0,
                               at::cuda::getCurrentCUDAStream()>>>(
-        op, xp, bp, yp, mask, seed.const_data_ptr<int64_t>(), n,
-        ChannelIndex(n, shape.channels, shape.inner), DeviceKeep(prm.threshold), A(prm.scale),
-        aligned16(xp) && aligned16(yp));
+        op, xp, bp, yp, mask, seed_ref(seed), n, ChannelIndex(n, shape.channels, shape.inner),
+        DeviceKeep(prm.threshold), A(prm.scale), aligned16(xp) && aligned16(yp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -392,8 +426,8 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g,
           const plan::ColumnsGrid cg = plan::columns_grid(n, K, device_sms());
           at::Tensor partial = partials(cg.y);
           bias_act_dropout_backward_columns_kernel<<<dim3(cg.x, cg.y), kBlock, 0, stream>>>(
-              op, gp, xp, mp, bp, dp, partial.mutable_data_ptr<A>(), seed.const_data_ptr<int64_t>(),
-              n / K, K, cg.cols, DeviceKeep(prm.threshold), A(prm.scale));
+              op, gp, xp, mp, bp, dp, partial.mutable_data_ptr<A>(), seed_ref(seed), n / K, K,
+              cg.cols, DeviceKeep(prm.threshold), A(prm.scale));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
               partial.const_data_ptr<A>(), dbias->mutable_data_ptr<scalar_t>(), cg.y, K);
@@ -405,8 +439,8 @@ void DropoutLoops::bias_act_dropout_backward(const Op& op, const at::Tensor& g,
         at::Tensor partial = shared ? partials(grid) : at::Tensor();
         bias_act_dropout_backward_kernel<<<grid, kBlock, shared ? K * sizeof(A) : 0, stream>>>(
             op, gp, xp, mp, bp, dp, shared ? partial.mutable_data_ptr<A>() : nullptr,
-            seed.const_data_ptr<int64_t>(), n, K, ChannelIndex(n, K, shape.inner),
-            DeviceKeep(prm.threshold), A(prm.scale), aligned);
+            seed_ref(seed), n, K, ChannelIndex(n, K, shape.inner), DeviceKeep(prm.threshold),
+            A(prm.scale), aligned);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (shared) {
           reduce_partials_kernel<<<reduce_partials_grid(K), kBlock, 0, stream>>>(
