@@ -112,6 +112,12 @@ def scenario_dtensor_random(ctx):
             if name == "drop_path":
                 s = positioned_seed(seed, sample_position(offsets[0]))
                 out[key + "/reference"] = torch.equal(R.drop_path(local, 0.5, True, seed=s), yd.to_local())
+    import fastreg.functional as F
+
+    for pname, pl in _placements().items():  # in place: the shards are written
+        xd = distribute_tensor(x_full.clone(), ctx.mesh, [pl])  # Replicate may alias its source
+        F.dropout(xd, 0.4, inplace=True, seed=SEED)
+        out[f"dropout in place/{pname}"] = torch.equal(xd.full_tensor(), F.dropout(x_full, 0.4, seed=SEED))
     return out
 
 
@@ -171,7 +177,7 @@ def scenario_dtensor_ops(ctx):
             out[key + "/forward"] = torch.equal(yd.full_tensor(), yf.detach())
             out[key + "/grad"] = torch.equal(xd.grad.full_tensor(), xf.grad)
             if row.inplace:
-                xi = distribute_tensor(x_full, ctx.mesh, [pl])
+                xi = distribute_tensor(x_full.clone(), ctx.mesh, [pl])  # Replicate may alias its source
                 fn(xi, inplace=True)
                 out[key + "/inplace"] = torch.equal(xi.full_tensor(), yf.detach())
     # PReLU, one weight per channel (dim 1)
@@ -196,17 +202,27 @@ def scenario_dtensor_ops(ctx):
         raw.full_tensor(), torch.ops.fastreg.dropout(x_full, seed, 0.5, False)
     )
     # DropConnect: column- and row-parallel weights
-    inp, w, b = ctx.randn(3, 8, seed=9), ctx.randn(6, 8, seed=10), ctx.randn(6, seed=11)
-    full = F.dropconnect_linear(inp, w, b, 0.5, seed=SEED)
-    for name, (i_pl, w_pl, b_pl) in {
+    full_args = [
+        t.requires_grad_(True)
+        for t in (ctx.randn(3, 8, seed=9), ctx.randn(6, 8, seed=10), ctx.randn(6, seed=11))
+    ]
+    full = F.dropconnect_linear(*full_args, 0.5, seed=SEED)
+    full.backward(torch.ones_like(full))
+    for name, placements in {
         "colwise": (Replicate(), Shard(0), Shard(0)),
         "rowwise": (Shard(-1), Shard(1), Replicate()),
     }.items():
-        yd = F.dropconnect_linear(
-            distribute_tensor(inp, ctx.mesh, [i_pl]), distribute_tensor(w, ctx.mesh, [w_pl]),
-            distribute_tensor(b, ctx.mesh, [b_pl]), 0.5, seed=SEED,
-        )  # fmt: skip
+        args = [
+            distribute_tensor(t.detach(), ctx.mesh, [p]).requires_grad_(True)
+            for t, p in zip(full_args, placements, strict=True)
+        ]
+        yd = F.dropconnect_linear(*args, 0.5, seed=SEED)
+        yd.backward(torch.ones_like(yd))
         out[f"dropconnect/{name}"] = torch.allclose(yd.full_tensor(), full, rtol=1e-5, atol=1e-5)
+        for arg, t, ref in zip(("input", "weight", "bias"), args, full_args, strict=True):
+            out[f"dropconnect/{name}/grad_{arg}"] = torch.allclose(
+                t.grad.full_tensor(), ref.grad, rtol=1e-5, atol=1e-5
+            )
     # batch ops
     images = ctx.randn(4, 6, 8, 8, seed=12)
     for pname, pl in {"Replicate": Replicate(), "Shard(1)": Shard(1)}.items():

@@ -59,11 +59,11 @@ inline Draw draw_of(const at::Tensor& seed_t) {
   return {static_cast<uint64_t>(s[0]), philox::IndexMap::load(s, seed_t.numel())};
 }
 
-// words[k] = the word of local element i0 + k: the whole tensor's words of the mapped
-// indices, drawn run by run (a run: local indices that map to consecutive ones).
-FASTREG_HOST void fill_words(const Draw& d, uint32_t stream, int64_t i0, int64_t len,
-                             uint32_t* __restrict words) {
-  if (d.map.identity()) return fill_words(d.seed, stream, i0, len, words);
+// A shard's words (fill_words below): the whole tensor's words of the mapped indices,
+// drawn run by run (a run: local indices that map to consecutive ones). Out of line, so
+// that the unsharded loops stay as they were.
+__attribute__((noinline)) void fill_mapped_words(const Draw& d, uint32_t stream, int64_t i0,
+                                                 int64_t len, uint32_t* __restrict words) {
   alignas(64) uint32_t run_words[kChunk + 64];
   for (int64_t k = 0; k < len;) {
     const int64_t l = i0 + k;
@@ -75,6 +75,16 @@ FASTREG_HOST void fill_words(const Draw& d, uint32_t stream, int64_t i0, int64_t
     fill_words(d.seed, stream, g - lead, run + lead, run_words);
     std::memcpy(words + k, run_words + lead, static_cast<size_t>(run) * sizeof(uint32_t));
     k += run;
+  }
+}
+
+// words[k] = the word of local element i0 + k (of its index in the whole tensor, for a shard).
+FASTREG_HOST void fill_words(const Draw& d, uint32_t stream, int64_t i0, int64_t len,
+                             uint32_t* __restrict words) {
+  if (d.map.identity()) {
+    fill_words(d.seed, stream, i0, len, words);
+  } else {
+    fill_mapped_words(d, stream, i0, len, words);
   }
 }
 
