@@ -56,12 +56,14 @@ def _contiguous_stride(shape):
 
 
 def _without_partial(t):
-    if not any(p.is_partial() for p in t.placements):
+    if not isinstance(t, DTensor) or not any(p.is_partial() for p in t.placements):
         return t
     return t.redistribute(t.device_mesh, [Replicate() if p.is_partial() else p for p in t.placements])
 
 
 def _to(t, placements, fn, arg):
+    """t redistributed to placements (a plain tensor among DTensors is refused, as DTensor
+    refuses it for its own ops)."""
     if not isinstance(t, DTensor):
         raise TypeError(f"fastreg.{fn}: {arg} is a torch.Tensor but the input is a DTensor")
     return t if tuple(t.placements) == tuple(placements) else t.redistribute(t.device_mesh, placements)
@@ -103,10 +105,11 @@ def _wrap(y, x, local):
     return DTensor.from_local(y, x.device_mesh, x.placements, run_check=False, shape=x.shape, stride=stride)
 
 
-def _prepare(rule, name, args):
+def _prepare(rule, name, args, schema):
     """The DTensor the op runs over (mask owners' layout restored, Partial summed) and the
     other arguments laid out to match it."""
     args = list(args)
+    arg_name = [a.name for a in schema.arguments]
     x = args[rule.draw]
     if rule.inplace:
         if any(p.is_partial() for p in x.placements):
@@ -117,22 +120,23 @@ def _prepare(rule, name, args):
         mask = args[rule.mask_in]
         made_for = _MASKS.get(mask._local_tensor) if isinstance(mask, DTensor) else None
         if made_for is not None:
-            x = _to(x, made_for, name, "grad")
+            x = _to(x, made_for, name, arg_name[rule.draw])
     args[rule.draw] = x
     for i in rule.like:
         if args[i] is not None:
-            args[i] = _to(_without_partial(args[i]), x.placements, name, "residual")
+            args[i] = _to(_without_partial(args[i]), x.placements, name, arg_name[i])
     if rule.bias is not None and args[rule.bias] is not None:
-        args[rule.bias] = _to(args[rule.bias], _bias_placements(x.placements, x.dim()), name, "bias")
+        bias_placements = _bias_placements(x.placements, x.dim())
+        args[rule.bias] = _to(args[rule.bias], bias_placements, name, arg_name[rule.bias])
     return x, args
 
 
 def _handler(name, rule):
     def handle(op_call, args, kwargs):
+        schema = op_call._schema
         if kwargs:
-            schema = op_call._schema
             args = tuple(args) + tuple(kwargs[a.name] for a in schema.arguments[len(args) :])
-        x, args = _prepare(rule, name, args)
+        x, args = _prepare(rule, name, args, schema)
         local = x._local_tensor
         largs = [a._local_tensor if isinstance(a, DTensor) else a for a in args]
         if rule.seed is not None:

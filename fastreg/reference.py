@@ -84,11 +84,13 @@ def prelu(input, weight):
 ALPHA_DROPOUT_ALPHA = 1.7580993408473766
 
 
-def _seed(like, generator, seed, fn):
-    """The seed tensor of a draw: ``seed`` may also be a seed tensor, a positioned one
-    (a shard's, fastreg.distributed) included, used as given."""
+def _seed(like, generator, seed, fn, positioned=True):
+    """The seed tensor of a draw: ``seed`` may also be a seed tensor, used as given; for the
+    dropout family a positioned one too (a shard's: fastreg.distributed)."""
     if isinstance(seed, torch.Tensor):
         check_seed_tensor(seed, fn)
+        if seed.numel() > 1 and not positioned:
+            raise TypeError(f"fastreg.{fn}: seed must be a one-element int64 tensor")
         return seed
     return seed_tensor(like, generator, seed, fn)
 
@@ -97,13 +99,13 @@ def _draw_index(input, seed):
     """Each element's draw index (csrc/dropout_ops.h draw_order): its dense memory position;
     for a shard's positioned seed its row-major position, except for an offset along dim 0
     only, which keeps a dense layout whose samples are outermost."""
-    index = memory_index(input)
     if isinstance(seed, torch.Tensor) and seed.numel() > 1:
-        few = input.dim() == 0 or input.numel() == 0 or input.shape[0] <= 1
-        outermost = few or bool(index[0].max() < index[1].min())
+        dense = torch.empty_like(input)  # the layout memory_index walks
+        few = dense.dim() == 0 or dense.shape[0] <= 1
+        outermost = few or dense.stride(0) * dense.shape[0] == dense.numel()
         if seed.numel() > 2 or not outermost:
             return torch.arange(input.numel(), device=input.device).reshape(input.shape)
-    return index
+    return memory_index(input)
 
 
 def keep_mask(input, seed, p, stream=STREAM_ELEMENT):
@@ -232,7 +234,7 @@ def stochastic_depth(
     k = keep_count(B, p)
     if k >= B:
         return res + branch(input)
-    s = _seed(input, generator, seed, "stochastic_depth")
+    s = _seed(input, generator, seed, "stochastic_depth", positioned=False)
     rows = subset_indices(s, B, k, input.device)
     y = branch(input[rows])
     placed = torch.zeros((B, *y.shape[1:]), dtype=y.dtype, device=y.device).index_copy(0, rows, y)
@@ -257,7 +259,7 @@ def _box_mask(apply, y0, y1, x0, x1, H, W, device):
 
 
 def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
-    s = _seed(images, generator, seed, "cutout")
+    s = _seed(images, generator, seed, "cutout", positioned=False)
     B, _, H, W = images.shape
     boxes = cutout_boxes(s, B, H, W, size, p, images.device)
     inside = _box_mask(*boxes, H, W, images.device)
@@ -276,7 +278,7 @@ def random_erasing(
     generator=None,
     seed=None,
 ):
-    s = _seed(images, generator, seed, "random_erasing")
+    s = _seed(images, generator, seed, "random_erasing", positioned=False)
     B, _, H, W = images.shape
     boxes = erase_boxes(
         s, B, H, W, p, scale[0], scale[1], math.log(ratio[0]), math.log(ratio[1]), images.device
@@ -335,7 +337,7 @@ def mix(
 ):
     """The op behind mixup, cutmix and fastreg.nn.Mixup: each sample's draw from
     ``_random.mix_draws``, then ``x_i``, the partner's pixels in the box, or the blend."""
-    s = _seed(images, generator, seed, "mixup")
+    s = _seed(images, generator, seed, "mixup", positioned=False)
     B, _, H, W = images.shape
     num_classes = target.shape[1] if num_classes is None else num_classes
     lam, lam_t, kind, y0, y1, x0, x1 = mix_draws(

@@ -194,6 +194,11 @@ def scenario_dtensor_ops(ctx):
         out[f"prelu/{pname}/forward"] = torch.equal(yd.full_tensor(), F.prelu(x_full, w_full))
         out[f"prelu/{pname}/grad"] = torch.equal(xd.grad.full_tensor(), xf.grad)
         out[f"prelu/{pname}/grad_weight"] = torch.allclose(wd.grad.full_tensor(), wf.grad, atol=1e-5)
+    try:  # a plain tensor among DTensors
+        F.dropout_add(distribute_tensor(x_full, ctx.mesh, [Shard(0)]), x_full, 0.5, seed=SEED)
+        out["plain residual raises"] = False
+    except TypeError as e:
+        out["plain residual raises"] = "fastreg.dropout_add: residual is a torch.Tensor" in str(e)
     # the raw op
     seed = torch.full((1,), SEED, dtype=torch.int64, device=ctx.device)
     xd = distribute_tensor(x_full, ctx.mesh, [Shard(1)])

@@ -153,6 +153,14 @@ def test_malformed_seed_is_refused(length):
         ops.cutout(torch.randn(1, 1, 4, 4), torch.zeros(2, dtype=torch.int64), 2, 1.0, 0.0)
 
 
+def test_reference_refuses_positioned_seeds_where_kernels_do():
+    seed = positioned_seed(_seed("cpu"), [8])
+    with pytest.raises(TypeError, match="fastreg.cutout: seed must be a one-element"):
+        R.cutout(torch.randn(2, 1, 4, 4), 2, seed=seed)
+    with pytest.raises(TypeError, match="fastreg.stochastic_depth: seed must be a one-element"):
+        R.stochastic_depth(torch.randn(4, 3), torch.nn.Identity(), 0.5, True, seed=seed)
+
+
 def test_inplace_dropout_of_a_strided_shard_is_refused():
     x = torch.randn(6, 8).t()  # not row-major: a shard's draw order is
     before = x.clone()
