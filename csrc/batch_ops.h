@@ -37,8 +37,10 @@ inline RowLayout row_layout(const at::Tensor& t) {
   return {1, 0, H, W * C, W * C, C, C * H * W};
 }
 
+// `sample_offset`: the seed may also be [seed, first]: the images are samples first, first + 1,
+// ... of a larger batch (a shard of samples; fastreg.distributed), whose draws they take.
 inline void check_images(const at::Tensor& images, const at::Tensor& seed, const char* op,
-                         bool allow_uint8) {
+                         bool allow_uint8, bool sample_offset = false) {
   const auto st = images.scalar_type();
   const bool is_float =
       st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16;
@@ -47,8 +49,11 @@ inline void check_images(const at::Tensor& images, const at::Tensor& seed, const
                      st);
   FASTREG_CHECK_VALUE(images.dim() == 4, "fastreg.", op, ": images must be 4-D (B, C, H, W), got ",
                       images.dim(), "-D");
-  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastreg.", op,
-                     ": seed must be a one-element int64 tensor");
+  FASTREG_CHECK_TYPE(seed.scalar_type() == at::kLong &&
+                         (seed.numel() == 1 || (sample_offset && seed.numel() == 2 &&
+                                                seed.dim() == 1 && seed.is_contiguous())),
+                     "fastreg.", op, ": seed must be a one-element int64 tensor",
+                     sample_offset ? " (or [seed, first sample] for a shard of samples)" : "");
   FASTREG_CHECK(seed.device() == images.device(), "fastreg.", op, ": seed is on ", seed.device(),
                 " but images are on ", images.device());
 }
@@ -76,7 +81,7 @@ inline void check_prob(double p, const char* op, const char* name) {
 
 inline sampling::BoxRule cutout_rule(const at::Tensor& images, const at::Tensor& seed, int64_t size,
                                      double p, const char* name) {
-  check_images(images, seed, name, true);
+  check_images(images, seed, name, true, true);
   FASTREG_CHECK_VALUE(size > 0, "fastreg.", name, ": size must be > 0, got ", size);
   check_prob(p, name, "p");
   sampling::BoxRule r{};
@@ -89,7 +94,13 @@ inline sampling::BoxRule cutout_rule(const at::Tensor& images, const at::Tensor&
 inline sampling::BoxRule erase_rule(const at::Tensor& images, const at::Tensor& seed, double p,
                                     double scale_lo, double scale_hi, double log_ratio_lo,
                                     double log_ratio_hi, bool random, const char* name) {
-  check_images(images, seed, name, !random);
+  check_images(images, seed, name, !random, true);
+  // value='random' keys each element's normal by its memory offset; a shard's offset in the
+  // whole batch is first * stride(0) only when samples are outermost in memory
+  FASTREG_CHECK_VALUE(!random || seed.numel() == 1 || images.size(0) <= 1 ||
+                          images.stride(0) * images.size(0) == images.numel(),
+                      "fastreg.", name, ": value='random' on a shard of samples needs images ",
+                      "whose samples are outermost in memory (contiguous or channels_last)");
   check_prob(p, name, "p");
   FASTREG_CHECK_VALUE(scale_lo >= 0.0 && scale_lo <= scale_hi && scale_hi <= 1.0, "fastreg.", name,
                       ": scale must satisfy 0 <= scale[0] <= scale[1] <= 1, got (", scale_lo, ", ",

@@ -10,8 +10,9 @@ is loaded).
   equal the op on the whole tensor bit for bit, whatever the placement. A mask is a shard's
   own bits: the handler records the placement it was made for, and backward lays the
   gradient out like that before it reads it.
-- The batch augmentations: Replicate, or Shard(1) (channels) of the images; other
-  placements raise, naming the placement they need.
+- The batch augmentations: Cutout and random erasing on Replicate, Shard(0) (a shard of
+  samples draws its samples' boxes) or Shard(1) images; Mixup and CutMix on Replicate or
+  Shard(1); other placements raise, naming the placements they need.
 """
 
 from dataclasses import dataclass
@@ -263,17 +264,27 @@ def _prelu_backward(grad, x, weight):
     return out
 
 
+def _sharded_dims(images):
+    return {p.dim % max(images.dim(), 1) for p in images.placements if p.is_shard()}
+
+
 def check_images(images, fn, random_values=False):
-    """The placements the batch augmentations take (raised naming ``fn``)."""
-    for p in images.placements:
-        if not (p.is_replicate() or (p.is_shard() and p.dim % max(images.dim(), 1) == 1)):
-            raise NotImplementedError(
-                f"fastreg.{fn}: on a DTensor the images must be Replicate or Shard(1) "
-                f"(channels): its per-sample draws need every sample and pixel; got "
-                f"{tuple(images.placements)}"
-            )
-    if random_values and any(p.is_shard() for p in images.placements):
-        raise NotImplementedError(f"fastreg.{fn}: value='random' on a DTensor needs Replicate images")
+    """The placements the batch augmentations take (raised naming ``fn``): Cutout and random
+    erasing draw per sample (a shard of samples draws its samples' boxes) over whole images;
+    Mixup and CutMix pair samples across the whole batch."""
+    mixing = fn in ("mixup", "cutmix", "mix", "mix_", "mix_backward", "nn.Mixup")
+    allowed = {1} if mixing else ({0} if random_values else {0, 1})
+    if not _sharded_dims(images) <= allowed:
+        need = {
+            frozenset({1}): "Replicate or Shard(1) (channels): it pairs samples across the whole batch",
+            frozenset({0}): "Replicate or Shard(0) (samples): value='random' keys its values by "
+            "position in the whole batch",
+            frozenset({0, 1}): "Replicate, Shard(0) (samples) or Shard(1) (channels): its boxes "
+            "span whole images",
+        }[frozenset(allowed)]
+        raise NotImplementedError(
+            f"fastreg.{fn}: on a DTensor the images must be {need}; got {tuple(images.placements)}"
+        )
 
 
 def _batch_op(name, images_arg=0):
@@ -290,6 +301,8 @@ def _batch_op(name, images_arg=0):
                     f"fastreg.{name}: on a DTensor every argument but the images must be Replicate"
                 )
         largs = [a._local_tensor if isinstance(a, DTensor) else a for a in args]
+        if 0 in _sharded_dims(images):  # a shard of samples: their boxes, from seed [seed, first]
+            largs[1] = positioned_seed(largs[1], _position(images, images._local_tensor, per_sample=True))
         out = op_call(*largs, **kwargs)
         return _wrap_batch(out, images)
 

@@ -243,9 +243,10 @@ def beta_samples(seed, stream, n, a, b, device="cpu"):
 
 
 def cutout_boxes(seed, n, H, W, size, p, device="cpu"):
-    """csrc/sampling.h cutout_box() for samples 0..n-1: (apply, y0, y1, x0, x1) int64 tensors."""
+    """csrc/sampling.h cutout_box() for samples 0..n-1 (first..first+n-1 for a seed [seed, first]):
+    (apply, y0, y1, x0, x1) int64 tensors."""
     k0, k1 = _keys(seed)
-    idx = torch.arange(n, device=device, dtype=torch.int64)
+    idx = global_index(seed, torch.arange(n, device=device, dtype=torch.int64))
     zeros = torch.zeros_like(idx)
     w0, w1, w2, _ = philox4x32_10(idx & _MASK, zeros, zeros + STREAM_BOX, zeros, k0, k1)
     apply = w0 < keep_threshold(p)
@@ -265,9 +266,10 @@ def _f32(v):
 
 
 def erase_boxes(seed, n, H, W, p, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi, device="cpu"):
-    """csrc/sampling.h erase_box() for samples 0..n-1: (apply, y0, y1, x0, x1) int64 tensors."""
+    """csrc/sampling.h erase_box() for samples 0..n-1 (first..first+n-1 for a seed [seed, first]):
+    (apply, y0, y1, x0, x1) int64 tensors."""
     k0, k1 = _keys(seed)
-    idx = torch.arange(n, device=device, dtype=torch.int64)
+    idx = global_index(seed, torch.arange(n, device=device, dtype=torch.int64))
     zeros = torch.zeros_like(idx)
     coin = philox4x32_10(idx & _MASK, zeros, zeros + STREAM_ERASE, zeros, k0, k1)[0]
     apply = coin < keep_threshold(p)

@@ -89,13 +89,14 @@ _BATCH = threading.local()
 
 @contextlib.contextmanager
 def batch_offset(start):
-    """Inside, fastreg's random ops on activations (dropout, alpha dropout, dropout_add,
-    bias_act_dropout, drop path) draw for their input as rows ``[start, start + B)`` of a
-    global batch along dim 0, so that DDP or FSDP ranks seeded alike draw, together, what
-    one process draws for the whole batch, whatever the world size.
+    """Inside, fastreg's random ops on activations and images (dropout, alpha dropout,
+    dropout_add, bias_act_dropout, drop path, Cutout, random erasing) draw for their input as
+    rows ``[start, start + B)`` of a global batch along dim 0, so that DDP or FSDP ranks
+    seeded alike draw, together, what one process draws for the whole batch, whatever the
+    world size.
 
     DropConnect's weight mask is the same on every rank anyway; row-mode stochastic depth
-    chooses from the local batch, and the batch augmentations draw per local sample, as
+    chooses from the local batch, and Mixup and CutMix pair the local batch's samples, as
     outside. Keep the backward pass inside too when it recomputes forwards (activation
     checkpointing): the recomputation draws its seed again.
 

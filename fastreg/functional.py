@@ -870,9 +870,9 @@ def cutout(
     if images.dim() == 3:  # one image: a batch of one (a view, so in place writes it)
         out = cutout(images[None], size, p, fill=fill, inplace=inplace, generator=generator, seed=seed)
         return images if inplace else out[0]
-    if _transforming():
+    if _transforming() and _reference_path("cutout"):
         return R.cutout(images, size, p, fill=fill, inplace=inplace, generator=generator, seed=seed)
-    s = seed_tensor(images, generator, seed, "cutout")
+    s = _draw_seed(images, generator, seed, "cutout", per_sample=True)
     return _run_boxes(images, inplace, ops.cutout, ops.cutout_, (s, size, p, fill))
 
 
@@ -963,12 +963,12 @@ def random_erasing(
             images[None], p, scale, ratio, value=value, inplace=inplace, generator=generator, seed=seed
         )
         return images if inplace else out[0]
-    if _transforming():
+    if _transforming() and _reference_path(fn):
         return R.random_erasing(
             images, p, (s0, s1), (r0, r1), value=value if random else fill, inplace=inplace,
             generator=generator, seed=seed,
         )  # fmt: skip
-    sd = seed_tensor(images, generator, seed, fn)
+    sd = _draw_seed(images, generator, seed, fn, per_sample=True)
     args = (sd, p, s0, s1, math.log(r0), math.log(r1), fill, random)
     return _run_boxes(images, inplace, ops.random_erasing, ops.random_erasing_, args)
 

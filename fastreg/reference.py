@@ -86,10 +86,11 @@ ALPHA_DROPOUT_ALPHA = 1.7580993408473766
 
 def _seed(like, generator, seed, fn, positioned=True):
     """The seed tensor of a draw: ``seed`` may also be a seed tensor, used as given; for the
-    dropout family a positioned one too (a shard's: fastreg.distributed)."""
+    dropout family a positioned one too (a shard's: fastreg.distributed), for the box ops a
+    shard of samples' [seed, first] (positioned="samples"), for the others none."""
     if isinstance(seed, torch.Tensor):
         check_seed_tensor(seed, fn)
-        if seed.numel() > 1 and not positioned:
+        if seed.numel() > 1 and not (positioned is True or (positioned == "samples" and seed.numel() == 2)):
             raise TypeError(f"fastreg.{fn}: seed must be a one-element int64 tensor")
         return seed
     return seed_tensor(like, generator, seed, fn)
@@ -259,7 +260,7 @@ def _box_mask(apply, y0, y1, x0, x1, H, W, device):
 
 
 def cutout(images, size, p=1.0, *, fill=0.0, inplace=False, generator=None, seed=None):
-    s = _seed(images, generator, seed, "cutout", positioned=False)
+    s = _seed(images, generator, seed, "cutout", positioned="samples")
     B, _, H, W = images.shape
     boxes = cutout_boxes(s, B, H, W, size, p, images.device)
     inside = _box_mask(*boxes, H, W, images.device)
@@ -278,14 +279,17 @@ def random_erasing(
     generator=None,
     seed=None,
 ):
-    s = _seed(images, generator, seed, "random_erasing", positioned=False)
+    s = _seed(images, generator, seed, "random_erasing", positioned="samples")
     B, _, H, W = images.shape
     boxes = erase_boxes(
         s, B, H, W, p, scale[0], scale[1], math.log(ratio[0]), math.log(ratio[1]), images.device
     )
     inside = _box_mask(*boxes, H, W, images.device)
     if isinstance(value, str):  # 'random': the normal of each element's memory position
-        fill = normals(s, STREAM_ERASE_VALUE, memory_index(images)).to(images.dtype)
+        index = memory_index(images)
+        if s.numel() > 1:  # a shard of samples: its offsets in the whole batch
+            index = index + s[1] * torch.empty_like(images).stride(0)
+        fill = normals(s, STREAM_ERASE_VALUE, index).to(images.dtype)
     else:
         fill = torch.tensor(value, dtype=images.dtype, device=images.device)
     out = torch.where(inside, fill, images)

@@ -228,32 +228,50 @@ def scenario_dtensor_ops(ctx):
             out[f"dropconnect/{name}/grad_{arg}"] = torch.allclose(
                 t.grad.full_tensor(), ref.grad, rtol=1e-5, atol=1e-5
             )
-    # batch ops
-    images = ctx.randn(4, 6, 8, 8, seed=12)
-    for pname, pl in {"Replicate": Replicate(), "Shard(1)": Shard(1)}.items():
+    # batch ops: boxes per sample (a shard of samples draws its own samples'), mixing per pair
+    images = ctx.randn(5, 6, 8, 8, seed=12)  # 5 samples: uneven shards of samples
+    for pname, pl in {"Replicate": Replicate(), "Shard(0)": Shard(0), "Shard(1)": Shard(1)}.items():
         d = distribute_tensor(images, ctx.mesh, [pl])
-        out[f"cutout/{pname}"] = torch.equal(
-            F.cutout(d, 4, seed=SEED).full_tensor(), F.cutout(images, 4, seed=SEED)
+        cut = F.cutout(d, 4, seed=SEED)
+        out[f"cutout/{pname}"] = cut.placements == d.placements and torch.equal(
+            cut.full_tensor(), F.cutout(images, 4, seed=SEED)
         )
         erased = F.random_erasing(d, 1.0, seed=SEED).full_tensor()
         out[f"random_erasing/{pname}"] = torch.equal(erased, F.random_erasing(images, 1.0, seed=SEED))
-    target = torch.arange(4, device=ctx.device) % 3
-    mixed, soft = F.mixup(
-        distribute_tensor(images, ctx.mesh, [Replicate()]), target, num_classes=3, seed=SEED
-    )
-    ref_mixed, ref_soft = F.mixup(images, target, num_classes=3, seed=SEED)
-    out["mixup/Replicate"] = torch.equal(mixed.full_tensor(), ref_mixed) and torch.equal(
-        soft.full_tensor(), ref_soft
-    )
-    for name, call in {
-        "cutout": lambda d: F.cutout(d, 4, seed=SEED),
-        "mixup": lambda d: F.mixup(d, target, num_classes=3, seed=SEED),
+        if pname != "Shard(1)":
+            noise = F.random_erasing(d, 1.0, value="random", seed=SEED).full_tensor()
+            ref = F.random_erasing(images, 1.0, value="random", seed=SEED)
+            out[f"random_erasing random/{pname}"] = torch.equal(noise, ref)
+    target = torch.arange(5, device=ctx.device) % 3
+    for pname, pl in {"Replicate": Replicate(), "Shard(1)": Shard(1)}.items():
+        mixed, soft = F.mixup(distribute_tensor(images, ctx.mesh, [pl]), target, num_classes=3, seed=SEED)
+        ref_mixed, ref_soft = F.mixup(images, target, num_classes=3, seed=SEED)
+        out[f"mixup/{pname}"] = torch.equal(mixed.full_tensor(), ref_mixed) and torch.equal(
+            soft.full_tensor(), ref_soft
+        )
+    for name, (call, pl, need) in {
+        "cutout": (
+            lambda d: F.cutout(d, 4, seed=SEED),
+            Shard(2),
+            "Replicate, Shard(0) (samples) or Shard(1)",
+        ),
+        "random_erasing": (
+            lambda d: F.random_erasing(d, 1.0, value="random", seed=SEED),
+            Shard(1),
+            "Replicate or Shard(0)",
+        ),
+        "mixup": (lambda d: F.mixup(d, target, num_classes=3, seed=SEED), Shard(0), "Replicate or Shard(1)"),
+        "cutmix": (
+            lambda d: F.cutmix(d, target, num_classes=3, seed=SEED),
+            Shard(0),
+            "Replicate or Shard(1)",
+        ),
     }.items():
         try:
-            call(distribute_tensor(images, ctx.mesh, [Shard(0)]))
-            out[f"{name}/Shard(0) raises"] = False
+            call(distribute_tensor(images, ctx.mesh, [pl]))
+            out[f"{name}/{pl} raises"] = False
         except NotImplementedError as e:
-            out[f"{name}/Shard(0) raises"] = "Replicate or Shard(1)" in str(e) and f"fastreg.{name}" in str(e)
+            out[f"{name}/{pl} raises"] = need in str(e) and f"fastreg.{name}:" in str(e)
     return out
 
 

@@ -6,6 +6,7 @@ two GPUs; tests/distributed_scenarios.py, spawned once for the module): DTensor 
 tensor parallelism, DDP, FSDP2 and seeds across ranks.
 """
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -150,11 +151,47 @@ def test_malformed_seed_is_refused(length):
     with pytest.raises(TypeError, match="fastreg.drop_path: seed"):
         ops.drop_path(x, None, two_d, 0.5, True)
     with pytest.raises(TypeError, match="fastreg.cutout: seed must be a one-element"):
-        ops.cutout(torch.randn(1, 1, 4, 4), torch.zeros(2, dtype=torch.int64), 2, 1.0, 0.0)
+        ops.cutout(torch.randn(1, 1, 4, 4), torch.zeros(4, dtype=torch.int64), 2, 1.0, 0.0)
+    with pytest.raises(TypeError, match="fastreg.mix: seed must be a one-element"):
+        ops.mix(torch.randn(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64),
+                3, 0.0, 1.0, 0.0, -1.0, -1.0, 1.0, 0.0, 0, True)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("value", [0.5, "random"])
+def test_shard_of_samples_draws_its_samples_boxes(device, value):
+    """Cutout and random erasing on samples [first, first + n) with the seed [seed, first]
+    give those samples' part of the whole batch's result (random erasing's noise too), as
+    the reference does; contiguous and channels_last."""
+    noise = value == "random"
+    lr = (math.log(0.3), math.log(3.3))  # the op takes log ratios, as fastreg.functional passes them
+    for layout in (torch.contiguous_format, torch.channels_last):
+        images = torch.randn(7, 3, 9, 9, device=device).to(memory_format=layout)
+        seed = _seed(device)
+        whole_cut = ops.cutout(images, seed, 4, 0.8, 0.5)
+        whole_erased = ops.random_erasing(images, seed, 1.0, 0.02, 0.33, *lr, 0.5, noise)
+        for first, stop in ((0, 3), (3, 7), (6, 7)):
+            part, s = images[first:stop].clone(), positioned_seed(seed, [first])
+            assert torch.equal(ops.cutout(part, s, 4, 0.8, 0.5), whole_cut[first:stop])
+            erased = ops.random_erasing(part, s, 1.0, 0.02, 0.33, *lr, 0.5, noise)
+            assert torch.equal(erased, whole_erased[first:stop])
+            assert torch.equal(
+                R.random_erasing(part, 1.0, (0.02, 0.33), (0.3, 3.3), value=value, seed=s), erased
+            )
+            assert torch.equal(R.cutout(part, 4, 0.8, fill=0.5, seed=s), whole_cut[first:stop])
+
+
+def test_noise_erasing_of_a_shard_needs_samples_outermost():
+    images = torch.randn(8, 3, 4, 4).transpose(0, 1)  # dense, samples not outermost
+    before = images.clone()
+    seed = positioned_seed(_seed("cpu"), [2])
+    with pytest.raises(ValueError, match="fastreg.random_erasing_: value='random' on a shard"):
+        ops.random_erasing_(images, seed, 1.0, 0.02, 0.33, -1.2, 1.2, 0.0, True)
+    assert torch.equal(images, before)
 
 
 def test_reference_refuses_positioned_seeds_where_kernels_do():
-    seed = positioned_seed(_seed("cpu"), [8])
+    seed = positioned_seed(_seed("cpu"), [8, 2, 3])
     with pytest.raises(TypeError, match="fastreg.cutout: seed must be a one-element"):
         R.cutout(torch.randn(2, 1, 4, 4), 2, seed=seed)
     with pytest.raises(TypeError, match="fastreg.stochastic_depth: seed must be a one-element"):
@@ -178,6 +215,9 @@ BATCH_OPS = {
     "dropout_add": lambda x: F.dropout_add(x, x * 2, 0.4),
     "bias_act_dropout": lambda x: F.bias_act_dropout(x, None, "relu", 0.4),
     "drop_path": lambda x: F.drop_path(x, 0.5, True),
+    "cutout": lambda x: F.cutout(x, 2, 0.7),
+    "random_erasing": lambda x: F.random_erasing(x, 0.7),
+    "random_erasing noise": lambda x: F.random_erasing(x, 0.7, value="random"),
 }
 
 

@@ -71,20 +71,23 @@ struct CpuLoops {
 
   // Writes every sample's box, on every channel, through the strides (any
   // layout); nothing else is touched. `random`: element (b, c, y, x) gets the
-  // standard normal of its memory offset (images are dense then).
+  // standard normal of its memory offset (images are dense then). A seed [seed, first]
+  // draws for samples first + b (and offsets + first * sB) of a larger batch.
   static void fill_boxes(at::Tensor& images, const at::Tensor& seed, const sampling::BoxRule& rule,
                          double fill, bool random) {
     const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
     const int64_t sB = images.stride(0), sC = images.stride(1), sH = images.stride(2),
                   sW = images.stride(3);
-    const philox::Key key = seed_key(seed);
+    const int64_t* sp = seed.const_data_ptr<int64_t>();
+    const philox::Key key = philox::key_schedule(static_cast<uint64_t>(sp[0]));
+    const int64_t first = seed.numel() > 1 ? sp[1] : 0;
     AT_DISPATCH_FLOATING_TYPES_AND3(
         at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_boxes", [&] {
           scalar_t* base = images.mutable_data_ptr<scalar_t>();
           const scalar_t value = static_cast<scalar_t>(fill);
           at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
             for (int64_t b = b0; b < b1; ++b) {
-              const sampling::Box box = rule(key, static_cast<uint32_t>(b), H, W);
+              const sampling::Box box = rule(key, static_cast<uint32_t>(first + b), H, W);
               if (!box.apply) continue;
               for (int64_t c = 0; c < C; ++c)
                 for (int64_t y = box.y0; y < box.y1; ++y)
@@ -92,7 +95,7 @@ struct CpuLoops {
                     const int64_t off = b * sB + c * sC + y * sH + x * sW;
                     if (random) {
                       base[off] = static_cast<scalar_t>(sampling::normal_at(
-                          key, philox::kStreamEraseValue, static_cast<uint64_t>(off)));
+                          key, philox::kStreamEraseValue, static_cast<uint64_t>(off + first * sB)));
                     } else {
                       base[off] = value;
                     }

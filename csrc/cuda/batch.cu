@@ -26,22 +26,24 @@ __global__ void sample_beta_kernel(const int64_t* __restrict__ seed_p, double* _
   out[i] = sampling::beta(seed_key(seed_p), stream, static_cast<uint32_t>(i), a, b);
 }
 
-// One block per (sample, channel); the box comes from the seed on the device.
+// One block per (sample, channel); the box comes from the seed on the device. A seed of
+// two elements, [seed, first], draws for samples first + b of a larger batch.
 template <class T>
 __global__ void __launch_bounds__(kBlock)
-    boxes_kernel(T* __restrict__ base, const int64_t* __restrict__ seed_p, int64_t C, int64_t H,
-                 int64_t W, int64_t sB, int64_t sC, int64_t sH, int64_t sW, sampling::BoxRule rule,
-                 T value, bool random) {
+    boxes_kernel(T* __restrict__ base, const int64_t* __restrict__ seed_p, int64_t seed_len,
+                 int64_t C, int64_t H, int64_t W, int64_t sB, int64_t sC, int64_t sH, int64_t sW,
+                 sampling::BoxRule rule, T value, bool random) {
   const int64_t b = blockIdx.x / C, c = blockIdx.x % C;
   const philox::Key key = seed_key(seed_p);
-  const sampling::Box box = rule(key, static_cast<uint32_t>(b), H, W);
+  const int64_t first = seed_len > 1 ? seed_p[1] : 0;
+  const sampling::Box box = rule(key, static_cast<uint32_t>(first + b), H, W);
   if (!box.apply) return;
   const int64_t bw = box.x1 - box.x0, area = (box.y1 - box.y0) * bw;
   auto put = [&](int64_t y, int64_t x) {
     const int64_t off = b * sB + c * sC + y * sH + x * sW;
     if (random) {
-      base[off] = static_cast<T>(
-          sampling::normal_at(key, philox::kStreamEraseValue, static_cast<uint64_t>(off)));
+      base[off] = static_cast<T>(sampling::normal_at(key, philox::kStreamEraseValue,
+                                                     static_cast<uint64_t>(off + first * sB)));
     } else {
       base[off] = value;
     }
@@ -205,9 +207,9 @@ void BatchLoops::fill_boxes(at::Tensor& images, const at::Tensor& seed,
   AT_DISPATCH_FLOATING_TYPES_AND3(
       at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_boxes", [&] {
         boxes_kernel<<<B * C, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-            images.mutable_data_ptr<scalar_t>(), seed.const_data_ptr<int64_t>(), C, images.size(2),
-            images.size(3), images.stride(0), images.stride(1), images.stride(2), images.stride(3),
-            rule, static_cast<scalar_t>(fill), random);
+            images.mutable_data_ptr<scalar_t>(), seed.const_data_ptr<int64_t>(), seed.numel(), C,
+            images.size(2), images.size(3), images.stride(0), images.stride(1), images.stride(2),
+            images.stride(3), rule, static_cast<scalar_t>(fill), random);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
 }
