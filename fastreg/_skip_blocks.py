@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from . import functional as FR
+from ._optional import timm_drop_path, torchvision_stochastic_depth
 
 
 class SkipBlock:
@@ -122,22 +123,10 @@ def __getattr__(name):  # pickle finds a rewired class here before any convert()
 
 
 def _drop_path_types():
-    types = []
-    try:
-        from timm.layers import DropPath
-    except ImportError:
-        pass
-    else:
-        types.append(DropPath)
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:
-        pass
-    else:
-        types.append(StochasticDepth)
     from .nn import DropPath as FastregDropPath
 
-    return (*types, FastregDropPath)
+    optional = (timm_drop_path(), torchvision_stochastic_depth())
+    return (*(t for t in optional if t is not None), FastregDropPath)
 
 
 def rewire(model: torch.nn.Module) -> None:

@@ -6,6 +6,7 @@ import torch
 from . import _skip_blocks
 from . import nn as fnn
 from ._activations import TABLE as ACTIVATIONS
+from ._optional import timm_drop_path, torchvision_stochastic_depth
 
 
 def _activation_builder(row, fixed=None):
@@ -72,9 +73,8 @@ def _timm_types():
 def _torchvision_types():
     """torchvision's StochasticDepth in 'row' mode (one decision per sample, scaled by
     1 / (1 - p): timm's drop_path), when torchvision is installed; 'batch' mode stays."""
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:
+    StochasticDepth = torchvision_stochastic_depth()
+    if StochasticDepth is None:
         return {}
     return {StochasticDepth: lambda m: fnn.DropPath(m.p, True) if m.mode == "row" else None}
 
@@ -169,16 +169,9 @@ def _as_class(module, cls, drop=()):
 
 
 def _plain_drop_path(module):
-    try:
-        from timm.layers import DropPath
-    except ImportError:
-        DropPath = None
+    DropPath, StochasticDepth = timm_drop_path(), torchvision_stochastic_depth()
     if DropPath is not None:
         return DropPath(module.drop_prob, module.scale_by_keep).train(module.training)
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:
-        StochasticDepth = None
     if StochasticDepth is not None and module.scale_by_keep:
         return StochasticDepth(module.drop_prob, "row").train(module.training)
     return None
