@@ -24,6 +24,7 @@ seed the ranks alike (``torch.manual_seed(s)`` on each) or pass ``seed=``.
 import contextlib
 import sys
 import threading
+import warnings
 
 import torch
 
@@ -170,7 +171,7 @@ class _AfterImport:
 
         def run(module):
             exec_module(module)
-            _register_dtensor()
+            _register_safely()
 
         spec.loader = _Loader(spec.loader, run)
         return spec
@@ -187,8 +188,17 @@ class _Loader:
         return getattr(self._loader, name)
 
 
+def _register_safely():
+    """Registers; a failure warns rather than failing the import of torch.distributed.tensor
+    (or of fastreg) that triggered it."""
+    try:
+        _register_dtensor()
+    except Exception as exc:  # noqa: BLE001  (any failure: the imports must still succeed)
+        warnings.warn(f"fastreg: its ops are not registered with DTensor ({exc!r})", stacklevel=2)
+
+
 def _install():
     if "torch.distributed.tensor" in sys.modules:
-        _register_dtensor()
+        _register_safely()
     elif torch.distributed.is_available():
         sys.meta_path.insert(0, _AfterImport())

@@ -331,6 +331,20 @@ def test_every_op_is_registered_with_dtensor():
     assert len(names) > 40 and not missing
 
 
+def test_failed_registration_warns_and_leaves_the_import_working():
+    code = (
+        "import warnings, fastreg\n"
+        "def fail(): raise RuntimeError('no')\n"
+        "fastreg.distributed._register_dtensor = fail\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from torch.distributed.tensor import DTensor\n"
+        "print(any('not registered with DTensor' in str(w.message) for w in caught))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr[-2000:]
+
+
 def test_import_does_not_load_dtensor():
     """torch.distributed.tensor costs most of a second to import: fastreg does not."""
     code = "import sys, fastreg; print('torch.distributed.tensor' in sys.modules)"
