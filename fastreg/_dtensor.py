@@ -25,11 +25,11 @@ from torch.distributed.tensor.placement_types import Partial, Replicate, Shard
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ._activations import TABLE as ACTIVATIONS
-from .distributed import element_position, positioned_seed, sample_position
+from .distributed import element_position, positioned_seed, row_major_strides, sample_position
 
 ops = torch.ops.fastreg
 
-# local mask tensor -> the placements and global shape of the tensor it is the mask of
+# local mask tensor -> the placements of the tensor it is the mask of
 _MASKS = WeakIdKeyDictionary()
 
 
@@ -46,14 +46,6 @@ class Rule:
     mask_in: int | None = None  # a mask argument (backward of a mask op)
     mask_out: int | None = None  # the output index of the mask it makes
     inplace: bool = False
-
-
-def _contiguous_stride(shape):
-    stride, acc = [], 1
-    for n in reversed(shape):
-        stride.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(stride))
 
 
 def _without_partial(t):
@@ -102,7 +94,7 @@ def _position(x, local, per_sample):
 
 def _wrap(y, x, local):
     """The DTensor of a local result laid out like the shard `local` of `x`."""
-    stride = x.stride() if y.stride() == local.stride() else _contiguous_stride(x.shape)
+    stride = x.stride() if y.stride() == local.stride() else row_major_strides(x.shape)
     return DTensor.from_local(y, x.device_mesh, x.placements, run_check=False, shape=x.shape, stride=stride)
 
 

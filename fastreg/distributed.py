@@ -33,6 +33,16 @@ from . import _random
 __all__ = ["batch_offset", "element_position", "positioned_seed", "sample_position"]
 
 
+def row_major_strides(shape):
+    """The strides of a contiguous tensor of ``shape`` (a dimension of size 0 counts as 1,
+    as torch counts it)."""
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
 def element_position(global_shape, local_shape, offsets):
     """The position of a row-major shard in the whole row-major tensor: ``[base, seg_1,
     gap_1, ...]`` (a level per sharded dimension after the first), or None when the shard
@@ -46,10 +56,7 @@ def element_position(global_shape, local_shape, offsets):
     n = len(global_shape)
     if tuple(local_shape) == tuple(global_shape):
         return None
-    gstride, lstride = [1] * n, [1] * n
-    for d in range(n - 2, -1, -1):
-        gstride[d] = gstride[d + 1] * global_shape[d + 1]
-        lstride[d] = lstride[d + 1] * local_shape[d + 1]
+    gstride, lstride = row_major_strides(global_shape), row_major_strides(local_shape)
     position = [sum(o * s for o, s in zip(offsets, gstride, strict=True))]
     for d in range(n - 1):  # l // lstride[d] counts whole rows of dim d + 1's shard
         missing = global_shape[d + 1] - local_shape[d + 1]

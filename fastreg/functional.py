@@ -92,11 +92,11 @@ def _draw_seed(input, generator, seed, fn, per_sample=False):
     return _batch_seed(seed_tensor(input, generator, seed, fn), input, per_sample, fn)
 
 
-def _reference_path(fn):
-    """Under a torch.func transform the references run; they know no batch offset."""
+def _check_no_batch_offset(fn):
+    """Under a torch.func transform the references run, each drawing its seed inside the
+    transform (a seed per slice with randomness='different'); they know no batch offset."""
     if batch_offset_active():
         raise NotImplementedError(f"fastreg.{fn}: batch_offset does not apply under torch.func transforms")
-    return True
 
 
 def _call(op, *args, grad=None):
@@ -278,7 +278,8 @@ def _dropout(fn, alpha, input, p, training, inplace, generator, seed):
     p = check_p(p, fn)
     if not training or p == 0.0:
         return input
-    if _transforming() and _reference_path(fn):
+    if _transforming():
+        _check_no_batch_offset(fn)
         reference = R.alpha_dropout if alpha else R.dropout
         y = reference(_for_inplace(input, inplace), p, True, generator=generator, seed=seed)
         return _maybe_inplace(input, y, inplace)
@@ -449,7 +450,8 @@ def bias_act_dropout(
     p = check_p(p, fn)
     if not training:
         p = 0.0
-    if _transforming() and _reference_path(fn):
+    if _transforming():
+        _check_no_batch_offset(fn)
         return R.bias_act_dropout(
             input, bias, activation, p, True, negative_slope=slope, alpha=alpha, approximate=approximate,
             generator=generator, seed=seed,
@@ -514,7 +516,8 @@ def dropout_add(
     p = check_p(p, "dropout_add")
     if not training or p == 0.0:
         return residual + input
-    if _transforming() and _reference_path("dropout_add"):
+    if _transforming():
+        _check_no_batch_offset("dropout_add")
         return R.dropout_add(input, residual, p, True, generator=generator, seed=seed)
     return _call(ops.dropout_add, input, residual, _draw_seed(input, generator, seed, "dropout_add"), p)
 
@@ -564,7 +567,8 @@ def drop_path(
     p = check_p(p, "drop_path")
     if not training or p == 0.0:
         return input if residual is None else residual + input
-    if _transforming() and _reference_path("drop_path"):
+    if _transforming():
+        _check_no_batch_offset("drop_path")
         return R.drop_path(
             input, p, True, residual=residual, scale_by_keep=scale_by_keep, generator=generator, seed=seed
         )
@@ -870,7 +874,8 @@ def cutout(
     if images.dim() == 3:  # one image: a batch of one (a view, so in place writes it)
         out = cutout(images[None], size, p, fill=fill, inplace=inplace, generator=generator, seed=seed)
         return images if inplace else out[0]
-    if _transforming() and _reference_path("cutout"):
+    if _transforming():
+        _check_no_batch_offset("cutout")
         return R.cutout(images, size, p, fill=fill, inplace=inplace, generator=generator, seed=seed)
     s = _draw_seed(images, generator, seed, "cutout", per_sample=True)
     return _run_boxes(images, inplace, ops.cutout, ops.cutout_, (s, size, p, fill))
@@ -963,7 +968,8 @@ def random_erasing(
             images[None], p, scale, ratio, value=value, inplace=inplace, generator=generator, seed=seed
         )
         return images if inplace else out[0]
-    if _transforming() and _reference_path(fn):
+    if _transforming():
+        _check_no_batch_offset(fn)
         return R.random_erasing(
             images, p, (s0, s1), (r0, r1), value=value if random else fill, inplace=inplace,
             generator=generator, seed=seed,

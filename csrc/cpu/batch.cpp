@@ -17,8 +17,9 @@
 namespace fastreg::cpu {
 namespace {
 
+// The key of a seed tensor's first element (a shard of samples' seed is [seed, first]).
 philox::Key seed_key(const at::Tensor& seed) {
-  return philox::key_schedule(static_cast<uint64_t>(seed.item<int64_t>()));
+  return philox::key_schedule(static_cast<uint64_t>(seed.const_data_ptr<int64_t>()[0]));
 }
 
 using sampling::kBlend;
@@ -78,9 +79,8 @@ struct CpuLoops {
     const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
     const int64_t sB = images.stride(0), sC = images.stride(1), sH = images.stride(2),
                   sW = images.stride(3);
-    const int64_t* sp = seed.const_data_ptr<int64_t>();
-    const philox::Key key = philox::key_schedule(static_cast<uint64_t>(sp[0]));
-    const int64_t first = seed.numel() > 1 ? sp[1] : 0;
+    const philox::Key key = seed_key(seed);
+    const int64_t first = seed.numel() > 1 ? seed.const_data_ptr<int64_t>()[1] : 0;
     AT_DISPATCH_FLOATING_TYPES_AND3(
         at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "fastreg_boxes", [&] {
           scalar_t* base = images.mutable_data_ptr<scalar_t>();
