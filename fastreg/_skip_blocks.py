@@ -33,9 +33,11 @@ def _drop_of(module):
     return float(module.drop_prob), bool(getattr(module, "scale_by_keep", True))
 
 
-def _skip(block, x, branch, drop_path, residual=None):
+def _skip(block, x, branch, drop_path, residual=None, input_saved=False):
     p, scale_by_keep = _drop_of(drop_path)
-    return FR.stochastic_depth(x, branch, p, block.training, residual=residual, scale_by_keep=scale_by_keep)
+    return FR._stochastic_depth(
+        x, branch, p, block.training, "row", residual, scale_by_keep, None, None, input_saved
+    )
 
 
 def _vit_forward(self, x, attn_mask=None, is_causal=False):
@@ -79,8 +81,12 @@ def _resnet_forward(branch, last_act):
     def forward(self, x):
         if not self.training or self.drop_path is None:
             return self._fastreg_base.forward(self, x)
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return getattr(self, last_act)(_skip(self, x, lambda t: branch(self, t), self.drop_path, shortcut))
+        if self.downsample is None:
+            shortcut, saved = x, False
+        else:  # its convolution (or pooling) saves x: the branch's copy of x's rows need not
+            shortcut, saved = self.downsample(x), True
+        out = _skip(self, x, lambda t: branch(self, t), self.drop_path, shortcut, saved)
+        return getattr(self, last_act)(out)
 
     return forward
 

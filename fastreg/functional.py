@@ -624,6 +624,74 @@ def _take_rows(t, rows):
     return dense.index_select(0, rows).permute([order.index(d) for d in range(t.dim())])
 
 
+class _Regather:
+    """What :class:`_SavedRows` keeps for a saved copy of the rows: the packed input."""
+
+    __slots__ = ("packed", "rows", "version")
+
+    def __init__(self, packed, rows, version):
+        self.packed, self.rows, self.version = packed, rows, version
+
+
+class _SavedRows(torch.autograd.graph.saved_tensors_hooks):
+    """Saved-tensor hooks for a branch that runs on ``taken = input[rows]`` when autograd
+    saves ``input`` anyway: where the branch saves ``taken`` (its first convolution does),
+    ``input`` and ``rows`` are kept instead and the rows regathered in backward, so the
+    kept samples' input is not held twice. Every saved tensor goes through the hooks that
+    were active outside (``input`` in place of ``taken``), so activation offloading,
+    checkpointing and byte counting see what is really kept."""
+
+    def __init__(self, input, rows, taken):
+        self.input, self.rows, self.taken = input, rows, taken
+        self.outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        super().__init__(self._pack, self._unpack)
+
+    @staticmethod
+    def usable(taken):
+        """Not traced (the compiler chooses what to save), hooks enabled, a graph recorded."""
+        return (
+            torch.is_grad_enabled()
+            and taken.requires_grad
+            and not torch.compiler.is_compiling()
+            and torch._C._autograd._saved_tensors_hooks_get_disabled_error_message() is None
+        )
+
+    def __exit__(self, *args):
+        super().__exit__(*args)
+        self.input = self.taken = None  # the saved tensors' unpack hook holds self, not them
+
+    def _outer_pack(self, t):
+        return t if self.outer is None else self.outer[0](t)
+
+    def _outer_unpack(self, packed):
+        return packed if self.outer is None else self.outer[1](packed)
+
+    def _pack(self, t):
+        taken = self.taken
+        same = (
+            t.untyped_storage().data_ptr() == taken.untyped_storage().data_ptr()
+            and t.shape == taken.shape
+            and t.stride() == taken.stride()
+            and t.storage_offset() == taken.storage_offset()
+            and t.dtype == taken.dtype
+        )
+        if not same:
+            return self._outer_pack(t)
+        return _Regather(self._outer_pack(self.input), self.rows, self.input._version)
+
+    def _unpack(self, packed):
+        if not isinstance(packed, _Regather):
+            return self._outer_unpack(packed)
+        input = self._outer_unpack(packed.packed)
+        if self.outer is None and input._version != packed.version:
+            raise RuntimeError(
+                "fastreg.stochastic_depth: the input of a branch was modified in place after "
+                f"the branch ran (version {packed.version}, now {input._version}); its "
+                "backward needs the original values"
+            )
+        return _take_rows(input, packed.rows)
+
+
 class _AddRows(torch.autograd.Function):
     """``residual.index_add(0, rows, y, alpha=scale)`` saving only ``rows`` (ATen's index_add
     also saves ``y``, a tensor as large as the kept samples' branch output)."""
@@ -707,6 +775,15 @@ def stochastic_depth(
     Example:
         >>> y = fastreg.functional.stochastic_depth(x, lambda t: mlp(norm(t)), 0.2, True)
     """
+    return _stochastic_depth(input, branch, p, training, mode, residual, scale_by_keep, generator, seed)
+
+
+def _stochastic_depth(
+    input, branch, p, training, mode, residual, scale_by_keep, generator, seed, input_saved=False
+):
+    """stochastic_depth; ``input_saved``: autograd saves ``input`` anyway (a ResNet block's
+    downsampling shortcut does), so the branch's saved copy of its rows is regathered from it
+    in backward instead of being kept (:class:`_SavedRows`)."""
     if has_torch_function((input, residual)):
         return handle_torch_function(
             stochastic_depth, (input, residual), input, branch, p=p, training=training, mode=mode,
@@ -729,7 +806,13 @@ def stochastic_depth(
         rows = subset_indices(s, B, k, input.device)
     else:
         rows = _call(ops.stochastic_depth_subset, s, B, k, grad=False)
-    y = _branch_output(branch(_take_rows(input, rows)), res, k, fn, like)
+    taken = _take_rows(input, rows)
+    if input_saved and _SavedRows.usable(taken):
+        with _SavedRows(input, rows, taken):
+            y = branch(taken)
+    else:
+        y = branch(taken)
+    y = _branch_output(y, res, k, fn, like)
     return _add_rows(res, rows, y, B / k if scale_by_keep else 1.0)
 
 

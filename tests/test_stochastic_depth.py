@@ -6,6 +6,7 @@ import itertools
 import math
 import pickle
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -502,6 +503,91 @@ def test_convert_without_the_option_rewires_nothing():
         ValueError, match="^fastreg.convert: stochastic_depth must be None or 'skip', got 'row'"
     ):
         fastreg.convert(model, stochastic_depth="row")
+
+
+def _downsample_block(name):
+    """A rewired ResNet block with a downsampling shortcut and a drop path, its BatchNorms
+    from running statistics (per-sample, so two runs on different subsets compare)."""
+    model = timm_model(name, rate=0.5)
+    block = next(b for b in blocks_with_drop_path(model) if b.downsample is not None)
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    fastreg.convert(block, stochastic_depth="skip")
+    return block.train()
+
+
+def _step(block, x, seed=3):
+    torch.manual_seed(seed)
+    out = block(x)
+    (out * x_of(*out.shape)).sum().backward()
+    return out, [x.grad, *(q.grad for q in block.parameters())]
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "resnet14t"])  # BasicBlock, Bottleneck
+def test_downsample_block_keeps_the_rows_once(name, monkeypatch):
+    """A ResNet block whose shortcut saves its input x regathers the branch's saved copy of
+    x's kept rows in backward instead of holding it: the same output and gradients bit for
+    bit, k rows of x fewer bytes saved, the copy freed after forward."""
+    block = _downsample_block(name)
+    x = x_of(12, block.conv1.in_channels, 8, 8, grad=True)
+    k = _random.keep_count(12, block.drop_path.drop_prob)
+    copy_bytes = k * x[0].numel() * x.element_size()
+    out, grads = _step(block, x)
+    torch.manual_seed(3)
+    regathered = _saved_bytes(lambda: block(x))
+    with monkeypatch.context() as m:
+        m.setattr(FR._SavedRows, "usable", staticmethod(lambda taken: False))
+        x.grad = None
+        block.zero_grad()
+        want_out, want_grads = _step(block, x)
+        torch.manual_seed(3)
+        kept = _saved_bytes(lambda: block(x))
+    assert torch.equal(out, want_out)
+    for got, want in zip(grads, want_grads, strict=True):
+        assert torch.equal(got, want)
+    assert regathered == kept - copy_bytes + x.numel() * x.element_size()  # x, counted per save
+    inputs = []
+    block.conv1.register_forward_pre_hook(lambda m, a: inputs.append(weakref.ref(a[0])))
+    y = block(x)
+    assert inputs[0]() is None and y.grad_fn is not None  # the copy is not held
+
+
+def test_regathered_rows_check_the_input_version():
+    block = _downsample_block("resnet10t")
+    x = x_of(12, block.conv1.in_channels, 8, 8)
+    h = x.clone().requires_grad_(True)
+    y = block(h)
+    with torch.no_grad():
+        h.mul_(2.0)
+    with pytest.raises(
+        RuntimeError, match="^fastreg.stochastic_depth: the input of a branch was modified in place"
+    ):
+        y.sum().backward()
+
+
+def test_regathered_rows_under_checkpoint_and_outer_hooks():
+    """Non-reentrant checkpointing around a rewired downsampling block recomputes the same
+    subset and gives the gradients of the plain run; outer saved-tensor hooks see every save."""
+    block = _downsample_block("resnet14t")
+    x = x_of(12, block.conv1.in_channels, 8, 8, grad=True)
+    out, grads = _step(block, x)
+    x.grad = None
+    block.zero_grad()
+    torch.manual_seed(3)
+    got = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+    (got * x_of(*got.shape)).sum().backward()
+    assert torch.equal(got, out)
+    for q, want in zip([x.grad, *(q.grad for q in block.parameters())], grads, strict=True):
+        torch.testing.assert_close(q, want, rtol=0, atol=0)
+    packed, unpacked = [], []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: packed.append(t) or t, lambda t: unpacked.append(t) or t
+    ):
+        torch.manual_seed(3)
+        y = block(x)
+    y.sum().backward()
+    assert any(t is x for t in packed) and len(unpacked) == len(packed)
 
 
 # --- DistributedDataParallel --------------------------------------------------------------------
