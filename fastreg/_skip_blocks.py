@@ -40,11 +40,19 @@ def _skip(block, x, branch, drop_path, residual=None, input_saved=False):
     )
 
 
+def _vit_branches(self):
+    return [
+        (lambda t: self.ls1(self.attn(self.norm1(t))), self.drop_path1),
+        (lambda t: self.ls2(self.mlp(self.norm2(t))), self.drop_path2),
+    ]
+
+
 def _vit_forward(self, x, attn_mask=None, is_causal=False):
     if not self.training or attn_mask is not None or is_causal:
         return self._fastreg_base.forward(self, x, attn_mask=attn_mask, is_causal=is_causal)
-    x = _skip(self, x, lambda t: self.ls1(self.attn(self.norm1(t))), self.drop_path1)
-    return _skip(self, x, lambda t: self.ls2(self.mlp(self.norm2(t))), self.drop_path2)
+    for branch, drop_path in _vit_branches(self):
+        x = _skip(self, x, branch, drop_path)
+    return x
 
 
 def _convnext_branch(self, t):
@@ -58,10 +66,15 @@ def _convnext_branch(self, t):
     return t
 
 
+def _convnext_branches(self):
+    return [(lambda t: _convnext_branch(self, t), self.drop_path)]
+
+
 def _convnext_forward(self, x):
     if not self.training:
         return self._fastreg_base.forward(self, x)
-    return _skip(self, x, lambda t: _convnext_branch(self, t), self.drop_path, self.shortcut(x))
+    ((branch, drop_path),) = _convnext_branches(self)
+    return _skip(self, x, branch, drop_path, self.shortcut(x))
 
 
 def _basic_branch(self, t):
@@ -77,7 +90,10 @@ def _bottleneck_branch(self, t):
     return t if self.se is None else self.se(t)
 
 
-def _resnet_forward(branch, last_act):
+def _resnet_family(branch, last_act):
+    def branches(self):
+        return [(lambda t: branch(self, t), self.drop_path)]
+
     def forward(self, x):
         if not self.training or self.drop_path is None:
             return self._fastreg_base.forward(self, x)
@@ -85,24 +101,37 @@ def _resnet_forward(branch, last_act):
             shortcut, saved = x, False
         else:  # its convolution (or pooling) saves x: the branch's copy of x's rows need not
             shortcut, saved = self.downsample(x), True
-        out = _skip(self, x, lambda t: branch(self, t), self.drop_path, shortcut, saved)
+        ((branch_of_self, drop_path),) = branches(self)
+        out = _skip(self, x, branch_of_self, drop_path, shortcut, saved)
         return getattr(self, last_act)(out)
 
-    return forward
+    return branches, forward
 
 
 def _families():
-    """(timm class, forward) of every block type the rewiring knows; empty without timm."""
+    """(timm class, branches, forward) of every block type the rewiring knows; empty without
+    timm. ``branches(block)``: [(branch, drop path module)] in call order."""
     try:
         from timm.models import convnext, resnet, vision_transformer
     except ImportError:
         return []
     return [
-        (vision_transformer.Block, _vit_forward),
-        (convnext.ConvNeXtBlock, _convnext_forward),
-        (resnet.BasicBlock, _resnet_forward(_basic_branch, "act2")),
-        (resnet.Bottleneck, _resnet_forward(_bottleneck_branch, "act3")),
+        (vision_transformer.Block, _vit_branches, _vit_forward),
+        (convnext.ConvNeXtBlock, _convnext_branches, _convnext_forward),
+        (resnet.BasicBlock, *_resnet_family(_basic_branch, "act2")),
+        (resnet.Bottleneck, *_resnet_family(_bottleneck_branch, "act3")),
     ]
+
+
+def residual_branches(block):
+    """[(branch, p)] of a block of a type the rewiring knows, rewired or not, in call order:
+    each branch a callable on samples of its input, ``p`` its drop path's probability (0
+    without one). What skipping can save of the block (bench/train_step.py times them);
+    None for another type."""
+    for cls, branches, _ in _families():
+        if isinstance(block, cls):
+            return [(branch, _drop_of(drop_path)[0]) for branch, drop_path in branches(block)]
+    return None
 
 
 _CLASSES = {}  # timm class -> its rewired subclass
@@ -111,7 +140,7 @@ _CLASSES = {}  # timm class -> its rewired subclass
 def skip_classes():
     """{timm block class: its rewired subclass}, built once."""
     if not _CLASSES:
-        for base, forward in _families():
+        for base, _, forward in _families():
             name = f"Skip{base.__name__}"
             cls = type(
                 name, (SkipBlock, base), {"forward": forward, "_fastreg_base": base, "__module__": __name__}

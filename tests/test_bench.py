@@ -129,3 +129,28 @@ def test_instruction_counts_cover_every_public_function():
     for _, setup in cases:
         setup()()
     assert [name for name, n in calls.items() if n == 0] == []
+
+
+def test_train_step_bound_and_mean_drop_prob():
+    """bench/train_step.py: timm's linear schedule gives mean drop probability rate / 2; the
+    bound is step / (step - sum p * branch time), 1 / (1 - mean p) when the step is all
+    branches of equal cost; every residual branch of every block is timed."""
+    timm = pytest.importorskip("timm")
+    spec = importlib.util.spec_from_file_location(
+        "fastreg_bench_train_step", ROOT / "bench" / "train_step.py"
+    )
+    train_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_step)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=3, drop_path_rate=0.3, img_size=32, depth=4)
+    p_mean = train_step.mean_drop_prob(model)
+    assert p_mean == pytest.approx(0.15)
+    times = train_step.branch_ms(model.train(), torch.randn(2, 3, 32, 32), "cpu", reps=1)
+    assert list(times) == [f"blocks.{i}" for i in range(4)]
+    assert all(len(ms) == 2 and min(ms) > 0 for ms in times.values())
+    assert all(p.grad is None for p in model.parameters())
+    unit = {name: [1.0, 1.0] for name in times}
+    assert train_step.bound(8.0, model, unit) == pytest.approx(1 / (1 - p_mean))
+    assert train_step.bound(16.0, model, unit) == pytest.approx(16 / (16 - 8 * p_mean))
+    fastreg.convert(model, stochastic_depth="skip")  # rewired blocks have the same branches
+    assert train_step.mean_drop_prob(model) == pytest.approx(p_mean)
