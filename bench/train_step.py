@@ -12,17 +12,19 @@ the same model and weights:
 
 A step is forward, cross-entropy, backward and AdamW's step. Reported per variant: the median
 step time over interleaved rounds (every variant runs a few steps in turn, round after round,
-so that drift of the machine hits all alike), the bytes autograd saves for backward in one
-forward (each storage once, parameters excluded), the peak memory of a step on a GPU, and the
-speedup over timm at the same rate beside the ideal 1 / (1 - mean drop probability of the
-blocks) and the bound: the speedup if the dropped samples' branch work cost nothing and all
-else stayed, from each residual branch's forward and backward timed alone on the whole batch
-(a model whose time is not spread evenly over its blocks, or is partly outside them, cannot
-reach the ideal). Results: bench/results/latest/train_step-<device>.json and .png, rows appended to
-bench/results/train_step_history.csv.
+so that drift of the machine hits all alike; at least --rounds, and enough for --seconds of
+steps); the speedup over timm, the median of the rounds' ratios; the bytes autograd saves
+for backward in one forward (each storage once, parameters excluded); the peak memory of a
+step on a GPU. Beside the speedup: the ideal 1 / (1 - mean drop probability of the blocks),
+and the bound, the speedup if the dropped samples' branch work cost nothing and all else
+stayed, from each residual branch's forward and backward timed alone on the whole batch (a
+model whose time is not spread evenly over its blocks, or is partly outside them, cannot
+reach the ideal). Results: bench/results/latest/train_step-<device>.json and .png, rows
+appended to bench/results/train_step_history.csv.
 
 python bench/train_step.py [--device cpu] [--models vit_small_patch16_224,...]
-                           [--rates 0.1,0.2,0.4] [--batch 64] [--image 64] [--rounds 5]
+                           [--rates 0.1,0.2,0.4] [--batch 64] [--image 64] [--rounds 12]
+                           [--seconds 6]
 """
 
 import argparse
@@ -30,6 +32,7 @@ import contextlib
 import csv
 import datetime
 import json
+import math
 import os
 import statistics
 import sys
@@ -61,17 +64,27 @@ def parse_args():
         "--rounds", type=int, default=12, help="interleaved rounds (each variant runs --steps per round)"
     )
     p.add_argument("--steps", type=int, default=1, help="timed steps per variant and round")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=6.0,
+        help="more rounds, if needed, for this much timed time per variant",
+    )
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
     p.add_argument("--plot-only", action="store_true", help="redraw the figure from the latest results")
     return p.parse_args()
 
 
-def torch_subset(x, branch, p, training, *, residual=None, scale_by_keep=True, **_):
-    """DINOv2's drop_add_residual_stochastic_depth in plain torch: what a user writes without
-    fastreg (k = max(int(B (1 - p)), 1) samples of a device randperm)."""
+def torch_subset(block, x, branch, drop_path, residual=None, input_saved=False):
+    """DINOv2's drop_add_residual_stochastic_depth in plain torch, what a user writes without
+    fastreg (k = max(int(B (1 - p)), 1) samples of a device randperm), with the signature of
+    the rewired blocks' fastreg._skip_blocks._skip."""
+    from fastreg._skip_blocks import _drop_of
+
+    p, scale_by_keep = _drop_of(drop_path)
     res = x if residual is None else residual
-    if not training or p == 0.0:
+    if not block.training or p == 0.0:
         return res + branch(x)
     b = x.shape[0]
     k = max(int(b * (1 - p)), 1)
@@ -82,19 +95,19 @@ def torch_subset(x, branch, p, training, *, residual=None, scale_by_keep=True, *
 
 @contextlib.contextmanager
 def subset_function(variant):
-    """The torch_subset variant's blocks are fastreg's skipping blocks with torch_subset in
-    place of fastreg.functional.stochastic_depth while it runs."""
+    """The torch_subset variant's blocks are fastreg's skipping blocks running torch_subset
+    in place of fastreg's stochastic depth while it runs."""
     if variant != "torch_subset":
         yield
         return
-    import fastreg.functional as FR
+    from fastreg import _skip_blocks
 
-    saved = FR.stochastic_depth
-    FR.stochastic_depth = torch_subset
+    saved = _skip_blocks._skip
+    _skip_blocks._skip = torch_subset
     try:
         yield
     finally:
-        FR.stochastic_depth = saved
+        _skip_blocks._skip = saved
 
 
 def build(name, rate, variant, args):
@@ -246,25 +259,35 @@ def measure_model(name, rates, args):
             times = branch_ms(runners["timm"].model, x, args.device)
         for r in runners.values():
             r.timed(2)  # warm-up: allocator, oneDNN primitives, lazy inits
+        # enough rounds that each variant runs --seconds
+        rounds = max(args.rounds, math.ceil(args.seconds * 1e3 / (runners["timm"].times[-1] * args.steps)))
+        for r in runners.values():
             r.times.clear()
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for r in runners.values():
                 r.timed(args.steps)
         p_mean = mean_drop_prob(runners["timm"].model)
         base = statistics.median(runners["timm"].times)
         attainable = bound(base, runners["timm"].model, times)
         for variant, r in runners.items():
-            ms = statistics.median(r.times)
             rows.append({
                 "model": name, "rate": rate, "mean_drop_prob": round(p_mean, 4), "variant": variant,
-                "step_ms": round(ms, 2), "steps": len(r.times),
+                "step_ms": round(statistics.median(r.times), 2), "steps": len(r.times),
                 "saved_mb": round(r.saved_bytes() / 2**20, 2), "peak_mb": r.peak_mb(),
-                "speedup": round(base / ms, 4), "ideal": round(1.0 / (1.0 - p_mean), 4),
+                "speedup": round(paired_speedup(runners["timm"].times, r.times, args.steps), 4),
+                "ideal": round(1.0 / (1.0 - p_mean), 4),
                 "bound": round(attainable, 4),
             })  # fmt: skip
             print(_line(rows[-1]), flush=True)
         del runners
     return rows
+
+
+def paired_speedup(base, times, steps):
+    """The median over rounds of base's time over times' in the same round: adjacent steps
+    share the machine's state, so its drift cancels in each ratio."""
+    per_round = [sum(base[i : i + steps]) / sum(times[i : i + steps]) for i in range(0, len(times), steps)]
+    return statistics.median(per_round)
 
 
 def _line(row):
@@ -361,8 +384,8 @@ def main():
     meta = {
         "date": datetime.date.today().isoformat(), "commit": harness.current_commit(), "device": slug,
         "device_name": harness.device_name(args.device), "torch": torch.__version__, "timm": timm.__version__,
-        "batch": args.batch, "image": args.image, "rounds": args.rounds, "steps_per_round": args.steps,
-        "threads": torch.get_num_threads(),
+        "batch": args.batch, "image": args.image, "rounds": args.rounds, "seconds": args.seconds,
+        "steps_per_round": args.steps, "threads": torch.get_num_threads(),
     }  # fmt: skip
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"train_step-{slug}.json"), "w") as f:

@@ -154,3 +154,27 @@ def test_train_step_bound_and_mean_drop_prob():
     assert train_step.bound(16.0, model, unit) == pytest.approx(16 / (16 - 8 * p_mean))
     fastreg.convert(model, stochastic_depth="skip")  # rewired blocks have the same branches
     assert train_step.mean_drop_prob(model) == pytest.approx(p_mean)
+
+
+def test_train_step_torch_subset_variant_runs_plain_torch(monkeypatch):
+    """The peer variant's rewired blocks draw with torch.randperm, not fastreg's subset op."""
+    timm = pytest.importorskip("timm")
+    spec = importlib.util.spec_from_file_location(
+        "fastreg_bench_train_step", ROOT / "bench" / "train_step.py"
+    )
+    train_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_step)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=3, drop_path_rate=0.5, img_size=32, depth=2)
+    fastreg.convert(model, stochastic_depth="skip").train()
+    calls = []
+    randperm = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda *a, **k: calls.append(a) or randperm(*a, **k))
+    x = torch.randn(4, 3, 32, 32)
+    with train_step.subset_function("torch_subset"):
+        model(x)
+    assert len(calls) == 2  # block 1's two branches (block 0 has p = 0)
+    calls.clear()
+    with train_step.subset_function("skip"):
+        model(x)
+    assert calls == []
