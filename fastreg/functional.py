@@ -697,14 +697,14 @@ class _AddRows(torch.autograd.Function):
     also saves ``y``, a tensor as large as the kept samples' branch output)."""
 
     @staticmethod
-    def forward(residual, rows, y, scale):
+    def forward(ctx, residual, rows, y, scale):
+        # forward(ctx, ...), not setup_context: torch binds a setup_context Function's
+        # arguments with inspect.signature on every call (tens of microseconds); torch.func
+        # transforms, which need setup_context, take index_add instead (_add_rows)
+        ctx.scale = scale
+        ctx.save_for_backward(rows)
         # out of place, index_add returns a contiguous tensor: the residual's layout is kept
         return residual.clone(memory_format=torch.preserve_format).index_add_(0, rows, y, alpha=scale)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, rows, _, ctx.scale = inputs
-        ctx.save_for_backward(rows)
 
     @staticmethod
     def backward(ctx, grad):
