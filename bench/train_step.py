@@ -17,10 +17,11 @@ steps); the speedup over timm, the median of the rounds' ratios; the bytes autog
 for backward in one forward (each storage once, parameters excluded); the peak memory of a
 step on a GPU. Beside the speedup: the ideal 1 / (1 - mean drop probability of the blocks),
 and the bound, the speedup if the dropped samples' branch work cost nothing and all else
-stayed, from each residual branch's forward and backward timed alone on the whole batch (a
-model whose time is not spread evenly over its blocks, or is partly outside them, cannot
-reach the ideal). Results: bench/results/latest/train_step-<device>.json and .png, rows
-appended to bench/results/train_step_history.csv.
+stayed, from each residual branch's forward and backward timed alone on the whole batch,
+between timm's steps timed just before and after (a model whose time is not spread evenly
+over its blocks, or is partly outside them, cannot reach the ideal). Results:
+bench/results/latest/train_step-<device>.json and .png, rows appended to
+bench/results/train_step_history.csv.
 
 python bench/train_step.py [--device cpu] [--models vit_small_patch16_224,...]
                            [--rates 0.1,0.2,0.4] [--batch 64] [--image 64] [--rounds 12]
@@ -177,6 +178,16 @@ def branch_ms(model, x, device, reps=5):
     return times
 
 
+def branch_window(timm_runner, x, device, steps=3):
+    """branch_ms of timm's model, and the median of its steps timed just before and after
+    them: the two in one window of the machine's drift."""
+    timm_runner.timed(steps)
+    times = branch_ms(timm_runner.model, x, device)
+    timm_runner.timed(steps)
+    window_ms = statistics.median(timm_runner.times[-2 * steps :])
+    return times, window_ms
+
+
 def bound(step_ms, model, times):
     """The speedup over ``step_ms`` if the dropped samples' branch work cost nothing and all
     else stayed: step_ms / (step_ms - sum of p * branch time)."""
@@ -255,8 +266,8 @@ def measure_model(name, rates, args):
     times = None
     for rate in rates:
         runners = {v: Runner(name, rate, v, args, x, y) for v in VARIANTS}
-        if times is None:  # the branches' cost does not depend on the rate
-            times = branch_ms(runners["timm"].model, x, args.device)
+        if times is None:  # the branches' cost, and timm's step's, do not depend on the rate
+            times, window_ms = branch_window(runners["timm"], x, args.device)
         for r in runners.values():
             r.timed(2)  # warm-up: allocator, oneDNN primitives, lazy inits
         # enough rounds that each variant runs --seconds
@@ -267,8 +278,7 @@ def measure_model(name, rates, args):
             for r in runners.values():
                 r.timed(args.steps)
         p_mean = mean_drop_prob(runners["timm"].model)
-        base = statistics.median(runners["timm"].times)
-        attainable = bound(base, runners["timm"].model, times)
+        attainable = bound(window_ms, runners["timm"].model, times)
         for variant, r in runners.items():
             rows.append({
                 "model": name, "rate": rate, "mean_drop_prob": round(p_mean, 4), "variant": variant,
