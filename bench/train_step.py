@@ -338,7 +338,7 @@ def plot(rows, path, title):
         xs, [g["skip"]["bound"] for g in by], color="tab:red", marker="_", s=300, zorder=3, label="bound"
     )
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_xticks(xs, labels, fontsize=7)
     ax.set_ylabel("training-step speedup over timm")
     ax.set_ylim(0.5, 1.35)
     ax.legend(fontsize=7, loc="upper center", ncol=5, bbox_to_anchor=(0.5, -0.14))
@@ -353,7 +353,7 @@ def plot(rows, path, title):
         zorder=3,
         label="1 - mean p",
     )
-    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_xticks(xs, labels, fontsize=7)
     ax.set_ylabel("bytes saved for backward, skip / timm")
     ax.set_ylim(0, 1.15)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
