@@ -423,6 +423,6 @@ def test_example_runs_with_torchrun(example, tmp_path):
          "--steps", "3"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.returncode == 0, run.stdout[-1000:] + run.stderr[-4000:]  # stdout: how far it got
     losses = [float(line.split()[-1]) for line in run.stdout.splitlines() if line.startswith("step")]
     assert len(losses) == 3 and all(0 < v < 100 for v in losses)

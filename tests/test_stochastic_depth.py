@@ -649,7 +649,7 @@ def test_ddp_row_mode_trains_without_unused_parameters(tmp_path):
         text=True,
         timeout=300,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, run.stdout[-1000:] + run.stderr[-3000:]
     for rank in range(2):
         result = torch.load(out + str(rank))
         assert result["rows"] == [8, 8, 8] and result["same_params"] and result["same_draws"]
