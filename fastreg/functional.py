@@ -666,16 +666,24 @@ class _SavedRows(torch.autograd.graph.saved_tensors_hooks):
     def _outer_unpack(self, packed):
         return packed if self.outer is None else self.outer[1](packed)
 
-    def _pack(self, t):
+    def _is_taken(self, t):
+        """t is the gathered copy, or an alias of all of it."""
         taken = self.taken
-        same = (
-            t.untyped_storage().data_ptr() == taken.untyped_storage().data_ptr()
-            and t.shape == taken.shape
-            and t.stride() == taken.stride()
-            and t.storage_offset() == taken.storage_offset()
-            and t.dtype == taken.dtype
-        )
-        if not same:
+        if t is taken:
+            return True
+        if t.shape != taken.shape or t.dtype != taken.dtype or t.device != taken.device:
+            return False
+        try:
+            return (
+                t.stride() == taken.stride()
+                and t.storage_offset() == taken.storage_offset()
+                and t.untyped_storage().data_ptr() == taken.untyped_storage().data_ptr()
+            )
+        except (RuntimeError, NotImplementedError):  # a tensor without storage: not an alias
+            return False
+
+    def _pack(self, t):
+        if not self._is_taken(t):
             return self._outer_pack(t)
         return _Regather(self._outer_pack(self.input), self.rows, self.input._version)
 

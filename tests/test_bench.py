@@ -131,10 +131,8 @@ def test_instruction_counts_cover_every_public_function():
     assert [name for name, n in calls.items() if n == 0] == []
 
 
-def test_train_step_bound_and_mean_drop_prob():
-    """bench/train_step.py: timm's linear schedule gives mean drop probability rate / 2; the
-    bound is step / (step - sum p * branch time), 1 / (1 - mean p) when the step is all
-    branches of equal cost; every residual branch of every block is timed."""
+def _train_step_and_vit(rate, depth):
+    """bench/train_step.py as a module, and a small timm ViT with that drop path rate."""
     timm = pytest.importorskip("timm")
     spec = importlib.util.spec_from_file_location(
         "fastreg_bench_train_step", ROOT / "bench" / "train_step.py"
@@ -142,7 +140,17 @@ def test_train_step_bound_and_mean_drop_prob():
     train_step = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_step)
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=3, drop_path_rate=0.3, img_size=32, depth=4)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=3, drop_path_rate=rate, img_size=32, depth=depth
+    )
+    return train_step, model
+
+
+def test_train_step_bound_and_mean_drop_prob():
+    """bench/train_step.py: timm's linear schedule gives mean drop probability rate / 2; the
+    bound is step / (step - sum p * branch time), 1 / (1 - mean p) when the step is all
+    branches of equal cost; every residual branch of every block is timed."""
+    train_step, model = _train_step_and_vit(rate=0.3, depth=4)
     p_mean = train_step.mean_drop_prob(model)
     assert p_mean == pytest.approx(0.15)
     times = train_step.branch_ms(model.train(), torch.randn(2, 3, 32, 32), "cpu", reps=1)
@@ -158,14 +166,7 @@ def test_train_step_bound_and_mean_drop_prob():
 
 def test_train_step_torch_subset_variant_runs_plain_torch(monkeypatch):
     """The peer variant's rewired blocks draw with torch.randperm, not fastreg's subset op."""
-    timm = pytest.importorskip("timm")
-    spec = importlib.util.spec_from_file_location(
-        "fastreg_bench_train_step", ROOT / "bench" / "train_step.py"
-    )
-    train_step = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_step)
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=3, drop_path_rate=0.5, img_size=32, depth=2)
+    train_step, model = _train_step_and_vit(rate=0.5, depth=2)
     fastreg.convert(model, stochastic_depth="skip").train()
     calls = []
     randperm = torch.randperm

@@ -553,6 +553,37 @@ def test_downsample_block_keeps_the_rows_once(name, monkeypatch):
     assert inputs[0]() is None and y.grad_fn is not None  # the copy is not held
 
 
+def test_regathered_rows_match_aliases_of_the_copy_only():
+    """With input_saved, a saved alias of the gathered rows (a view of all of them) is
+    regathered; another tensor of their shape is saved as it is. Gradients equal the plain
+    run's bit for bit."""
+    x = x_of(10, 4, 6, grad=True)
+    w = x_of(4, 6, grad=True)
+
+    def branch(t):
+        return t.view_as(t) * w + (t * 2.0) * w  # saves the alias, t * 2 and w twice
+
+    def run(input_saved):
+        x.grad = w.grad = None
+        packed = []
+
+        def pack(t):
+            packed.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = FR._stochastic_depth(x, branch, 0.2, True, "row", None, True, None, 4, input_saved)
+        y.backward(x_of(*y.shape))
+        return packed, y, x.grad.clone(), w.grad.clone()
+
+    plain, y0, gx0, gw0 = run(False)
+    packed, y1, gx1, gw1 = run(True)
+    assert torch.equal(y0, y1) and torch.equal(gx0, gx1) and torch.equal(gw0, gw1)
+    rows = (_random.keep_count(10, 0.2), 4, 6)
+    assert [t.shape for t in plain].count(rows) == 2
+    assert [t.shape for t in packed].count(rows) == 1 and sum(t is x for t in packed) == 1
+
+
 def test_regathered_rows_check_the_input_version():
     block = _downsample_block("resnet10t")
     x = x_of(12, block.conv1.in_channels, 8, 8)
