@@ -260,12 +260,11 @@ def _sharded_dims(images):
     return {p.dim % max(images.dim(), 1) for p in images.placements if p.is_shard()}
 
 
-def check_images(images, fn, random_values=False):
+def check_images(images, fn, random_values=False, pairs_samples=False):
     """The placements the batch augmentations take (raised naming ``fn``): Cutout and random
     erasing draw per sample (a shard of samples draws its samples' boxes) over whole images;
-    Mixup and CutMix pair samples across the whole batch."""
-    mixing = fn in ("mixup", "cutmix", "mix", "mix_", "mix_backward", "nn.Mixup")
-    allowed = {1} if mixing else ({0} if random_values else {0, 1})
+    Mixup and CutMix (``pairs_samples``) pair samples across the whole batch."""
+    allowed = {1} if pairs_samples else ({0} if random_values else {0, 1})
     if not _sharded_dims(images) <= allowed:
         need = {
             frozenset({1}): "Replicate or Shard(1) (channels): it pairs samples across the whole batch",
@@ -279,16 +278,16 @@ def check_images(images, fn, random_values=False):
         )
 
 
-def _batch_op(name, images_arg=0):
+def _batch_op(name, pairs_samples):
     """Cutout, random erasing, mixup/cutmix: per-sample draws over the whole batch, which a
     shard of samples or pixels does not hold; channels may be sharded."""
 
     def handle(op_call, args, kwargs):
-        images = args[images_arg]
+        images = args[0]
         random = name.startswith("random_erasing") and (args[8] if len(args) > 8 else kwargs.get("random"))
-        check_images(images, name, random)
+        check_images(images, name, random, pairs_samples)
         for i, a in enumerate(args):
-            if i != images_arg and isinstance(a, DTensor) and not all(p.is_replicate() for p in a.placements):
+            if i != 0 and isinstance(a, DTensor) and not all(p.is_replicate() for p in a.placements):
                 raise NotImplementedError(
                     f"fastreg.{name}: on a DTensor every argument but the images must be Replicate"
                 )
@@ -324,9 +323,10 @@ def register():
     handlers[ops.dropconnect_linear.default] = _dropconnect(_autograd._dropconnect_linear)
     backward = _autograd._dropconnect_linear_backward_impl
     handlers[ops.dropconnect_linear_backward.default] = _dropconnect(backward)
-    for name in ("cutout", "cutout_", "random_erasing", "random_erasing_", "mix", "mix_"):
-        handlers[getattr(ops, name).default] = _batch_op(name)
-    handlers[ops.mix_backward.default] = _batch_op("mix_backward")
+    for name in ("cutout", "cutout_", "random_erasing", "random_erasing_"):
+        handlers[getattr(ops, name).default] = _batch_op(name, pairs_samples=False)
+    for name in ("mix", "mix_", "mix_backward"):
+        handlers[getattr(ops, name).default] = _batch_op(name, pairs_samples=True)
     for row in ACTIVATIONS.values():
         if row.name in ("relu", "leaky_relu"):
             continue

@@ -901,12 +901,12 @@ def _check_images(images, fn, allow_uint8=False, allow_single=False):
         raise ValueError(f"fastreg.{fn}: images must be {shapes}, got shape {tuple(images.shape)}")
 
 
-def _check_placement(images, fn, random_values=False):
+def _check_placement(images, fn, random_values=False, pairs_samples=False):
     """For a DTensor of images, the placements the batch augmentations take."""
     if _distributed.DTENSOR is not None and isinstance(images, _distributed.DTENSOR):
         from ._dtensor import check_images
 
-        check_images(images, fn, random_values)
+        check_images(images, fn, random_values, pairs_samples)
 
 
 def _run_boxes(images, inplace, op, op_, args):
@@ -1159,7 +1159,7 @@ def _mix(
     _check_float(images, fn, "images")
     if images.dim() != 4:
         raise ValueError(f"fastreg.{fn}: images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}")
-    _check_placement(images, fn)
+    _check_placement(images, fn, pairs_samples=True)
     target, num_classes = _checked_target(images, target, num_classes, fn)
     eps = _check_label_smoothing(label_smoothing, fn)
     if mode not in MIX_MODES:
